@@ -1,0 +1,220 @@
+"""The Hugging Face Gemma 3 format, converted once at the boundary: config.json <-> ModelConfig and
+state-dict names/layouts <-> our DeepMind-named param dict.
+
+  HF name                                       ours                              layout change
+  model.embed_tokens.weight (V, D)              embedder/input_embedding (V, D)   -
+  model.layers.i.self_attn.q_proj.weight        layer_i/attn/q_einsum/w           (N*H, D) -> (N, D, H)
+  model.layers.i.self_attn.{k,v}_proj.weight    layer_i/attn/kv_einsum/w[0|1]     (K*H, D) -> (K, D, H)
+  model.layers.i.self_attn.o_proj.weight        layer_i/attn/attn_vec_einsum/w    (D, N*H) -> (N, H, D)
+  model.layers.i.self_attn.{q,k}_norm.weight    layer_i/attn/_{query,key}_norm    -
+  model.layers.i.mlp.{gate,up}_proj.weight      layer_i/mlp/gating_einsum[0|1]    (F, D) as is
+  model.layers.i.mlp.down_proj.weight           layer_i/mlp/linear                (D, F) -> (F, D)
+  model.layers.i.input_layernorm.weight         layer_i/pre_attention_norm/scale
+  model.layers.i.post_attention_layernorm       layer_i/post_attention_norm/scale
+  model.layers.i.pre_feedforward_layernorm      layer_i/pre_ffw_norm/scale
+  model.layers.i.post_feedforward_layernorm     layer_i/post_ffw_norm/scale
+  model.norm.weight                             final_norm/scale
+HF norm weights are stored the same way as ours (the norm multiplies by 1 + weight). lm_head is tied.
+
+A standard HF checkpoint has one MLP of one width per model; grown models (several branches, per-layer
+widths) are merged and zero-padded to one width before export (growth.merge_branches).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from grow_jax.model_config import GLOBAL, LOCAL, ConfigError, ModelConfig
+
+Params = dict[str, Any]
+
+_NORMS = {
+    "input_layernorm": "pre_attention_norm",
+    "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "pre_ffw_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
+}
+
+
+# ---- config ------------------------------------------------------------------------------------------
+def config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
+  """ModelConfig from an HF Gemma 3 config.json dict (text config, or a multimodal one's text_config)."""
+  if "text_config" in hf and "hidden_size" not in hf:
+    hf = hf["text_config"]
+  model_type = hf.get("model_type", "gemma3_text")
+  if model_type not in ("gemma3_text", "gemma3"):
+    raise ConfigError(f"config.json model_type={model_type!r}: expected 'gemma3_text' (Gemma 3)")
+  required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim")
+  missing = [k for k in required if k not in hf]
+  if missing:
+    raise ConfigError(f"config.json is missing {missing}; expected a Gemma 3 text config")
+  local_base, global_base, global_scale = 10_000.0, 1_000_000.0, 1.0
+  rope = hf.get("rope_parameters")
+  if isinstance(rope, Mapping) and "full_attention" in rope:        # transformers >= 5
+    full, sliding = rope["full_attention"], rope.get("sliding_attention", {})
+    global_base = float(full.get("rope_theta", global_base))
+    local_base = float(sliding.get("rope_theta", local_base))
+    if full.get("rope_type", "default") == "linear":
+      global_scale = float(full["factor"])
+  else:                                                               # transformers 4.x names
+    global_base = float(hf.get("rope_theta", global_base))
+    local_base = float(hf.get("rope_local_base_freq", local_base))
+    scaling = hf.get("rope_scaling") or {}
+    if scaling.get("rope_type", scaling.get("type")) == "linear":
+      global_scale = float(scaling["factor"])
+  attention_types = None
+  if hf.get("layer_types"):
+    attention_types = tuple(GLOBAL if t == "full_attention" else LOCAL for t in hf["layer_types"])
+  kwargs = dict(
+      vocab_size=int(hf["vocab_size"]), embed_dim=int(hf["hidden_size"]),
+      hidden_dim=int(hf["intermediate_size"]), num_layers=int(hf["num_hidden_layers"]),
+      num_heads=int(hf["num_attention_heads"]), num_kv_heads=int(hf["num_key_value_heads"]),
+      head_dim=int(hf["head_dim"]),
+      query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", hf["head_dim"])),
+      sliding_window=int(hf.get("sliding_window", 512)),
+      local_base_frequency=local_base, global_base_frequency=global_base, global_scale_factor=global_scale,
+      sliding_window_pattern=int(hf.get("sliding_window_pattern", 6)), attention_types=attention_types,
+      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      final_logit_softcap=hf.get("final_logit_softcapping"), attn_logit_softcap=hf.get("attn_logit_softcapping"),
+      max_position_embeddings=int(hf.get("max_position_embeddings", 32_768)),
+      bos_token_id=int(hf.get("bos_token_id", 2) or 2), eos_token_id=_first(hf.get("eos_token_id", 1)),
+      pad_token_id=int(hf.get("pad_token_id", 0) or 0),
+  )
+  kwargs.update(overrides)
+  return ModelConfig(**kwargs)
+
+
+def _first(x) -> int:
+  return int(x[0]) if isinstance(x, (list, tuple)) else int(x)
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+  """HF Gemma 3 text config.json for a model with one MLP width (merge grown branches first)."""
+  widths = {config.layer_mlp_width(i) for i in range(config.num_layers)}
+  if len(widths) != 1:
+    raise ConfigError(f"HF Gemma 3 needs one MLP width for all layers, found {sorted(widths)}: "
+                      "pad with growth.merge_branches(..., uniform=True) first")
+  full = {"rope_type": "default", "rope_theta": config.global_base_frequency}
+  if config.global_scale_factor != 1.0:
+    full = {"rope_type": "linear", "factor": config.global_scale_factor, "rope_theta": config.global_base_frequency}
+  layer_types = ["full_attention" if config.attention_type(i) == GLOBAL else "sliding_attention"
+                 for i in range(config.num_layers)]
+  return {
+      "architectures": ["Gemma3ForCausalLM"],
+      "model_type": "gemma3_text",
+      "vocab_size": config.vocab_size,
+      "hidden_size": config.embed_dim,
+      "intermediate_size": widths.pop(),
+      "num_hidden_layers": config.num_layers,
+      "num_attention_heads": config.num_heads,
+      "num_key_value_heads": config.num_kv_heads,
+      "head_dim": config.head_dim,
+      "query_pre_attn_scalar": config.query_pre_attn_scalar,
+      "sliding_window": config.sliding_window,
+      "layer_types": layer_types,
+      "rope_parameters": {"full_attention": full,
+                          "sliding_attention": {"rope_type": "default", "rope_theta": config.local_base_frequency}},
+      # transformers 4.x reads these instead of rope_parameters.
+      "rope_theta": config.global_base_frequency,
+      "rope_local_base_freq": config.local_base_frequency,
+      "rope_scaling": ({"rope_type": "linear", "factor": config.global_scale_factor}
+                       if config.global_scale_factor != 1.0 else None),
+      "sliding_window_pattern": config.sliding_window_pattern,
+      "rms_norm_eps": config.rms_norm_eps,
+      "final_logit_softcapping": config.final_logit_softcap,
+      "attn_logit_softcapping": config.attn_logit_softcap,
+      "hidden_activation": "gelu_pytorch_tanh",
+      "max_position_embeddings": config.max_position_embeddings,
+      "bos_token_id": config.bos_token_id,
+      "eos_token_id": config.eos_token_id,
+      "pad_token_id": config.pad_token_id,
+      "tie_word_embeddings": True,
+      "attention_bias": False,
+      "torch_dtype": config.param_dtype,
+  }
+
+
+# ---- weights -----------------------------------------------------------------------------------------
+def params_from_hf(config: ModelConfig, tensors: Mapping[str, Any]) -> Params:
+  """Our param dict from an HF state dict (name -> array-like; numpy, safetensors slices or torch).
+
+  Checks every tensor against the config's shapes and names the first mismatch.
+  """
+  if config.is_grown:
+    raise ConfigError("params_from_hf builds an ungrown model; the config has grown MLP branches")
+  N, K, D, H, F = config.num_heads, config.num_kv_heads, config.embed_dim, config.head_dim, config.hidden_dim
+  prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
+
+  def get(name, shape):
+    key = prefix + name
+    if key not in tensors:
+      raise ConfigError(f"checkpoint is missing tensor {key!r} (expected shape {shape})")
+    value = _to_numpy(tensors[key])
+    if tuple(value.shape) != tuple(shape):
+      raise ConfigError(f"checkpoint tensor {key!r} has shape {tuple(value.shape)}, expected {tuple(shape)} "
+                        "from the config")
+    return value
+
+  params: Params = {"embedder": {"input_embedding": get("embed_tokens.weight", (config.vocab_size, D))},
+                    "final_norm": {"scale": get("norm.weight", (D,))}}
+  for i in range(config.num_layers):
+    p = f"layers.{i}."
+    layer: Params = {ours: {"scale": get(p + hf + ".weight", (D,))} for hf, ours in _NORMS.items()}
+    q = get(p + "self_attn.q_proj.weight", (N * H, D)).reshape(N, H, D).transpose(0, 2, 1)
+    k = get(p + "self_attn.k_proj.weight", (K * H, D)).reshape(K, H, D).transpose(0, 2, 1)
+    v = get(p + "self_attn.v_proj.weight", (K * H, D)).reshape(K, H, D).transpose(0, 2, 1)
+    o = get(p + "self_attn.o_proj.weight", (D, N * H)).T.reshape(N, H, D)
+    layer["attn"] = {
+        "q_einsum": {"w": q}, "kv_einsum": {"w": np.stack([k, v])}, "attn_vec_einsum": {"w": o},
+        "_query_norm": {"scale": get(p + "self_attn.q_norm.weight", (H,))},
+        "_key_norm": {"scale": get(p + "self_attn.k_norm.weight", (H,))},
+    }
+    gate = get(p + "mlp.gate_proj.weight", (F, D))
+    up = get(p + "mlp.up_proj.weight", (F, D))
+    down = get(p + "mlp.down_proj.weight", (D, F))
+    layer["mlp"] = {"gating_einsum": np.stack([gate, up]), "linear": down.T}
+    params[f"layer_{i}"] = layer
+  return _cast_tree(params, config.param_dtype)
+
+
+def params_to_hf(config: ModelConfig, params: Params) -> dict[str, np.ndarray]:
+  """HF state dict (contiguous numpy arrays) from an ungrown / merged param dict."""
+  if config.is_grown:
+    raise ConfigError("params_to_hf needs a standard (merged) model: call growth.merge_branches first")
+  N, K, D, H = config.num_heads, config.num_kv_heads, config.embed_dim, config.head_dim
+  out = {"model.embed_tokens.weight": params["embedder"]["input_embedding"],
+         "model.norm.weight": params["final_norm"]["scale"]}
+  for i in range(config.num_layers):
+    layer, p = params[f"layer_{i}"], f"model.layers.{i}."
+    for hf, ours in _NORMS.items():
+      out[p + hf + ".weight"] = layer[ours]["scale"]
+    attn = layer["attn"]
+    q, kv, o = (np.asarray(attn[n]["w"]) for n in ("q_einsum", "kv_einsum", "attn_vec_einsum"))
+    out[p + "self_attn.q_proj.weight"] = q.transpose(0, 2, 1).reshape(N * H, D)
+    out[p + "self_attn.k_proj.weight"] = kv[0].transpose(0, 2, 1).reshape(K * H, D)
+    out[p + "self_attn.v_proj.weight"] = kv[1].transpose(0, 2, 1).reshape(K * H, D)
+    out[p + "self_attn.o_proj.weight"] = o.reshape(N * H, D).T
+    out[p + "self_attn.q_norm.weight"] = attn["_query_norm"]["scale"]
+    out[p + "self_attn.k_norm.weight"] = attn["_key_norm"]["scale"]
+    gating, linear = np.asarray(layer["mlp"]["gating_einsum"]), np.asarray(layer["mlp"]["linear"])
+    out[p + "mlp.gate_proj.weight"] = gating[0]
+    out[p + "mlp.up_proj.weight"] = gating[1]
+    out[p + "mlp.down_proj.weight"] = linear.T
+  return {k: np.ascontiguousarray(np.asarray(v)) for k, v in out.items()}
+
+
+def _to_numpy(x) -> np.ndarray:
+  if hasattr(x, "detach"):  # torch tensor
+    x = x.detach().float().cpu().numpy() if str(x.dtype) == "torch.bfloat16" else x.detach().cpu().numpy()
+  return np.asarray(x)
+
+
+def _cast_tree(tree, dtype_name: str):
+  import jax.numpy as jnp  # local: keep this module importable without initialising jax
+  dtype = jnp.dtype(dtype_name)
+  if isinstance(tree, dict):
+    return {k: _cast_tree(v, dtype_name) for k, v in tree.items()}
+  return np.asarray(tree).astype(dtype)

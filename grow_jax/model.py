@@ -1,0 +1,315 @@
+"""Gemma 3 text decoder in Flax linen, with MLP branches for growth and an explicit KV cache.
+
+Shapes use einsum letters: B batch, T query length, S key length, D model, F MLP hidden, N query heads,
+K kv heads, G = N/K queries per kv head, H head dim, V vocab.
+
+The computation follows Hugging Face `Gemma3ForCausalLM` (see tests/test_parity.py):
+  x = embed(tokens) * sqrt(D)
+  per layer: x += post_attn_norm(attn(pre_attn_norm(x)));  x += post_ffw_norm(mlp(pre_ffw_norm(x)))
+  logits = final_norm(x) @ embed^T
+Attention: q/k RMSNorm per head, RoPE (local layers base 10k with a sliding window; global layers base 1M,
+optionally linearly scaled), grouped-query attention, scaling query_pre_attn_scalar**-0.5.
+MLP: GeGLU with tanh-gelu, one branch per entry of `config.layer_mlp_branches(i)`, branch outputs summed
+in order ((b0 + b1) + b2) + ... — this is what makes growth bit-exact (see growth.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from grow_jax.model_config import GLOBAL, ModelConfig
+
+Params = dict[str, Any]
+Cache = dict[str, Any]
+
+# Masked logits get this value rather than -inf so fully masked rows (padding queries) stay finite.
+_MASK_VALUE = -2.3819763e38
+
+
+def _dtype(name: str):
+  return jnp.dtype(name)
+
+
+class RMSNorm(nn.Module):
+  """x / rms(x) * (1 + scale), computed in float32 like Gemma."""
+
+  eps: float = 1e-6
+  param_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.zeros_init(), (x.shape[-1],), _dtype(self.param_dtype))
+    xf = x.astype(jnp.float32)
+    normed = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.eps)
+    return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+class Einsum(nn.Module):
+  """A weight `w` of a given shape applied with an einsum equation."""
+
+  shape: tuple[int, ...]
+  param_dtype: str = "float32"
+  init_fn: Any = nn.initializers.normal(stddev=0.02)
+
+  @nn.compact
+  def __call__(self, equation: str, x):
+    w = self.param("w", self.init_fn, self.shape, _dtype(self.param_dtype))
+    return jnp.einsum(equation, x, w.astype(x.dtype))
+
+
+def apply_rope(x, positions, base_frequency: float, scale_factor: float = 1.0):
+  """Rotary embedding on the last axis of x (B, T, heads, H), halves convention (as HF and DeepMind)."""
+  head_dim = x.shape[-1]
+  fraction = 2 * jnp.arange(head_dim // 2, dtype=jnp.float32) / head_dim
+  inv_freq = 1.0 / (base_frequency ** fraction) / scale_factor
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq          # (B, T, H/2)
+  angles = angles[..., None, :]                                         # (B, T, 1, H/2)
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  config: ModelConfig
+  layer: int
+
+  @nn.compact
+  def __call__(self, x, positions, mask, query_index, key_index, cache: Cache | None):
+    cfg = self.config
+    N, K, D, H = cfg.num_heads, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim
+    pd = cfg.param_dtype
+    q = Einsum((N, D, H), pd, name="q_einsum")("BTD,NDH->BTNH", x)
+    k, v = Einsum((2, K, D, H), pd, name="kv_einsum")("BSD,CKDH->CBSKH", x)
+    q = RMSNorm(cfg.rms_norm_eps, pd, name="_query_norm")(q)
+    k = RMSNorm(cfg.rms_norm_eps, pd, name="_key_norm")(k)
+
+    is_global = cfg.attention_type(self.layer) == GLOBAL
+    if is_global:
+      base, scale = cfg.global_base_frequency, cfg.global_scale_factor
+    else:
+      base, scale = cfg.local_base_frequency, 1.0
+    q = apply_rope(q, positions, base, scale)
+    k = apply_rope(k, positions, base, scale)
+    q = q * jnp.asarray(cfg.query_pre_attn_scalar ** -0.5, q.dtype)
+
+    new_cache = None
+    if cache is not None:
+      # Write this call's keys/values at [index, index + T) of the preallocated cache.
+      start = cache["index"]
+      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, start, 0, 0))
+      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, start, 0, 0))
+      new_cache = {"k": k, "v": v, "index": start + x.shape[1]}
+      k, v = k.astype(x.dtype), v.astype(x.dtype)
+
+    if not is_global:
+      # Sliding window on sequence indices (as transformers does): key s visible from query t if t - s < W.
+      window = (query_index[:, :, None] - key_index[None, None, :]) < cfg.sliding_window
+      mask = jnp.logical_and(mask, window)
+
+    B, T = x.shape[:2]
+    G = N // K
+    qg = q.reshape(B, T, K, G, H)
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k).astype(jnp.float32)
+    if cfg.attn_logit_softcap is not None:
+      logits = jnp.tanh(logits / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
+    logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+    out = Einsum((N, H, D), pd, name="attn_vec_einsum")("BTNH,NHD->BTD", encoded)
+    return out, new_cache
+
+
+class MLPBranch(nn.Module):
+  """One GeGLU branch: (gelu_tanh(x Wg) * (x Wu)) Wd with gating_einsum = stack(Wg^T, Wu^T): (2, F, D)."""
+
+  features: int
+  hidden: int
+  param_dtype: str = "float32"
+
+  def setup(self):
+    init = nn.initializers.normal(stddev=0.02)
+    self.gating_einsum = self.param("gating_einsum", init, (2, self.hidden, self.features),
+                                    _dtype(self.param_dtype))
+    self.linear = self.param("linear", init, (self.hidden, self.features), _dtype(self.param_dtype))
+
+  def __call__(self, x):
+    return mlp_branch(x, self.gating_einsum, self.linear)
+
+
+def mlp_branch(x, gating_einsum, linear):
+  """The GeGLU computation of one branch on raw weights (also used by analysis code)."""
+  gating = gating_einsum.astype(x.dtype)
+  gate = jnp.einsum("BTD,FD->BTF", x, gating[0])
+  up = jnp.einsum("BTD,FD->BTF", x, gating[1])
+  hidden = jax.nn.gelu(gate, approximate=True) * up
+  return jnp.einsum("BTF,FD->BTD", hidden, linear.astype(x.dtype))
+
+
+class MLP(nn.Module):
+  """The layer's MLP: branch 0 (the original, leaves at mlp/) plus grown branches (leaves at mlp/grown_j/)."""
+
+  config: ModelConfig
+  layer: int
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    widths = cfg.layer_mlp_branches(self.layer)
+    init = nn.initializers.normal(stddev=0.02)
+    pdt = _dtype(cfg.param_dtype)
+    gating = self.param("gating_einsum", init, (2, widths[0], cfg.embed_dim), pdt)
+    linear = self.param("linear", init, (widths[0], cfg.embed_dim), pdt)
+    out = mlp_branch(x, gating, linear)
+    for j, width in enumerate(widths[1:], start=1):
+      out = out + MLPBranch(cfg.embed_dim, width, cfg.param_dtype, name=f"grown_{j}")(x)
+    return out
+
+
+class Block(nn.Module):
+  config: ModelConfig
+  layer: int
+
+  @nn.compact
+  def __call__(self, x, positions, mask, query_index, key_index, cache):
+    cfg = self.config
+    norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.param_dtype, name=name)
+    h = norm("pre_attention_norm")(x)
+    h, new_cache = Attention(cfg, self.layer, name="attn")(h, positions, mask, query_index, key_index, cache)
+    x = x + norm("post_attention_norm")(h)
+    h = norm("pre_ffw_norm")(x)
+    h = MLP(cfg, self.layer, name="mlp")(h)
+    x = x + norm("post_ffw_norm")(h)
+    return x, new_cache
+
+
+class Embedder(nn.Module):
+  vocab_size: int
+  embed_dim: int
+  param_dtype: str = "float32"
+
+  def setup(self):
+    self.input_embedding = self.param("input_embedding", nn.initializers.normal(stddev=1.0),
+                                      (self.vocab_size, self.embed_dim), _dtype(self.param_dtype))
+
+  def encode(self, tokens, dtype):
+    x = jnp.take(self.input_embedding, tokens, axis=0).astype(dtype)
+    return x * jnp.asarray(self.embed_dim ** 0.5, dtype)
+
+  def decode(self, x):
+    return jnp.einsum("BTD,VD->BTV", x, self.input_embedding.astype(x.dtype))
+
+
+class Transformer(nn.Module):
+  """Gemma 3 decoder. `__call__` returns (logits, new_cache)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens, positions, mask, query_index, key_index, cache: Cache | None = None,
+               return_hidden: bool = False):
+    cfg = self.config
+    dtype = _dtype(cfg.dtype)
+    embedder = Embedder(cfg.vocab_size, cfg.embed_dim, cfg.param_dtype, name="embedder")
+    x = embedder.encode(tokens, dtype)
+    new_cache = {} if cache is not None else None
+    for i in range(cfg.num_layers):
+      name = f"layer_{i}"
+      layer_cache = None if cache is None else cache[name]
+      x, c = Block(cfg, i, name=name)(x, positions, mask, query_index, key_index, layer_cache)
+      if cache is not None:
+        new_cache[name] = c
+    x = RMSNorm(cfg.rms_norm_eps, cfg.param_dtype, name="final_norm")(x)
+    if return_hidden:
+      return x, new_cache
+    logits = embedder.decode(x).astype(jnp.float32)
+    if cfg.final_logit_softcap is not None:
+      logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
+    return logits, new_cache
+
+
+# ---- masks -------------------------------------------------------------------------------------------
+def attention_mask(input_mask, segment_ids=None):
+  """(B, T, T) causal mask that also hides padding keys and keys of other packed segments."""
+  B, T = input_mask.shape
+  causal = jnp.tril(jnp.ones((T, T), dtype=bool))[None]
+  mask = jnp.logical_and(causal, input_mask[:, None, :])
+  if segment_ids is not None:
+    mask = jnp.logical_and(mask, segment_ids[:, :, None] == segment_ids[:, None, :])
+  return mask
+
+
+def default_positions(input_mask):
+  """Positions that skip padding: 0 at the first real token (so left padding is handled)."""
+  return jnp.maximum(jnp.cumsum(input_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+# ---- public functional API ---------------------------------------------------------------------------
+def forward(config: ModelConfig, params: Params, tokens, *, positions=None, input_mask=None,
+            segment_ids=None, return_hidden: bool = False):
+  """Logits (B, T, V) float32 for a batch of token ids (B, T). Pure and jit-able.
+
+  input_mask: (B, T) bool, True for real tokens (default: all real). positions default to the count of
+  real tokens before each one (left or right padding both fine). segment_ids (B, T) int: packed examples
+  attend only within their own segment (give per-segment `positions` too).
+  With `return_hidden=True`, returns the final-norm hidden states (B, T, D) instead of logits.
+  """
+  tokens = jnp.asarray(tokens)
+  if input_mask is None:
+    input_mask = jnp.ones(tokens.shape, dtype=bool)
+  input_mask = jnp.asarray(input_mask, dtype=bool)
+  if positions is None:
+    positions = default_positions(input_mask)
+  mask = attention_mask(input_mask, segment_ids)
+  T = tokens.shape[1]
+  index = jnp.arange(T, dtype=jnp.int32)
+  query_index = jnp.broadcast_to(index[None], tokens.shape)
+  out, _ = Transformer(config).apply({"params": params}, tokens, positions, mask, query_index, index,
+                                     None, return_hidden)
+  return out
+
+
+def init_params(config: ModelConfig, rng) -> Params:
+  """Random parameters (for scratch runs and tests). Use `jax.eval_shape(init_params, cfg, rng)` for shapes."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  mask = jnp.ones((1, 1, 1), bool)
+  index = jnp.zeros((1,), jnp.int32)
+  variables = Transformer(config).init(rng, tokens, tokens, mask, tokens, index)
+  return variables["params"]
+
+
+def abstract_params(config: ModelConfig) -> Params:
+  """ShapeDtypeStructs of every parameter, no memory used (works for the full-size presets)."""
+  return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+# ---- KV cache ----------------------------------------------------------------------------------------
+def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=None) -> Cache:
+  dtype = _dtype(dtype or config.dtype)
+  shape = (batch_size, max_len, config.num_kv_heads, config.head_dim)
+  cache = {f"layer_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+                          "index": jnp.zeros((), jnp.int32)}
+           for i in range(config.num_layers)}
+  return cache
+
+
+def forward_with_cache(config: ModelConfig, params: Params, tokens, positions, key_mask, cache: Cache):
+  """Run T new tokens starting at the cache's index; returns (logits (B, T, V), new cache).
+
+  key_mask: (B, S) bool over the whole cache, True where a written (or being written) slot holds a real
+  token. Query t (at cache slot index + t) sees slots s <= index + t that are real.
+  """
+  B, T = tokens.shape
+  S = key_mask.shape[1]
+  start = cache["layer_0"]["index"]
+  query_index = start + jnp.arange(T, dtype=jnp.int32)
+  key_index = jnp.arange(S, dtype=jnp.int32)
+  mask = (key_index[None, None, :] <= query_index[None, :, None]) & key_mask[:, None, :]
+  query_index = jnp.broadcast_to(query_index[None], (B, T))
+  logits, new_cache = Transformer(config).apply({"params": params}, tokens, positions, mask, query_index,
+                                                key_index, cache)
+  return logits, new_cache
