@@ -1,0 +1,34 @@
+"""Tasks, datasets and batching for grow_jax.
+
+    tasks.py            Task, Example, the registry (get_task / list_tasks / register_task)
+    prompts.py          shared prompt formats (translation, multiple choice)
+    cache.py            the offline datasets' cache: data dir, hash splits, atomic JSONL + manifest
+    paper_tasks.py      the paper's tasks through Hugging Face `datasets`: scitail, sciq, mathqa, winogrande,
+                        translation_en_fr (wmt14 / opus_books)
+    gettext_catalogs.py offline English->French pairs from .po catalogs in PyPI wheels: gettext_en_fr
+    knowledge_probe.py  offline capital-city multiple choice from countryinfo: capitals
+    stdlib_text.py      offline English prose from stdlib docstrings (perplexity / KL): stdlib_text
+    arithmetic.py       offline generated arithmetic word problems, 5 options: arithmetic
+    batching.py         tokenisation, padding/packing, resumable shuffling iterator, per-process slices
+
+Typical use:
+
+    task = get_task("gettext_en_fr")
+    examples = task.examples("train")
+    sequences, skipped = tokenize_examples(examples, tokenizer, max_len=256, on_overflow="skip")
+    batches = BatchIterator(sequences, batch_size=32, seq_len=256, pad_id=tokenizer.pad_id, packing=True)
+"""
+
+from grow_jax.data.batching import (BATCH_KEYS, BatchIterator, SequenceTooLongError, Tokenizer,
+                                    TokenizedSequence, pack_rows, pad_batch, process_slice, scoring_sequences,
+                                    tokenize_example, tokenize_examples)
+from grow_jax.data.cache import CacheError, data_dir, hash_split
+from grow_jax.data.tasks import (KNOWN_METRICS, Example, MalformedRecordError, Task, TaskError, get_task,
+                                 list_tasks, register_task, task_options)
+
+__all__ = [
+    "BATCH_KEYS", "BatchIterator", "CacheError", "Example", "KNOWN_METRICS", "MalformedRecordError",
+    "SequenceTooLongError", "Task", "TaskError", "TokenizedSequence", "Tokenizer", "data_dir", "get_task",
+    "hash_split", "list_tasks", "pack_rows", "pad_batch", "process_slice", "register_task", "scoring_sequences",
+    "task_options", "tokenize_example", "tokenize_examples",
+]

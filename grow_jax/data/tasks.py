@@ -1,0 +1,308 @@
+"""Tasks: a named data source plus the templates that turn its records into `Example`s; and the registry.
+
+A `Task` is pure description. `task.examples(split)` reads the raw records of a split from `task.source` and
+applies the templates to each:
+
+    prompt(record)  -> str         text the model conditions on (may be empty: plain-text corpora)
+    target(record)  -> str         text the model is trained to produce / scored on (never empty)
+    choices(record) -> [str, ...]  multiple-choice tasks: the candidate continuations of `prompt`
+    gold(record)    -> int         multiple-choice tasks: index of the right one in `choices`
+    partial(record) -> ([context per choice], continuation)
+                                   "partial scoring" (lm-eval-harness WinoGrande): each choice is substituted
+                                   into its own context and the model scores one shared continuation
+
+Text conventions (lm-evaluation-harness's, shared with grow_jax.evaluation; tests check them):
+  * The training text is `prompt + target_delimiter + target`; the delimiter is " " for prompted tasks and ""
+    for plain-text corpora. Targets, choices and continuations carry no leading space ("Paris").
+  * A multiple-choice task has `target == choices[gold]`, so generative exact match and log-likelihood
+    scoring judge the same answer.
+  * `Example` also answers to the evaluator's field names: `context` (= prompt) and `references` (= (target,)).
+
+A record that a template cannot handle (missing field, wrong type, empty target, gold out of range) raises
+`MalformedRecordError` naming the task, split, record index and id: it never becomes an empty example.
+
+Registry: task modules register factories `(**options) -> Task` with `@register_task(name)`;
+`get_task(name, **options)` builds one. Options are the factory's keyword arguments (e.g. `data_files=` to
+read a paper task from local JSON files, `data_dir=` for the offline tasks' cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+import logging
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+Record = Mapping[str, Any]
+
+# Metric names the evaluators understand. A task lists the ones that make sense for it.
+KNOWN_METRICS = ("acc", "acc_norm", "exact_match", "bleu", "chrf", "perplexity", "kl")
+
+_MALFORMED_POLICIES = ("raise", "skip")
+
+
+class TaskError(ValueError):
+  """A task that cannot be used as asked: a task, split or option that does not exist (the message lists what
+  does), or a malformed record (`MalformedRecordError`)."""
+
+
+class MalformedRecordError(TaskError):
+  """A record that cannot become an `Example`; the message names task, split, record index/id and field."""
+
+
+class FieldError(ValueError):
+  """Raised by templates for a bad field; `Task.example` rewraps it with the task/record context."""
+
+
+def field(record: Record, name: str, *, allow_empty: bool = False) -> str:
+  """`record[name]` as a string; raises `FieldError` naming the field if missing, not a string, or empty."""
+  if name not in record:
+    raise FieldError(f"missing field {name!r} (fields present: {sorted(record)})")
+  value = record[name]
+  if value is None:  # what a missing field becomes once `datasets` unifies the records' schema
+    raise FieldError(f"missing field {name!r} (null)")
+  if not isinstance(value, str):
+    raise FieldError(f"field {name!r} must be a string, got {type(value).__name__} {value!r:.60}")
+  if not allow_empty and not value.strip():
+    raise FieldError(f"field {name!r} is empty")
+  return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One model-ready example; see the module docstring for the text conventions."""
+
+  id: str
+  prompt: str
+  target: str
+  choices: tuple[str, ...] | None = None
+  gold: int | None = None
+  contexts: tuple[str, ...] | None = None   # partial scoring: one context per choice
+  continuation: str | None = None           # partial scoring: shared continuation
+  target_delimiter: str = " "               # between prompt (or context) and target / choice / continuation
+
+  @property
+  def is_multiple_choice(self) -> bool:
+    return self.choices is not None
+
+  @property
+  def context(self) -> str:
+    """The prompt, under the name grow_jax.evaluation's multiple-choice scoring reads."""
+    return self.prompt
+
+  @property
+  def references(self) -> tuple[str, ...]:
+    """The reference answers for generation metrics: (target,)."""
+    return (self.target,)
+
+  @property
+  def text(self) -> str:
+    """The full training text: prompt + target_delimiter + target."""
+    return self.prompt + self.target_delimiter + self.target
+
+  def to_dict(self) -> dict[str, Any]:
+    """A JSON-able dict (tuples as lists; unset optional fields dropped)."""
+    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A named data source and the templates that make `Example`s of its records (see module docstring).
+
+  Attributes:
+    name: registry name, used in every error message.
+    splits: the splits `source` can serve.
+    source: split -> iterable of raw records (dicts).
+    prompt, target, choices, gold, partial: templates (record -> value); raise `FieldError`/`KeyError`/
+      `ValueError` on a bad record.
+    metrics: metric names from `KNOWN_METRICS`, in order of importance.
+    record_id: (record, index) -> id string; default "<split>-<index>" (or the record's "id" field).
+    target_delimiter: joins prompt and target (" "; "" for plain-text corpora).
+    description: one line for listings and logs.
+  """
+
+  name: str
+  splits: tuple[str, ...]
+  source: Callable[[str], Iterable[Record]]
+  prompt: Callable[[Record], str]
+  target: Callable[[Record], str]
+  metrics: tuple[str, ...]
+  choices: Callable[[Record], Sequence[str]] | None = None
+  gold: Callable[[Record], int] | None = None
+  partial: Callable[[Record], tuple[Sequence[str], str]] | None = None
+  record_id: Callable[[Record, int], str] | None = None
+  target_delimiter: str = " "
+  description: str = ""
+
+  def __post_init__(self):
+    if not self.splits:
+      raise TaskError(f"task {self.name!r} declares no splits")
+    unknown = [m for m in self.metrics if m not in KNOWN_METRICS]
+    if unknown:
+      raise TaskError(f"task {self.name!r}: unknown metrics {unknown}; known: {list(KNOWN_METRICS)}")
+    if (self.choices is None) != (self.gold is None):
+      raise TaskError(f"task {self.name!r}: `choices` and `gold` must be given together")
+    if self.partial is not None and self.choices is None:
+      raise TaskError(f"task {self.name!r}: `partial` scoring needs `choices` and `gold`")
+
+  @property
+  def is_multiple_choice(self) -> bool:
+    return self.choices is not None
+
+  def check_split(self, split: str) -> None:
+    """Raises `TaskError` naming the task and its available splits if `split` is not one of them."""
+    if split not in self.splits:
+      raise TaskError(f"task {self.name!r} has no split {split!r}; available splits: {list(self.splits)}")
+
+  def records(self, split: str, *, limit: int | None = None) -> Iterator[Record]:
+    """The raw records of `split` (at most `limit`), as the source yields them."""
+    self.check_split(split)
+    records = iter(self.source(split))
+    return itertools.islice(records, limit) if limit is not None else records
+
+  def example(self, record: Record, index: int, split: str = "?") -> Example:
+    """Applies the templates to one record; raises `MalformedRecordError` with full context on failure."""
+    rid = self._record_id(record, index, split)
+    try:
+      return self._build(record, rid)
+    except (FieldError, KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+      reason = f"missing field {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+      raise MalformedRecordError(
+          f"task {self.name!r} split {split!r} record {index} (id {rid!r}): {reason}") from e
+
+  def examples(self, split: str, *, limit: int | None = None, on_malformed: str = "raise") -> list[Example]:
+    """The `Example`s of `split` (first `limit` records).
+
+    on_malformed: "raise" (default) stops at the first bad record with `MalformedRecordError`; "skip" drops
+      bad records and logs how many and the first reasons (for known-noisy hub data; never silent).
+    """
+    if on_malformed not in _MALFORMED_POLICIES:
+      raise ValueError(f"on_malformed must be one of {_MALFORMED_POLICIES}, got {on_malformed!r}")
+    out, skipped = [], []
+    for i, record in enumerate(self.records(split, limit=limit)):
+      try:
+        out.append(self.example(record, i, split))
+      except MalformedRecordError as e:
+        if on_malformed == "raise":
+          raise
+        skipped.append(str(e))
+    if skipped:
+      logging.warning("task %r split %r: skipped %d malformed records of %d; first: %s",
+                      self.name, split, len(skipped), len(skipped) + len(out), skipped[:3])
+    return out
+
+  # -- internals ------------------------------------------------------------------------------------------
+
+  def _record_id(self, record: Record, index: int, split: str) -> str:
+    try:
+      if self.record_id is not None:
+        return str(self.record_id(record, index))
+      if isinstance(record, Mapping) and isinstance(record.get("id"), (str, int)) and record.get("id") != "":
+        return str(record["id"])
+    except Exception:  # an id is only for messages: never let it mask the real error
+      pass
+    return f"{split}-{index}"
+
+  def _build(self, record: Record, rid: str) -> Example:
+    if not isinstance(record, Mapping):
+      raise FieldError(f"record must be a mapping of fields, got {type(record).__name__}")
+    prompt = self.prompt(record)
+    _check_text("prompt", prompt, allow_empty=True)
+    choices = gold = contexts = continuation = None
+    if self.choices is not None:   # checked before the target, which usually indexes the choices
+      choices = tuple(self.choices(record))
+      gold = self.gold(record)
+      if len(choices) < 2:
+        raise FieldError(f"needs at least 2 choices, got {len(choices)}")
+      for j, c in enumerate(choices):
+        self._check_answer(f"choice {j}", c)
+      if len(set(choices)) != len(choices):
+        raise FieldError(f"choices are not distinct: {list(choices)}")
+      if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
+        raise FieldError(f"gold index must be an int in [0, {len(choices)}), got {gold!r}")
+    target = self.target(record)
+    self._check_answer("target", target)
+    if choices is not None and target != choices[gold]:
+      raise FieldError(f"target {target!r} must equal choices[gold] = {choices[gold]!r}")
+    if self.partial is not None:
+      ctxs, continuation = self.partial(record)
+      contexts = tuple(ctxs)
+      if len(contexts) != len(choices):
+        raise FieldError(f"partial scoring needs one context per choice: {len(contexts)} != {len(choices)}")
+      for j, c in enumerate(contexts):
+        _check_text(f"context {j}", c, allow_empty=False)
+      self._check_answer("continuation", continuation)
+    return Example(id=rid, prompt=prompt, target=target, choices=choices, gold=gold,
+                   contexts=contexts, continuation=continuation, target_delimiter=self.target_delimiter)
+
+  def _check_answer(self, what: str, value: Any) -> None:
+    """A target/choice/continuation: a non-empty string with no leading space when a delimiter supplies it."""
+    _check_text(what, value, allow_empty=False)
+    if self.target_delimiter and value[0].isspace():
+      raise FieldError(f"{what} {value!r:.60} starts with whitespace; the target delimiter "
+                       f"{self.target_delimiter!r} already separates it from the prompt")
+
+
+def _check_text(what: str, value: Any, *, allow_empty: bool) -> None:
+  if not isinstance(value, str):
+    raise FieldError(f"{what} must be a string, got {type(value).__name__}")
+  if not allow_empty and not value.strip():
+    raise FieldError(f"{what} is empty")
+
+
+# -- registry ---------------------------------------------------------------------------------------------
+
+TaskFactory = Callable[..., Task]
+_REGISTRY: dict[str, TaskFactory] = {}
+
+
+def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
+  """Decorator: registers `factory(**options) -> Task` under `name` (a duplicate name is an error)."""
+
+  def wrap(factory: TaskFactory) -> TaskFactory:
+    if name in _REGISTRY and _REGISTRY[name] is not factory:
+      raise TaskError(f"task {name!r} is already registered (by {_REGISTRY[name].__module__})")
+    _REGISTRY[name] = factory
+    return factory
+
+  return wrap
+
+
+def list_tasks() -> list[str]:
+  """Names of all registered tasks, sorted."""
+  _ensure_builtin_tasks()
+  return sorted(_REGISTRY)
+
+
+def task_options(name: str) -> list[str]:
+  """The keyword options `get_task(name, ...)` accepts."""
+  return list(inspect.signature(_factory(name)).parameters)
+
+
+def get_task(name: str, **options: Any) -> Task:
+  """Builds the registered task `name` with `options`.
+
+  Raises:
+    TaskError: unknown task (the message lists the known ones) or an option the task does not take.
+  """
+  factory = _factory(name)
+  try:
+    inspect.signature(factory).bind(**options)
+  except TypeError as e:
+    raise TaskError(f"task {name!r} does not take options {sorted(options)} ({e}); "
+                    f"its options: {task_options(name)}") from None
+  return factory(**options)
+
+
+def _factory(name: str) -> TaskFactory:
+  _ensure_builtin_tasks()
+  if name not in _REGISTRY:
+    raise TaskError(f"unknown task {name!r}; known tasks: {sorted(_REGISTRY)}")
+  return _REGISTRY[name]
+
+
+def _ensure_builtin_tasks() -> None:
+  """Imports the modules that register the built-in tasks (cheap: they import heavy libraries lazily)."""
+  from grow_jax.data import arithmetic, gettext_catalogs, knowledge_probe, paper_tasks, stdlib_text  # noqa: F401
