@@ -84,7 +84,17 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
       pad_token_id=int(hf.get("pad_token_id", 0) or 0),
   )
   kwargs.update(overrides)
-  return ModelConfig(**kwargs)
+  config = ModelConfig(**kwargs)
+  if config.attention_types is not None:
+    # Keep the compact form when layer_types is just the 5:1 pattern (round-trips config_to_hf exactly).
+    patterned = config.replace(attention_types=None)
+    if all(patterned.attention_type(i) == config.attention_types[i] for i in range(config.num_layers)):
+      config = patterned
+  return config
+
+
+def _int_if_integral(x):
+  return int(x) if float(x).is_integer() else float(x)
 
 
 def _first(x) -> int:
@@ -112,7 +122,8 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
       "num_attention_heads": config.num_heads,
       "num_key_value_heads": config.num_kv_heads,
       "head_dim": config.head_dim,
-      "query_pre_attn_scalar": config.query_pre_attn_scalar,
+      # transformers' Gemma3TextConfig validates this field as an int (Gemma 3 27B: 168).
+      "query_pre_attn_scalar": _int_if_integral(config.query_pre_attn_scalar),
       "sliding_window": config.sliding_window,
       "layer_types": layer_types,
       "rope_parameters": {"full_attention": full,
@@ -141,12 +152,16 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
 def params_from_hf(config: ModelConfig, tensors: Mapping[str, Any]) -> Params:
   """Our param dict from an HF state dict (name -> array-like; numpy, safetensors slices or torch).
 
-  Checks every tensor against the config's shapes and names the first mismatch.
+  Checks every tensor against the config's shapes and names the first mismatch. Tensors are read one at a
+  time and cast to `config.param_dtype` as they are read, so a lazy mapping (one that reads from disk in
+  `__getitem__`) keeps peak memory near the size of the result.
   """
   if config.is_grown:
     raise ConfigError("params_from_hf builds an ungrown model; the config has grown MLP branches")
   N, K, D, H, F = config.num_heads, config.num_kv_heads, config.embed_dim, config.head_dim, config.hidden_dim
-  prefix = "model." if any(k.startswith("model.") for k in tensors) else ""
+  prefix = text_decoder_prefix(tensors)
+  import jax.numpy as jnp  # local: keep this module importable without initialising jax
+  dtype = jnp.dtype(config.param_dtype)
 
   def get(name, shape):
     key = prefix + name
@@ -156,7 +171,7 @@ def params_from_hf(config: ModelConfig, tensors: Mapping[str, Any]) -> Params:
     if tuple(value.shape) != tuple(shape):
       raise ConfigError(f"checkpoint tensor {key!r} has shape {tuple(value.shape)}, expected {tuple(shape)} "
                         "from the config")
-    return value
+    return value.astype(dtype, copy=False)
 
   params: Params = {"embedder": {"input_embedding": get("embed_tokens.weight", (config.vocab_size, D))},
                     "final_norm": {"scale": get("norm.weight", (D,))}}
@@ -177,7 +192,7 @@ def params_from_hf(config: ModelConfig, tensors: Mapping[str, Any]) -> Params:
     down = get(p + "mlp.down_proj.weight", (D, F))
     layer["mlp"] = {"gating_einsum": np.stack([gate, up]), "linear": down.T}
     params[f"layer_{i}"] = layer
-  return _cast_tree(params, config.param_dtype)
+  return params
 
 
 def params_to_hf(config: ModelConfig, params: Params) -> dict[str, np.ndarray]:
@@ -206,15 +221,31 @@ def params_to_hf(config: ModelConfig, params: Params) -> dict[str, np.ndarray]:
   return {k: np.ascontiguousarray(np.asarray(v)) for k, v in out.items()}
 
 
+def text_decoder_prefix(names) -> str:
+  """The prefix before `embed_tokens.weight` in a state dict's names.
+
+  '' for a bare decoder, 'model.' for Gemma3ForCausalLM, 'language_model.model.' (transformers 4.x) or
+  'model.language_model.' (5.x) for a multimodal Gemma 3 checkpoint, whose vision tensors are then ignored.
+  """
+  candidates = sorted(k[:-len("embed_tokens.weight")] for k in names if k.endswith("embed_tokens.weight"))
+  if not candidates:
+    return "model."  # let the caller's missing-tensor error name the full expected key
+  if len(candidates) > 1:
+    raise ConfigError(f"checkpoint holds several token embeddings {[c + 'embed_tokens.weight' for c in candidates]}; "
+                      "expected one Gemma 3 text decoder")
+  return candidates[0]
+
+
 def _to_numpy(x) -> np.ndarray:
   if hasattr(x, "detach"):  # torch tensor
     x = x.detach().float().cpu().numpy() if str(x.dtype) == "torch.bfloat16" else x.detach().cpu().numpy()
   return np.asarray(x)
 
 
-def _cast_tree(tree, dtype_name: str):
+def cast_params(tree, dtype_name: str):
+  """The tree's arrays as numpy arrays of dtype `dtype_name` (no copy where the dtype already matches)."""
   import jax.numpy as jnp  # local: keep this module importable without initialising jax
   dtype = jnp.dtype(dtype_name)
   if isinstance(tree, dict):
-    return {k: _cast_tree(v, dtype_name) for k, v in tree.items()}
-  return np.asarray(tree).astype(dtype)
+    return {k: cast_params(v, dtype_name) for k, v in tree.items()}
+  return np.asarray(tree).astype(dtype, copy=False)

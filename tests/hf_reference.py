@@ -30,9 +30,9 @@ def hf_state_dict(model) -> dict[str, np.ndarray]:
 
 def hf_logits(model, tokens, attention_mask=None, position_ids=None) -> np.ndarray:
   with torch.no_grad():
-    kwargs = {"input_ids": torch.as_tensor(np.asarray(tokens), dtype=torch.long)}
+    kwargs = {"input_ids": torch.tensor(np.asarray(tokens), dtype=torch.long)}
     if attention_mask is not None:
-      kwargs["attention_mask"] = torch.as_tensor(np.asarray(attention_mask), dtype=torch.long)
+      kwargs["attention_mask"] = torch.tensor(np.asarray(attention_mask), dtype=torch.long)
     if position_ids is not None:
-      kwargs["position_ids"] = torch.as_tensor(np.asarray(position_ids), dtype=torch.long)
+      kwargs["position_ids"] = torch.tensor(np.asarray(position_ids), dtype=torch.long)
     return model(**kwargs).logits.float().numpy()
