@@ -1,0 +1,83 @@
+"""Text metrics on generated strings: post-processing, exact match, and sacrebleu's corpus BLEU / chrF.
+
+References are given per example, as one string or a sequence of alternatives. BLEU and chrF are
+sacrebleu's own corpus scores (0..100), with its default settings (13a tokenisation; chrF n=6, beta=2).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import sacrebleu
+
+References = Sequence[str | Sequence[str]]
+
+
+def postprocess(text: str, stop: Sequence[str] = ("\n",)) -> str:
+  """Cut `text` at the first occurrence of any stop string, then strip surrounding whitespace.
+
+  Leading whitespace is stripped before looking for stops, so a completion that starts with a newline
+  (" \\nParis") is not cut to nothing.
+  """
+  text = text.lstrip()
+  cut = len(text)
+  for s in stop:
+    if s:
+      i = text.find(s)
+      if i >= 0:
+        cut = min(cut, i)
+  return text[:cut].strip()
+
+
+def _alternatives(reference: str | Sequence[str], index: int) -> list[str]:
+  if isinstance(reference, str):
+    return [reference]
+  refs = list(reference)
+  if not refs or not all(isinstance(r, str) for r in refs):
+    raise ValueError(f"references[{index}]={reference!r}: expected a string or a non-empty list of strings")
+  return refs
+
+
+def _check_lengths(predictions: Sequence[str], references: References):
+  if len(predictions) != len(references):
+    raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+  if not predictions:
+    raise ValueError("no predictions to score")
+
+
+def exact_match(predictions: Sequence[str], references: References, *, ignore_case: bool = False) -> float:
+  """Fraction of predictions equal (after strip) to one of their references."""
+  _check_lengths(predictions, references)
+  norm = (lambda s: s.strip().lower()) if ignore_case else (lambda s: s.strip())
+  hits = sum(norm(p) in {norm(r) for r in _alternatives(refs, i)}
+             for i, (p, refs) in enumerate(zip(predictions, references)))
+  return hits / len(predictions)
+
+
+def reference_streams(references: References) -> list[list[str | None]]:
+  """Per-example references -> sacrebleu's reference streams (one list per alternative).
+
+  Examples with fewer alternatives than the most are padded with None, which sacrebleu ignores.
+  """
+  per_example = [_alternatives(r, i) for i, r in enumerate(references)]
+  width = max(len(r) for r in per_example)
+  return [[r[k] if k < len(r) else None for r in per_example] for k in range(width)]
+
+
+def corpus_bleu(predictions: Sequence[str], references: References) -> float:
+  """sacrebleu.corpus_bleu(...).score (0..100)."""
+  _check_lengths(predictions, references)
+  return float(sacrebleu.corpus_bleu(list(predictions), reference_streams(references)).score)
+
+
+def corpus_chrf(predictions: Sequence[str], references: References) -> float:
+  """sacrebleu.corpus_chrf(...).score (0..100)."""
+  _check_lengths(predictions, references)
+  return float(sacrebleu.corpus_chrf(list(predictions), reference_streams(references)).score)
+
+
+TEXT_METRICS = {
+    "exact_match": exact_match,
+    "bleu": corpus_bleu,
+    "chrf": corpus_chrf,
+}
