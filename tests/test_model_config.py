@@ -11,10 +11,11 @@ from grow_jax.model_config import (GLOBAL, LOCAL, ConfigError, ModelConfig, coun
 @pytest.mark.parametrize("name,expected_layers", [("gemma3_270m", 18), ("gemma3_1b", 26), ("gemma3_4b", 34)])
 def test_full_size_presets_are_checkable_without_memory(name, expected_layers):
   config = get_preset(name)
-  shapes = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
-  flat = {"/".join(k.key for k in path): leaf.shape
-          for path, leaf in jax.tree_util.tree_leaves_with_path(shapes)}
-  assert flat == param_shapes(config)
+  flat = lambda tree: {"/".join(k.key for k in path): leaf.shape
+                       for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  declared = flat(model.module_param_shapes(config))
+  assert declared == param_shapes(config)
+  assert flat(model.abstract_params(config)) == declared
   assert config.num_layers == expected_layers
 
 
@@ -28,6 +29,17 @@ def test_five_local_layers_then_one_global():
   config = get_preset("gemma3_1b")
   types = [config.attention_type(i) for i in range(12)]
   assert types == [LOCAL] * 5 + [GLOBAL] + [LOCAL] * 5 + [GLOBAL]
+
+
+def test_init_params_matches_the_module_for_a_grown_config():
+  config = get_preset("tiny", mlp_branches=((128, 32),) + ((128,),) * 6, param_dtype="bfloat16")
+  params = model.init_params(config, jax.random.key(0))
+  declared = model.module_param_shapes(config)
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(declared)
+  for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(declared)):
+    assert got.shape == want.shape and got.dtype == want.dtype
+  assert float(abs(params["layer_0"]["mlp"]["grown_1"]["linear"]).max()) > 0
+  assert float(abs(params["final_norm"]["scale"]).max()) == 0.0
 
 
 def test_per_layer_mlp_branches_give_per_layer_widths():
