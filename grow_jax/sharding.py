@@ -1,0 +1,220 @@
+"""Device mesh, path-regex sharding rules, and global batches.
+
+Mesh axes (all `AxisType.Auto`, so ordinary sharded matmuls compile without annotations):
+    data    pure data parallelism (parameters replicated)
+    fsdp    data parallelism whose members also split the parameters and optimizer state (ZeRO-3 style)
+    tensor  Megatron-style tensor parallelism: attention heads and MLP hidden units split across devices
+
+Batches are split over ('data', 'fsdp'). Parameters follow `PARAM_RULES`: the first regex that matches a
+leaf's path ('/'-joined dict keys) gives its PartitionSpec; a leaf no rule matches is an error naming it, and
+so is a dimension that its mesh axes do not divide. Optimizer states are sharded like the parameter whose path
+and shape they carry (Adam moments), scalars (step counters) are replicated on the mesh.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from grow_jax import tree_paths
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+class ShardingError(ValueError):
+  """A mesh or sharding that cannot work; the message names the leaf / field and the sizes."""
+
+
+# ---- paths -------------------------------------------------------------------------------------------
+path_of = tree_paths.path_str        # the repository's one path helper ('/'-joined keys)
+
+
+def flatten_with_paths(tree) -> list[tuple[str, Any]]:
+  """[(path, leaf)] in leaf order; works on any pytree (optimizer states: attribute names, indices)."""
+  return [(path_of(kp), leaf) for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+map_with_paths = tree_paths.map_with_path
+
+
+# ---- mesh --------------------------------------------------------------------------------------------
+def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> dict[str, int]:
+  """Resolves the -1 entry of {'data', 'fsdp', 'tensor'} so the product is `num_devices`."""
+  unknown = sorted(set(mesh_config) - set(MESH_AXES))
+  if unknown:
+    raise ShardingError(f"config.mesh has unknown axes {unknown}; expected {list(MESH_AXES)}")
+  sizes = {a: int(mesh_config.get(a, 1)) for a in MESH_AXES}
+  described = ",".join(f"{a}={s}" for a, s in sizes.items())
+  fill = [a for a, s in sizes.items() if s == -1]
+  if len(fill) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
+    raise ShardingError(f"config.mesh={described}: expected positive sizes with at most one -1 (fill)")
+  known = math.prod(s for s in sizes.values() if s != -1)
+  if fill:
+    if num_devices % known:
+      raise ShardingError(f"config.mesh={described}: {num_devices} devices are not divisible by {known}")
+    sizes[fill[0]] = num_devices // known
+  if math.prod(sizes.values()) != num_devices:
+    raise ShardingError(f"config.mesh={described} needs {math.prod(sizes.values())} devices; "
+                        f"there are {num_devices} (use -1 on one axis to fill)")
+  return sizes
+
+
+def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = mesh_shape(mesh_config, len(devices))
+  shape = tuple(sizes[a] for a in MESH_AXES)
+  if len(devices) == len(jax.devices()):
+    # make_mesh picks a device order that follows the physical topology (TPU ICI rings).
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def describe(mesh: Mesh) -> str:
+  return ",".join(f"{a}={mesh.shape[a]}" for a in mesh.axis_names)
+
+
+# ---- parameter rules ---------------------------------------------------------------------------------
+# Megatron layout: heads and MLP hidden units over 'tensor' (column-parallel in, row-parallel out), the model
+# dim D over 'fsdp'. K (kv heads) is 1 on Gemma 3 270M/1B, so kv stays replicated over 'tensor' (MQA style).
+# LoRA factors: A (.., r) follows the input dim, B (r, ..) the output dim of the weight it adapts.
+PARAM_RULES: tuple[tuple[str, P], ...] = (
+    (r"^embedder/input_embedding$", P("tensor", "fsdp")),                   # (V, D)
+    (r"/attn/q_einsum/w$", P("tensor", "fsdp", None)),                        # (N, D, H)
+    (r"/attn/kv_einsum/w$", P(None, None, "fsdp", None)),                     # (2, K, D, H)
+    (r"/attn/attn_vec_einsum/w$", P("tensor", None, "fsdp")),                 # (N, H, D)
+    (r"/mlp(/grown_\d+)?/gating_einsum$", P(None, "tensor", "fsdp")),         # (2, F, D)
+    (r"/mlp(/grown_\d+)?/linear$", P("tensor", "fsdp")),                      # (F, D)
+    (r"(norm|_norm)/scale$", P()),                                            # (D,) (H,)
+    (r"(^|/)lora(_[ab])?(/|$)|lora_[ab]$", P()),                              # LoRA factors: small
+)
+
+
+def spec_for(path: str, rules: Iterable[tuple[str, P]] = PARAM_RULES) -> P:
+  for pattern, spec in rules:
+    if re.search(pattern, path):
+      return spec
+  raise ShardingError(f"no sharding rule matches parameter {path!r}; add a (regex, PartitionSpec) rule "
+                      "to grow_jax.sharding.PARAM_RULES")
+
+
+def check_spec(path: str, shape: Sequence[int], spec: P, mesh: Mesh) -> None:
+  """Raises ShardingError naming the leaf, dim and axis size when a sharded dim is not divisible."""
+  if len(spec) > len(shape):
+    raise ShardingError(f"{path}: PartitionSpec {spec} has {len(spec)} entries for a rank-{len(shape)} leaf "
+                        f"of shape {tuple(shape)}")
+  for dim, axes in enumerate(spec):
+    if axes is None:
+      continue
+    names = axes if isinstance(axes, tuple) else (axes,)
+    size = math.prod(mesh.shape[a] for a in names)
+    if shape[dim] % size:
+      raise ShardingError(f"{path}: dim {dim} of shape {tuple(shape)} has size {shape[dim]}, not divisible by "
+                          f"mesh axis {'x'.join(names)!r} of size {size} (mesh {describe(mesh)})")
+
+
+def param_shardings(abstract_params, mesh: Mesh, rules: Iterable[tuple[str, P]] = PARAM_RULES):
+  """NamedSharding for every leaf of a params tree (arrays or ShapeDtypeStructs), checked against the mesh."""
+  rules = tuple(rules)
+
+  def one(path, leaf):
+    spec = spec_for(path, rules)
+    check_spec(path, leaf.shape, spec, mesh)
+    return NamedSharding(mesh, spec)
+
+  return map_with_paths(one, abstract_params)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def like_params_shardings(abstract_tree, params_shardings, abstract_params, mesh: Mesh):
+  """Shardings for a tree that holds parameter-shaped leaves (optimizer state, EWC Fisher, anchors).
+
+  A leaf whose path ends with a parameter's path and has that parameter's shape gets the parameter's
+  sharding; every other leaf (step counters, scalars, factored statistics) is replicated on the mesh.
+  """
+  by_path = {}
+  for (path, sh), (_, ab) in zip(flatten_with_paths(params_shardings), flatten_with_paths(abstract_params)):
+    by_path[path] = (tuple(ab.shape), sh)
+  rep = replicated(mesh)
+
+  def one(path, leaf):
+    parts = path.split("/")
+    for i in range(len(parts)):     # longest suffix first
+      hit = by_path.get("/".join(parts[i:]))
+      if hit is not None and hit[0] == tuple(leaf.shape):
+        return hit[1]
+    return rep
+
+  return map_with_paths(one, abstract_tree)
+
+
+# ---- batches -----------------------------------------------------------------------------------------
+def batch_sharding(mesh: Mesh, rank: int = 3, batch_dim: int = 1) -> NamedSharding:
+  """Batches (A microbatches, B, T): split B over ('data', 'fsdp')."""
+  spec = [None] * rank
+  spec[batch_dim] = BATCH_AXES
+  return NamedSharding(mesh, P(*spec))
+
+
+def check_batch_size(batch_size: int, grad_accum_steps: int, mesh: Mesh, process_count: int) -> None:
+  if grad_accum_steps < 1:
+    raise ShardingError(f"grad_accum_steps={grad_accum_steps}: expected a positive integer")
+  if batch_size % grad_accum_steps:
+    raise ShardingError(f"batch_size={batch_size} is not divisible by grad_accum_steps={grad_accum_steps}")
+  micro = batch_size // grad_accum_steps
+  dp = data_parallel_size(mesh)
+  if micro % dp:
+    raise ShardingError(f"batch_size={batch_size} / grad_accum_steps={grad_accum_steps} = {micro} rows per "
+                        f"microbatch is not divisible by the data-parallel size data*fsdp={dp} "
+                        f"(mesh {describe(mesh)}); expected a multiple of {dp * grad_accum_steps}")
+  if micro % process_count:
+    raise ShardingError(f"batch_size={batch_size}: {micro} rows per microbatch are not divisible by the "
+                        f"{process_count} processes")
+
+
+def to_microbatches(local_batch: Mapping[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
+  """(B, T) -> (A, B/A, T): microbatch a holds rows a, a + A, a + 2A, ... of the batch.
+
+  Interleaving keeps each process's rows a contiguous block of every microbatch, so the same global batch
+  gives the same microbatches whatever the process count.
+  """
+  out = {}
+  for k, v in local_batch.items():
+    v = np.asarray(v)
+    b = v.shape[0]
+    if b % accum:
+      raise ShardingError(f"local batch of {b} rows is not divisible by grad_accum_steps={accum}")
+    out[k] = np.swapaxes(v.reshape(b // accum, accum, *v.shape[1:]), 0, 1)
+  return out
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh, accum: int = 1) -> dict[str, jax.Array]:
+  """This process's rows -> global (A, B, T) arrays sharded over ('data', 'fsdp') (multi-host safe)."""
+  micro = to_microbatches(local_batch, accum)
+  pc = jax.process_count()
+  out = {}
+  for k, v in micro.items():
+    sharding = batch_sharding(mesh, v.ndim)
+    shape = (v.shape[0], v.shape[1] * pc, *v.shape[2:])
+    out[k] = jax.make_array_from_process_local_data(sharding, v, shape)
+  return out
+
+
+def put_global(tree, shardings):
+  """Host arrays (the same full value on every process) -> global sharded arrays (multi-host safe)."""
+  def one(x, sharding):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(one, tree, shardings)

@@ -1,0 +1,223 @@
+"""Loss, train step and eval step: pure functions that `train.py` jits with explicit shardings.
+
+Loss: mean next-token cross-entropy over target tokens only. `loss_mask[b, t] = 1` marks `tokens[b, t]` as a
+target, predicted from position t - 1 of the same packed segment. With `loss_chunk > 0` the logits are made
+`loss_chunk` positions at a time inside a rematerialised scan, so the (B, T, V) float32 logits (V = 262144 on
+Gemma 3) never exist at once, in the forward or the backward pass.
+
+Train step: gradients only for trainable leaves (frozen leaves are closed over, so XLA computes no gradient
+for them); gradient accumulation over microbatches with `jax.lax.scan` (sums of per-token losses and their
+gradients, divided by the total target count at the end: equal to the big-batch step up to float rounding);
+the optimizer update (which adds the L2-SP / EWC gradient, see regularizers.py); metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from grow_jax import model as model_lib
+from grow_jax import tree_paths
+from grow_jax.model_config import ModelConfig
+
+Params = dict[str, Any]
+Batch = Mapping[str, jax.Array]
+
+
+# ---- loss --------------------------------------------------------------------------------------------
+def target_weights(batch: Batch) -> jax.Array:
+  """(B, T-1) float32: 1 where tokens[:, t+1] is a target predicted from position t of its own segment."""
+  w = batch["loss_mask"][:, 1:].astype(jnp.float32)
+  if "segment_ids" in batch:
+    seg = batch["segment_ids"]
+    w = w * (seg[:, 1:] == seg[:, :-1]).astype(jnp.float32)
+  if "input_mask" in batch:
+    w = w * batch["input_mask"][:, 1:].astype(jnp.float32)
+  return w
+
+
+def _nll(hidden, embedding, targets, softcap):
+  """Per-position negative log-likelihood: hidden (B, C, D), targets (B, C) -> (B, C) float32."""
+  logits = jnp.einsum("BTD,VD->BTV", hidden, embedding.astype(hidden.dtype)).astype(jnp.float32)
+  if softcap is not None:
+    logits = jnp.tanh(logits / softcap) * softcap
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return lse - picked
+
+
+def token_nll(config: ModelConfig, params: Params, batch: Batch, *, loss_chunk: int = 0) -> jax.Array:
+  """(B, T-1) float32 NLL of every next token (unweighted)."""
+  tokens = batch["tokens"]
+  segment_ids = batch.get("segment_ids")
+  hidden = model_lib.forward(config, params, tokens, positions=batch.get("positions"),
+                             input_mask=batch.get("input_mask"), segment_ids=segment_ids, return_hidden=True)
+  hidden, targets = hidden[:, :-1], tokens[:, 1:]
+  embedding = params["embedder"]["input_embedding"]
+  softcap = config.final_logit_softcap
+  B, T, D = hidden.shape
+  if loss_chunk <= 0 or loss_chunk >= T:
+    return _nll(hidden, embedding, targets, softcap)
+  n = -(-T // loss_chunk)
+  pad = n * loss_chunk - T
+  h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(B, n, loss_chunk, D).swapaxes(0, 1)
+  t = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, loss_chunk).swapaxes(0, 1)
+  chunk_fn = jax.checkpoint(lambda hc, tc: _nll(hc, embedding, tc, softcap))
+  _, nll = jax.lax.scan(lambda carry, xs: (carry, chunk_fn(*xs)), None, (h, t))   # (n, B, C)
+  return nll.swapaxes(0, 1).reshape(B, n * loss_chunk)[:, :T]
+
+
+def loss_sums(config: ModelConfig, params: Params, batch: Batch, *, loss_chunk: int = 0):
+  """(sum of target-token NLL, number of target tokens), both float32 scalars."""
+  w = target_weights(batch)
+  nll = token_nll(config, params, batch, loss_chunk=loss_chunk)
+  return jnp.sum(nll * w), jnp.sum(w)
+
+
+def mean_loss(config: ModelConfig, params: Params, batch: Batch, *, loss_chunk: int = 0) -> jax.Array:
+  """Mean target-token cross-entropy of a (B, T) batch (the `loss_fn` EWC's Fisher uses)."""
+  s, n = loss_sums(config, params, batch, loss_chunk=loss_chunk)
+  return s / jnp.maximum(n, 1.0)
+
+
+# ---- what the step needs from a training method -------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StepMethod:
+  """The parts of a training method the jitted step uses.
+
+  trainable:    path -> bool for every leaf of the method's params (False: no gradient, never updated)
+  model_params: method params -> the params `model.forward` takes (e.g. LoRA merged); identity by default
+  penalty:      (params, opt_state) -> scalar, for logging only: the L2-SP / EWC penalty whose gradient the
+                optimizer adds (grow_jax.regularizers); None when the method has none
+  """
+
+  trainable: Mapping[str, bool]
+  model_params: Callable[[Params], Params] = lambda p: p
+  penalty: Callable[[Params, Any], jax.Array] | None = None
+
+
+def split_trainable(params: Params, trainable: Mapping[str, bool]):
+  """({path: leaf} trainable, {path: leaf} frozen, treedef) from a nested params dict."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  train, frozen, order = {}, {}, []
+  for kp, leaf in leaves:
+    path = tree_paths.path_str(kp)
+    if path not in trainable:
+      raise KeyError(f"parameter {path!r} has no trainable/frozen label")
+    (train if trainable[path] else frozen)[path] = leaf
+    order.append(path)
+  return train, frozen, (treedef, tuple(order))
+
+
+def merge_trainable(train: Mapping[str, Any], frozen: Mapping[str, Any], structure) -> Params:
+  treedef, order = structure
+  return jax.tree_util.tree_unflatten(treedef, [train[p] if p in train else frozen[p] for p in order])
+
+
+# ---- train step --------------------------------------------------------------------------------------
+def make_train_step(config: ModelConfig, method: StepMethod, tx: optax.GradientTransformation, *,
+                    schedule: Callable[[jax.Array], jax.Array] | None = None, loss_chunk: int = 0):
+  """Returns `train_step(state, batch) -> (state, metrics)`.
+
+  state:  {'step': int32 scalar, 'params': method params, 'opt_state': ..., 'rng': uint32 key data}
+  batch:  dict of (A, B, T) arrays: A microbatches of B rows each (A = grad_accum_steps)
+  metrics: loss (mean target-token CE), grad_norm (trainable leaves, before clipping), update_norm,
+           param_norm (trainable), tokens (target count), finite, lr, penalty (L2-SP / EWC, if any).
+  """
+
+  def micro_sums(train, frozen, structure, micro):
+    params = merge_trainable(train, frozen, structure)
+    return loss_sums(config, method.model_params(params), micro, loss_chunk=loss_chunk)
+
+  def train_step(state, batch):
+    params = state["params"]
+    train, frozen, structure = split_trainable(params, method.trainable)
+    grad_fn = jax.value_and_grad(micro_sums, has_aux=True)
+    accum = next(iter(batch.values())).shape[0]
+
+    def one(micro):
+      (s, n), g = grad_fn(train, frozen, structure, micro)
+      return s, n, jax.tree.map(lambda x: x.astype(jnp.float32), g)
+
+    if accum == 1:
+      s, n, g = one(jax.tree.map(lambda x: x[0], batch))
+    else:
+      def body(carry, micro):
+        s, n, g = one(micro)
+        cs, cn, cg = carry
+        return (cs + s, cn + n, jax.tree.map(jnp.add, cg, g)), None
+      zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
+               jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), train))
+      (s, n, g), _ = jax.lax.scan(body, zeros, batch)
+
+    denom = jnp.maximum(n, 1.0)
+    ce = s / denom
+    grads = jax.tree.map(lambda x: x / denom, g)
+    grads = {p: grads[p].astype(train[p].dtype) for p in grads}
+    grad_norm = optax.global_norm(grads)
+
+    # Frozen leaves get zero gradients that the optimizer's set_to_zero branch never reads (XLA drops them).
+    full_grads = merge_trainable(grads, jax.tree.map(jnp.zeros_like, frozen), structure)
+    updates, opt_state = tx.update(full_grads, state["opt_state"], params)
+    upd, _, _ = split_trainable(updates, method.trainable)
+    new_train = {p: (train[p] + upd[p].astype(train[p].dtype)).astype(train[p].dtype) for p in train}
+    new_params = merge_trainable(new_train, frozen, structure)
+
+    metrics = {
+        "loss": ce, "grad_norm": grad_norm,
+        "update_norm": optax.global_norm(upd), "param_norm": optax.global_norm(new_train), "tokens": n,
+        "finite": jnp.isfinite(ce) & jnp.isfinite(grad_norm),
+    }
+    if method.penalty is not None:
+      metrics["penalty"] = method.penalty(params, state["opt_state"])
+    if schedule is not None:
+      metrics["lr"] = jnp.asarray(schedule(state["step"]), jnp.float32)
+    new_state = {**state, "step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(config: ModelConfig, model_params: Callable[[Params], Params] = lambda p: p, *,
+                   loss_chunk: int = 0):
+  """Returns `eval_step(params, batch) -> (nll_sum, target_count)` on (A, B, T) batches."""
+
+  def eval_step(params, batch):
+    mp = model_params(params)
+    def body(carry, micro):
+      s, n = loss_sums(config, mp, micro, loss_chunk=loss_chunk)
+      return (carry[0] + s, carry[1] + n), None
+    (s, n), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), batch)
+    return s, n
+
+  return eval_step
+
+
+def regularizer_penalty(kind: str, coef: float):
+  """`penalty(params, opt_state)` for logging: L2-SP / EWC on the anchor (and Fisher) in the optimizer state."""
+  from grow_jax import regularizers
+
+  def penalty(params, opt_state):
+    found = []
+
+    def visit(x):
+      if isinstance(x, (regularizers.AnchorState, regularizers.EWCState)):
+        found.append(x)
+        return True
+      return False
+
+    jax.tree_util.tree_flatten(opt_state, is_leaf=visit)
+    if not found:
+      return jnp.zeros((), jnp.float32)
+    reg = found[0]
+    flat_params = tree_paths.flatten(params)
+    anchor = tree_paths.flatten(reg.anchor)
+    fisher = tree_paths.flatten(reg.fisher) if kind == "ewc" else None
+    p = {k: flat_params[k] for k in anchor}
+    return regularizers.penalty(kind, coef, p, anchor, fisher)
+
+  return penalty

@@ -1,0 +1,99 @@
+"""Checkpoints: restore onto other meshes, leaf-by-leaf mismatch errors, a foreign workdir left untouched."""
+
+import importlib.util
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from grow_jax import checkpointing, sharding, train, tree_paths
+
+
+def _mesh(data, fsdp, tensor):
+  return sharding.make_mesh(dict(data=data, fsdp=fsdp, tensor=tensor), jax.devices()[:data * fsdp * tensor])
+
+
+def _config(arg):
+  spec = importlib.util.spec_from_file_location("tiny_cfg", "configs/tiny.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _state(config, mesh):
+  mc, base = train.init_base_params(config, mesh)
+  setup, state = train.build_setup(config, mc, base, mesh)
+  return mc, setup, state
+
+
+def test_save_on_one_mesh_restore_on_others(tmp_path):
+  config = _config("mode=g_freeze,layers_n=2")
+  mesh = _mesh(1, 2, 4)
+  mc, setup, state = _state(config, mesh)
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "ck"), keep=2)
+  ckpt.save(3, state, {"batch_index": 3}, train._meta(config, mc, mesh, 3))
+  ckpt.close()
+  host = jax.tree.map(np.asarray, state)
+
+  for shape in ((1, 4, 2), (1, 1, 1)):
+    other = _mesh(*shape)
+    reader = checkpointing.Checkpointer(str(tmp_path / "ck"), read_only=True)
+    meta = reader.read_meta(3)
+    mc2 = train._model_config_from_meta(meta, "test", config)
+    assert mc2 == mc
+    setup2, _ = train.build_setup(config, mc2, _abstract(mc2), other, abstract=True)
+    restored, data_state, meta2 = reader.restore(3, setup2.abstract_state)
+    assert data_state == {"batch_index": 3} and meta2["step"] == 3
+    for (path, a), (_, b) in zip(sharding.flatten_with_paths(host), sharding.flatten_with_paths(restored)):
+      np.testing.assert_array_equal(np.asarray(b), a, err_msg=path)
+    leaf = tree_paths.get(restored["params"], "layer_0/mlp/grown_1/linear")
+    assert leaf.sharding.mesh.shape == other.shape
+
+
+def _abstract(mc):
+  from grow_jax import model
+  return model.abstract_params(mc)
+
+
+def test_restore_mismatch_names_paths_and_shapes(tmp_path):
+  config = _config("mode=g_freeze,layers_n=1")
+  mesh = _mesh(1, 1, 1)
+  mc, setup, state = _state(config, mesh)
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "ck"))
+  ckpt.save(1, state, {}, train._meta(config, mc, mesh, 1))
+  ckpt.close()
+  # Another model: 3x growth instead of 2x (grown_1 has the same shape, grown_2 is new).
+  config3 = _config("mode=g_freeze,layers_n=1,grow=3")
+  mc3 = train.grown_model_config(config3, train.source_model_config(config3))
+  setup3, _ = train.build_setup(config3, mc3, _abstract(mc3), mesh, abstract=True)
+  reader = checkpointing.Checkpointer(str(tmp_path / "ck"), read_only=True)
+  with pytest.raises(checkpointing.CheckpointMismatchError) as e:
+    reader.restore(1, setup3.abstract_state)
+  msg = str(e.value)
+  assert "params/layer_0/mlp/grown_2/linear" in msg and "missing in the checkpoint" in msg
+  # The original branch is linear / 3 and of the same shape; a different width shows both shapes:
+  config_w = _config("mode=g_freeze,layers_n=1")
+  config_w.model.hidden_dim = 64
+  mcw = train.grown_model_config(config_w, train.source_model_config(config_w))
+  setupw, _ = train.build_setup(config_w, mcw, _abstract(mcw), mesh, abstract=True)
+  with pytest.raises(checkpointing.CheckpointMismatchError, match=r"params/layer_0/mlp/linear: checkpoint .* has "
+                     r"\(128, 64\) float32, expected \(64, 64\) float32"):
+    reader.restore(1, setupw.abstract_state)
+
+
+def test_workdir_of_another_model_fails_before_writing(tmp_path):
+  workdir = tmp_path / "wd"
+  config = _config("mode=g_freeze,layers_n=1")
+  mesh = _mesh(1, 1, 1)
+  mc, setup, state = _state(config, mesh)
+  ckpt = checkpointing.Checkpointer(str(workdir / "checkpoints"))
+  ckpt.save(2, state, {"batch_index": 2}, train._meta(config, mc, mesh, 2))
+  ckpt.close()
+  (workdir / "config.json").write_text("previous run")
+  before = {p: os.stat(p).st_mtime_ns for p in workdir.rglob("*")}
+  other = _config("mode=sft,layers_n=1")                  # ungrown: another model shape
+  with pytest.raises(checkpointing.CheckpointMismatchError, match="holds a checkpoint of another model"):
+    train.train_and_evaluate(other, str(workdir))
+  assert (workdir / "config.json").read_text() == "previous run"
+  assert {p: os.stat(p).st_mtime_ns for p in workdir.rglob("*")} == before
