@@ -277,7 +277,8 @@ def forward(config: ModelConfig, params: Params, tokens, *, positions=None, inpu
 def init_params(config: ModelConfig, rng) -> Params:
   """Random parameters (for scratch runs and tests). Use `abstract_params(config)` for shapes only.
 
-  Weights ~ N(0, 0.02²), the embedding ~ N(0, 1) (it is scaled by sqrt(D) on input), norm scales 0
+  Weights ~ N(0, 0.02²), the embedding ~ N(0, 1/D) (scaled by sqrt(D) on input, so inputs have unit
+  scale and the tied output logits start near unit scale), norm scales 0
   (the norms multiply by 1 + scale). All randomness comes from one normal draw that is sliced into leaves:
   XLA on CPU compiles one threefry call per random op (~0.15 s each), so per-leaf draws made a 7-layer
   model take ~10 s to initialise; one draw compiles in well under a second.
@@ -289,7 +290,7 @@ def init_params(config: ModelConfig, rng) -> Params:
   flat = jax.random.normal(rng, (sum(sizes),), jnp.float32)
   leaves, offset = {}, 0
   for path, size in zip(random_paths, sizes):
-    std = 1.0 if path == "embedder/input_embedding" else 0.02
+    std = config.embed_dim ** -0.5 if path == "embedder/input_embedding" else 0.02
     leaves[path] = (flat[offset:offset + size].reshape(shapes[path]) * std).astype(dtype)
     offset += size
   for path in shapes:

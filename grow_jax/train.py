@@ -391,7 +391,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise sharding.ShardingError(str(e).replace("batch_size=", "eval.batch_size=", 1)) from None
 
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  existing = checkpointing.Checkpointer(ckpt_dir, read_only=True) if os.path.isdir(ckpt_dir) else None
+  has_ckpt_dir = os.path.isdir(ckpt_dir)
+  if jax.process_count() > 1:
+    # Every process must take the same branch (orbax managers synchronise across processes), and process 0
+    # may already be creating the directory while another looks: process 0 decides for all.
+    from jax.experimental import multihost_utils
+    has_ckpt_dir = bool(multihost_utils.broadcast_one_to_all(np.asarray(has_ckpt_dir)))
+  existing = checkpointing.Checkpointer(ckpt_dir, read_only=True) if has_ckpt_dir else None
   latest = existing.latest_step() if existing else None
   if latest is not None:
     resume = ("workdir", existing, latest)

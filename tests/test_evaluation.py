@@ -31,11 +31,12 @@ def random_params():
 
 @pytest.fixture(scope="module")
 def lively(random_params):
-  """Small embedding, large block weights: diverse predictions that depend on context."""
+  """Embedding of std 0.125, large block weights: diverse predictions that depend on context."""
+  embedding_scale = 0.125 / float(np.std(random_params["embedder"]["input_embedding"]))
 
   def scale(path, x):
     name = jax.tree_util.keystr(path)
-    return x * 0.125 if "embedding" in name else x if "scale" in name else x * 5
+    return x * embedding_scale if "embedding" in name else x if "scale" in name else x * 5
 
   return jax.tree_util.tree_map_with_path(scale, random_params)
 
