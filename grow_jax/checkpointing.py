@@ -127,3 +127,32 @@ class Checkpointer:
 def abstract_with_shardings(tree, shardings):
   """ShapeDtypeStructs of `tree` carrying `shardings` (the orbax restore target)."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def load_trained_params(path: str, step: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
+  """(model_config, params, meta) of a training checkpoint, on this host's first device — for evaluation
+  and notebooks. `path` is a workdir or its checkpoints/ directory; `step` defaults to the latest.
+
+  `params` is what `model.forward` takes: LoRA adapters, if the run had them, are merged into the weights.
+  """
+  from grow_jax.model_config import ModelConfig
+  directory = checkpoint_dir(path)
+  if not os.path.isdir(directory):
+    raise CheckpointMismatchError(f"{path!r}: no checkpoints/ directory there (expected a grow_jax workdir)")
+  ckpt = Checkpointer(directory, read_only=True)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointMismatchError(f"{directory}: holds no checkpoint")
+  meta = ckpt.read_meta(step)
+  if "model_config" not in meta:
+    raise CheckpointMismatchError(f"{directory}/{step}: meta has no model_config (not a grow_jax training checkpoint)")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), ckpt.stored_tree(step))
+  state, _, _ = ckpt.restore(step, target)
+  ckpt.close()
+  params = state["params"]
+  if "lora" in params:
+    from grow_jax import lora
+    train = meta.get("train", {})
+    params = lora.merge(params, lora.scale_for(train.get("lora_rank", 8), train.get("lora_alpha")))
+  return ModelConfig.from_dict(meta["model_config"]), params, meta

@@ -118,9 +118,12 @@ def base_config() -> ml_collections.ConfigDict:
       tokenizer="",                   # tokenizer source for real tasks ('' = config.init.source)
   ))
 
-  # Periodic evaluation: evaluator names (see train.EVALUATORS) and how many examples each may use.
+  # Periodic evaluation: names from train.EVALUATORS (heldout_loss) or grow_jax.data tasks (scored as
+  # grow_jax.task_eval says: translation BLEU/chrF, multiple-choice acc, perplexity + KL to the init model),
+  # as 'task' (split eval.split) or 'task:split', at most max_examples examples each. at_start: also evaluate before the first step
+  # (then the run ends with a before/after table, also written to <workdir>/summary.{md,json}).
   c.eval = ml_collections.ConfigDict(dict(tasks=("heldout_loss",), max_examples=32, batch_size=8,
-                                         at_start=False))
+                                         at_start=False, split="validation", max_new_tokens=48))
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=10, keep=3, async_save=True))
 

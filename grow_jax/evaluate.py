@@ -27,11 +27,8 @@ _FLAGS_DEFINED = False
 
 # ---- model and tokenizer hooks -----------------------------------------------------------------------
 def load_for_eval(path: str) -> tuple[ModelConfig, Params]:
-  """(config, params) of what --checkpoint names.
-
-  HOOK for the lead: a directory is a trainer workdir whose latest orbax checkpoint (with the grown
-  config in its metadata) should be restored here, onto the host's devices.
-  """
+  """(config, params) of what --checkpoint names: a trainer workdir (its latest checkpoint, LoRA merged),
+  a model source ('gemma3-270m', 'hf:<dir>', 'gguf:<file>') or 'random:<preset>'."""
   if path.startswith("random:"):
     import jax
     from grow_jax.model import init_params
@@ -39,13 +36,11 @@ def load_for_eval(path: str) -> tuple[ModelConfig, Params]:
     config = get_preset(path.split(":", 1)[1])
     return config, init_params(config, jax.random.key(0))
   if os.path.isdir(path):
-    raise NotImplementedError(
-        f"--checkpoint={path!r} is a directory (a trainer workdir): restoring workdir checkpoints is not "
-        "connected yet; see grow_jax.evaluate.load_for_eval")
-  try:
-    from grow_jax.checkpoints import load_checkpoint
-  except ImportError as e:
-    raise RuntimeError(f"--checkpoint={path!r}: loading a model source needs grow_jax.checkpoints ({e})") from e
+    from grow_jax.checkpointing import load_trained_params
+    config, params, meta = load_trained_params(path)
+    logging.info("restored %s at step %s (mode %s)", path, meta.get("step"), meta.get("mode"))
+    return config, params
+  from grow_jax.checkpoints import load_checkpoint
   return load_checkpoint(path)
 
 
@@ -108,7 +103,16 @@ def _register_builtin_tasks():
 
 
 def _register_data_tasks():
-  """HOOK for the lead: register the `grow_jax.data` tasks as EvalTasks (import lazily, here)."""
+  """Every `grow_jax.data` task, as 'name' (its validation split, else test) or 'name:split'; scored as
+  grow_jax.task_eval says (several evaluations per task where its metrics ask for them)."""
+  from grow_jax import data, task_eval
+  for name in data.list_tasks():
+    def builder(limit, name=name, split=None):
+      if split is None:
+        splits = data.get_task(name).splits
+        split = "validation" if "validation" in splits else "test" if "test" in splits else splits[0]
+      return task_eval.eval_tasks(name, split=split, limit=limit)
+    register_task(name, builder)
 
 
 def known_tasks() -> dict[str, TaskBuilder]:
@@ -121,12 +125,17 @@ def known_tasks() -> dict[str, TaskBuilder]:
 def build_tasks(names: Sequence[str], limit: int | None = None) -> list[EvalTask]:
   """EvalTasks for task names; an unknown name is an error that lists the known ones."""
   registry = known_tasks()
-  unknown = [n for n in names if n not in registry]
+  unknown = [n for n in names if n.partition(":")[0] not in registry]
   if unknown:
-    raise ValueError(f"unknown task(s) {unknown}; known tasks: {sorted(registry)}")
+    raise ValueError(f"unknown task(s) {unknown}; known tasks: {sorted(registry)} (data tasks also as 'task:split')")
   if not names:
     raise ValueError(f"no tasks given; known tasks: {sorted(registry)}")
-  return [registry[n](limit) for n in names]
+  tasks = []
+  for entry in names:
+    name, _, split = entry.partition(":")
+    built = registry[name](limit, split=split) if split else registry[name](limit)
+    tasks.extend(built if isinstance(built, list) else [built])
+  return tasks
 
 
 # ---- the run -----------------------------------------------------------------------------------------

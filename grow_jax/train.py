@@ -100,6 +100,91 @@ def _heldout_loss(ctx: EvalContext) -> EvalFn:
   return eval_fn
 
 
+def _data_task_names() -> list[str]:
+  from grow_jax import data
+  return data.list_tasks()
+
+
+def evaluator_factory(entry: str) -> Callable[[EvalContext], EvalFn]:
+  """A registered evaluator, or else a `grow_jax.data` task ('name' or 'name:split') scored as
+  grow_jax.task_eval says."""
+  if entry in EVALUATORS:
+    return EVALUATORS[entry]
+  name, _, split = entry.partition(":")
+  return lambda ctx: _data_task_evaluator(ctx, name, split or ctx.config.eval.split)
+
+
+def _is_known_evaluator(entry: str) -> bool:
+  return entry in EVALUATORS or entry.partition(":")[0] in _data_task_names()
+
+
+def _data_task_evaluator(ctx: EvalContext, name: str, split: str) -> EvalFn:
+  """Scores data task `name` on `split` (at most config.eval.max_examples examples).
+
+  KL(base ‖ model) is measured against the init source's own (ungrown) weights; their final hidden states
+  are computed once and cached under <workdir>/eval_cache.
+  """
+  from grow_jax import evaluation, task_eval
+  cfg = ctx.config
+  limit = cfg.eval.max_examples if cfg.eval.max_examples > 0 else None
+  tasks = task_eval.eval_tasks(name, split=split, limit=limit, max_new_tokens=cfg.eval.max_new_tokens)
+  base = None
+  if any(t.kind == "kl" for t in tasks):
+    base = _base_model(cfg)
+  evaluator = evaluation.Evaluator(ctx.tokenizer, tasks, base=base, base_id=cfg.init.source,
+                                   batch_size=cfg.eval.batch_size, max_len=cfg.data.seq_len,
+                                   cache_dir=os.path.join(ctx.workdir, "eval_cache"))
+  evaluate = evaluator.eval_fn(ctx.model_config)
+
+  def eval_fn(params):
+    # '<name>/bleu' -> 'bleu', the KL task's '<name>_kl/kl' -> 'kl/kl' (logged as eval/<name>/...).
+    return {key[len(name) + 1:] if key.startswith(name) else key: value
+            for key, value in evaluate(params).items()}
+
+  return eval_fn
+
+
+def _base_model(config) -> tuple[ModelConfig, Params]:
+  """The init source's weights before growth (KL reference)."""
+  preset = _scratch_preset(config.init.source)
+  if preset is not None:
+    mc = source_model_config(config)
+    return mc, model_lib.init_params(mc, jax.random.key(config.seed))
+  from grow_jax import checkpoints
+  return checkpoints.load_checkpoint(config.init.source, **model_overrides(config))
+
+
+def before_after_table(first: Mapping[str, Any], last: Mapping[str, Any]) -> list[tuple[str, float, float]]:
+  """(metric, before, after) for every eval metric present at both ends of a run."""
+  rows = []
+  for key, before in first.items():
+    if key.endswith(("/num_examples", "/num_tokens", "/tokens")) or key == "eval/seconds":
+      continue                                    # counts, not measurements
+    if key.startswith("eval/") and key in last and isinstance(before, (int, float)):
+      rows.append((key[len("eval/"):], float(before), float(last[key])))
+  return rows
+
+
+def write_summary(workdir: str, config, rows: list[tuple[str, float, float]], start_step: int, step: int,
+                  wall_seconds: float) -> str:
+  """<workdir>/summary.json and summary.md: the before/after table of this run. Returns the markdown."""
+  lines = [f"# {config.train.mode}: {config.init.source}, growth x{config.growth.factor} "
+           f"(layers {config.growth.layers}), {config.data.task}, steps {start_step} -> {step}", "",
+           "| metric | before | after | change |", "|---|---|---|---|"]
+  lines += [f"| {k} | {b:.4g} | {a:.4g} | {a - b:+.4g} |" for k, b, a in rows]
+  lines += ["", f"wall time {wall_seconds / 60:.1f} min"]
+  text = "\n".join(lines) + "\n"
+  summary = {"mode": config.train.mode, "init": config.init.source, "growth": config.growth.to_dict(),
+             "task": config.data.task, "steps": [start_step, step], "wall_seconds": wall_seconds,
+             "metrics": {k: {"before": b, "after": a} for k, b, a in rows}}
+  for name, content in (("summary.json", json.dumps(summary, indent=2) + "\n"), ("summary.md", text)):
+    tmp = os.path.join(workdir, f".{name}.tmp")
+    with open(tmp, "w") as f:
+      f.write(content)
+    os.replace(tmp, os.path.join(workdir, name))
+  return text
+
+
 # ---- data ------------------------------------------------------------------------------------------------
 def make_batch_iterator(config, split: str, *, batch_size: int, model_config: ModelConfig, tokenizer=None,
                         task: str | None = None, max_examples: int | None = None, finite: bool = False,
@@ -220,7 +305,8 @@ def check_config(config) -> None:
   need(config.data.num_examples != 0, "data.num_examples", config.data.num_examples,
        "-1 (all) or a positive count, not an empty training set")
   for name in config.eval.tasks:
-    need(name in EVALUATORS, "eval.tasks", tuple(config.eval.tasks), f"names from {sorted(EVALUATORS)}")
+    need(_is_known_evaluator(name), "eval.tasks", tuple(config.eval.tasks),
+         f"names from {sorted(EVALUATORS)} or grow_jax.data tasks {_data_task_names()} (optionally 'task:split')")
   try:
     optim.schedule_fn(optimizer_config(config))
   except ConfigError as e:
@@ -362,7 +448,8 @@ def _all_finite(tree) -> jax.Array:
 
 def _meta(config, mc: ModelConfig, mesh, step: int) -> dict[str, Any]:
   return {"format": META_FORMAT, "step": int(step), "model_config": mc.to_dict(), "mode": config.train.mode,
-          "init_source": config.init.source, "growth": dict(config.growth), "mesh": sharding.describe(mesh)}
+          "init_source": config.init.source, "growth": dict(config.growth), "train": config.train.to_dict(),
+          "mesh": sharding.describe(mesh)}
 
 
 def _model_config_from_meta(meta: Mapping[str, Any], where: str, config) -> ModelConfig:
@@ -430,7 +517,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           "checkpoint")
 
   tokenizer = None
-  if config.data.task != "synthetic" or config.train.reference_task not in ("", "synthetic"):
+  needs_text = any(name not in EVALUATORS for name in config.eval.tasks)
+  if config.data.task != "synthetic" or config.train.reference_task not in ("", "synthetic") or needs_text:
     from grow_jax import tokenizer as tokenizer_lib
     tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer or config.init.source)
 
@@ -492,7 +580,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   ctx = EvalContext(config, mc, mesh, workdir, tokenizer=tokenizer, make_batches=lambda split, bs, n: make_batch_iterator(
       config, split, batch_size=bs, model_config=mc, tokenizer=tokenizer, max_examples=n, finite=True))
-  evaluators = {name: EVALUATORS[name](ctx) for name in config.eval.tasks}
+  evaluators = {name.partition(":")[0]: evaluator_factory(name)(ctx) for name in config.eval.tasks}
   evaluators.update(eval_fns or {})
 
   def evaluate(step: int) -> dict[str, Any]:
@@ -563,9 +651,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if ckpt.save(s, state, train_iter.state(), _meta(config, mc, mesh, s), force=True):
       last_good_ckpt = s
 
+  run_start = time.time()
+  first_eval: dict[str, Any] = {}
   try:
     if config.eval.at_start and step == 0 and evaluators:
-      last.update(evaluate(0))
+      first_eval = evaluate(0)
+      last.update(first_eval)
     compile_t = time.time()
     while step < config.total_steps:
       try:
@@ -617,6 +708,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       signal.signal(signal.SIGTERM, previous_handler)
   last["step"] = step
   last["preempted"] = stop["signal"] is not None
+  rows = before_after_table(first_eval, last) if first_eval and step > start_step else []
+  if rows and is_main:
+    table = write_summary(workdir, config, rows, start_step, step, time.time() - run_start)
+    print("\n" + table, flush=True)
   return last
 
 
