@@ -157,3 +157,57 @@ def expand_sweep(module, base_arg: str | None = None) -> list[ml_collections.Con
     arg = entry.get("config_arg", base_arg)
     out.append(apply_overrides(module.get_config(arg), entry))
   return out
+
+
+def paper_config(arg, *, targeted_layers: str, default_lr: dict[str, float], ckpt: str, tensor: int = 1,
+                 accum: int = 1) -> ml_collections.ConfigDict:
+  """The paper's setting shared by configs/paper_*.py: a pretrained Gemma 3 grown x2 (all or targeted layers)
+  and fine-tuned on a new task; bf16 compute, f32 weights, FSDP (+ tensor) mesh; evaluated before and after
+  on the task itself, WinoGrande (the paper's original-knowledge probe) and general-text drift.
+
+  Args after ':' — mode, task, layers ('all' | 'targeted' | '0,3,5'), steps, batch, seq_len, lr (0 = the
+  mode's default), tensor, ckpt, accum. Hyperparameters are our choice: the paper does not publish them.
+  """
+  arg = parse_arg(arg, mode="g_freeze", task="translation_en_fr", layers="all", steps=2000, batch=64,
+                  seq_len=512, lr=0.0, tensor=tensor, ckpt=ckpt, accum=accum)
+  c = base_config()
+  c.init.source = arg.ckpt
+  c.model.dtype = "bfloat16"
+  c.model.param_dtype = "float32"
+  c.total_steps = arg.steps
+  c.log_every_steps = 10
+  c.eval_every_steps = 250
+  c.checkpoint.every_steps = 250
+  c.checkpoint.keep = 2
+  c.batch_size = arg.batch
+  c.grad_accum_steps = arg.accum
+  c.data.task = arg.task
+  c.data.seq_len = arg.seq_len
+  c.data.packing = True
+  c.train.mode = arg.mode
+  c.train.loss_chunk = 128
+  c.train.reference_task = "stdlib_text"
+  c.train.lora_rank = 16
+  c.growth.factor = 2 if arg.mode in ("g_freeze", "g_train") else 1
+  c.growth.layers = targeted_layers if arg.layers == "targeted" else arg.layers
+  c.optimizer.learning_rate = arg.lr or default_lr.get(arg.mode, min(default_lr.values()))
+  c.optimizer.warmup_steps = 100
+  c.optimizer.schedule = "cosine"
+  c.optimizer.min_lr_ratio = 0.1
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.grad_clip_norm = 1.0
+  c.eval.tasks = ("heldout_loss", f"{arg.task}:validation", "winogrande:validation", "stdlib_text:validation")
+  c.eval.max_examples = 500
+  c.eval.batch_size = 64
+  c.eval.at_start = True
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
+  c.mesh.tensor = arg.tensor
+  return c
+
+
+def paper_sweep() -> list[dict[str, Any]]:
+  """The paper's grid: every new task x (G-Freeze, G-Train, SFT, LoRA)."""
+  return [{"config_arg": f"mode={mode},task={task}"}
+          for task in ("translation_en_fr", "scitail", "sciq", "mathqa")
+          for mode in ("g_freeze", "g_train", "sft", "lora")]
