@@ -88,6 +88,14 @@ class MetricWriter:
       self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
                             refresh=False)
 
+  def restart_clock(self) -> None:
+    """Restart the progress bar's rate/ETA clock (after work that is not training, e.g. a first evaluation)."""
+    if self._bar is None:
+      return
+    n = self._bar.n
+    self._bar.reset()
+    self._bar.initial = self._bar.n = n
+
   def print(self, text: str) -> None:
     """A console line that does not break the progress bar."""
     if not self.enabled:

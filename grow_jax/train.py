@@ -657,6 +657,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if config.eval.at_start and step == 0 and evaluators:
       first_eval = evaluate(0)
       last.update(first_eval)
+      writer.restart_clock()                   # the ETA counts training steps only
     compile_t = time.time()
     while step < config.total_steps:
       try:

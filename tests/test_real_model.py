@@ -165,3 +165,15 @@ def test_greedy_continuation_names_paris(ours, reference):
   theirs = _hf_logits(reference, tokens).argmax(-1)
   for b, (seq, ids) in enumerate(zip(seqs, prompts)):
     assert theirs[b, len(ids) - 1:len(seq) - 1].tolist() == seq[len(ids):]
+
+
+def test_base_model_knows_capitals_well_above_chance(ours, record_property):
+  """The offline world-knowledge probe (4-way 'The capital of X is ...'; chance 25%) on the real 270M."""
+  from grow_jax import evaluation, task_eval
+  config, params, tok = ours
+  [probe] = task_eval.eval_tasks("capitals", split="test", limit=48)
+  result = evaluation.Evaluator(tok, [probe], batch_size=16, max_len=32)(config, params)["capitals"]
+  record_property("capitals_acc", result["acc"])
+  print(f"capitals probe: acc={result['acc']:.3f} acc_norm={result['acc_norm']:.3f} on {result['num_examples']}")
+  assert result["num_examples"] == 48
+  assert result["acc"] >= 0.6
