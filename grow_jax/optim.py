@@ -154,15 +154,7 @@ def state_bytes(state) -> dict[str, int]:
   """Bytes of an optimizer state: Adam moments, regularizer anchors/Fisher, everything."""
   nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
   moments = sum(nbytes((s.mu, s.nu)) for s in adam_moments(state))
-  regs = []
-
-  def visit(x):
-    if isinstance(x, (regularizers.AnchorState, regularizers.EWCState)):
-      regs.append(x)
-      return True
-    return False
-
-  jax.tree_util.tree_flatten(state, is_leaf=visit)
+  regs = regularizers.find_states(state)
   return {"adam_moments": moments, "regularizer": sum(nbytes(r) for r in regs), "total": nbytes(state)}
 
 

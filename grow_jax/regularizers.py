@@ -204,4 +204,18 @@ def _finish_fisher(acc, n: int, normalize: str | None):
   return jax.tree.map(lambda x: x / jnp.maximum(ref, 1e-30), fisher)
 
 
-__all__ = ["l2sp", "ewc", "estimate_fisher", "lm_loss", "penalty", "AnchorState", "EWCState"]
+def find_states(opt_state) -> list:
+  """The AnchorState / EWCState entries inside an optimizer state (empty for other methods)."""
+  found = []
+
+  def visit(x):
+    if isinstance(x, (AnchorState, EWCState)):
+      found.append(x)
+      return True
+    return False
+
+  jax.tree_util.tree_flatten(opt_state, is_leaf=visit)
+  return found
+
+
+__all__ = ["l2sp", "ewc", "estimate_fisher", "lm_loss", "penalty", "find_states", "AnchorState", "EWCState"]

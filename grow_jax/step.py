@@ -202,15 +202,7 @@ def regularizer_penalty(kind: str, coef: float):
   from grow_jax import regularizers
 
   def penalty(params, opt_state):
-    found = []
-
-    def visit(x):
-      if isinstance(x, (regularizers.AnchorState, regularizers.EWCState)):
-        found.append(x)
-        return True
-      return False
-
-    jax.tree_util.tree_flatten(opt_state, is_leaf=visit)
+    found = regularizers.find_states(opt_state)
     if not found:
       return jnp.zeros((), jnp.float32)
     reg = found[0]
