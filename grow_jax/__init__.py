@@ -1,6 +1,7 @@
 """grow_jax: fine-tuning Gemma 3 without forgetting, by growing MLP capacity (arXiv 2603.08647)."""
 
 from grow_jax.model_config import ModelConfig, get_preset
+from grow_jax.model import abstract_params, forward, init_params
 from grow_jax.checkpoints import CheckpointError, load_checkpoint, save_hf
 from grow_jax.tokenizer import Tokenizer, load_tokenizer
 from grow_jax.generation import GenerateOutput, generate
