@@ -64,6 +64,7 @@ def main(argv):
                            (axes[1], "rel", "‖ΔW‖ / ‖W‖ (mean of gate/up/down)")):
       colors = ["tab:orange" if l in chosen else "tab:blue" for l in layers]
       ax.bar(layers, [r[key] for r in stats], color=colors)
+      ax.set_xticks(layers)
       ax.set_xlabel("layer")
       ax.set_title(label, fontsize=9)
     fig.suptitle(f"pilot SFT updates per layer (orange: chosen by {_CRITERION.value})", fontsize=10)

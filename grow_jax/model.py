@@ -144,9 +144,11 @@ class MLPBranch(nn.Module):
 
 def mlp_branch(x, gating_einsum, linear):
   """The GeGLU computation of one branch on raw weights (also used by analysis code)."""
-  gating = gating_einsum.astype(x.dtype)
-  gate = jnp.einsum("BTD,FD->BTF", x, gating[0])
-  up = jnp.einsum("BTD,FD->BTF", x, gating[1])
+  _, F, D = gating_einsum.shape
+  # One matmul with both halves (a free reshape): slicing gating[0] and gating[1] made XLA copy them
+  # on every call, i.e. on every step of the decode loop.
+  gating = gating_einsum.astype(x.dtype).reshape(2 * F, D)
+  gate, up = jnp.split(jnp.einsum("BTD,FD->BTF", x, gating), 2, axis=-1)
   hidden = jax.nn.gelu(gate, approximate=True) * up
   return jnp.einsum("BTF,FD->BTD", hidden, linear.astype(x.dtype))
 
