@@ -11,6 +11,7 @@ import pytest
 
 from grow_jax import growth, hf_format, model, tree_paths
 from grow_jax.model_config import ConfigError, get_preset
+from random_params import random_params
 
 TINY = get_preset("tiny")   # 7 layers, N=4 query heads on K=2 kv heads
 # Two layers (one local, one global) for the tests that need not be on the full tiny model: fewer compiles.
@@ -18,12 +19,6 @@ SMALL = get_preset("tiny", num_layers=2, sliding_window_pattern=2)
 FORWARD = jax.jit(model.forward, static_argnums=0)
 
 
-def random_params(config, seed=0):
-  """Random weights (numpy, no compiles) with non-trivial norm scales, so every path matters."""
-  rng = np.random.default_rng(seed)
-  return tree_paths.map_with_path(
-      lambda p, x: rng.normal(0.0, 1.0 if "embedder" in p else 0.3 if p.endswith("scale") else 0.05,
-                              x.shape).astype(np.float32), model.abstract_params(config))
 
 
 def tokens(shape, vocab, seed=0):

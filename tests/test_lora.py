@@ -6,18 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grow_jax import accounting, growth, lora, methods, model, partition, tree_paths
+from grow_jax import accounting, growth, lora, methods, partition, tree_paths
 from grow_jax.model_config import ConfigError, get_preset
+from random_params import random_params
 
 CFG = get_preset("tiny", num_layers=2, vocab_size=128)
 N, K, D, H, F = CFG.num_heads, CFG.num_kv_heads, CFG.embed_dim, CFG.head_dim, CFG.hidden_dim
 
 
-def random_params(config, seed=0):
-  rng = np.random.default_rng(seed)
-  return tree_paths.map_with_path(
-      lambda p, x: rng.normal(0.0, 1.0 if "embedder" in p else 0.3 if p.endswith("scale") else 0.05,
-                              x.shape).astype(np.float32), model.abstract_params(config))
 
 
 PARAMS = random_params(CFG)

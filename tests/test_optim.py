@@ -10,8 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from grow_jax import growth, methods, model, optim, partition, regularizers, tree_paths
+from grow_jax import growth, methods, optim, partition, regularizers, tree_paths
 from grow_jax.model_config import ConfigError, get_preset
+from random_params import random_params
 
 # Two layers keep the compiles short; layer 1 is grown, layer 0 is not (targeted growth).
 CFG = get_preset("tiny", num_layers=2, vocab_size=128)
@@ -19,11 +20,6 @@ OPT = dict(learning_rate=1e-2, schedule="constant", weight_decay=0.01, grad_clip
 STEPS = 3
 
 
-def random_params(config, seed=0):
-  rng = np.random.default_rng(seed)
-  return tree_paths.map_with_path(
-      lambda p, x: rng.normal(0.0, 1.0 if "embedder" in p else 0.3 if p.endswith("scale") else 0.05,
-                              x.shape).astype(np.float32), model.abstract_params(config))
 
 
 BASE = random_params(CFG)

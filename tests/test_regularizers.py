@@ -6,17 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grow_jax import model, optim, partition, regularizers, tree_paths
+from grow_jax import optim, partition, regularizers, tree_paths
 from grow_jax.model_config import ConfigError, get_preset
+from random_params import random_params
 
 CFG = get_preset("tiny", num_layers=1, vocab_size=64)
 
 
-def random_params(config, seed=0):
-  rng = np.random.default_rng(seed)
-  return tree_paths.map_with_path(
-      lambda p, x: rng.normal(0.0, 1.0 if "embedder" in p else 0.3 if p.endswith("scale") else 0.05,
-                              x.shape).astype(np.float32), model.abstract_params(config))
 
 
 ANCHOR = random_params(CFG, 0)
