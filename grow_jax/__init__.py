@@ -2,7 +2,7 @@
 
 from grow_jax.model_config import ModelConfig, get_preset
 from grow_jax.model import abstract_params, forward, init_params
-from grow_jax.checkpoints import CheckpointError, load_checkpoint, save_hf
+from grow_jax.checkpoints import CheckpointError, load_checkpoint, load_config, save_hf
 from grow_jax.tokenizer import Tokenizer, load_tokenizer
 from grow_jax.generation import GenerateOutput, generate
 from grow_jax.evaluation import (BaseReference, EvalTask, Evaluator, GenerationExample, MultipleChoice,

@@ -16,6 +16,7 @@ one place that knows our layout. What differs from HF:
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 from typing import Any
@@ -59,15 +60,25 @@ GGUF_BLOCK_TO_HF: dict[str, str] = {
 
 
 def open_gguf(path: str | os.PathLike):
-  """A gguf.GGUFReader over the file (memory-mapped; ~10-20 s for the 270M, mostly its 262k vocab strings)."""
-  import gguf
+  """A gguf.GGUFReader over the file (memory-mapped; ~10-20 s for the 270M, mostly its 262k vocab strings).
+
+  The last file opened is kept open, so building the weights and the tokenizer of one file parses it once.
+  """
   path = pathlib.Path(path)
   if not path.is_file():
     raise CheckpointError(f"GGUF file {str(path)!r} does not exist")
+  st = path.stat()
+  return _open_gguf(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def _open_gguf(path: str, size: int, mtime_ns: int):
+  del size, mtime_ns  # cache key only: a rewritten file is opened again
+  import gguf
   try:
-    return gguf.GGUFReader(str(path))
+    return gguf.GGUFReader(path)
   except Exception as e:  # the reader raises ValueError/struct errors for a file that is not GGUF
-    raise CheckpointError(f"{str(path)!r} is not a readable GGUF file: {e}") from e
+    raise CheckpointError(f"{path!r} is not a readable GGUF file: {e}") from e
 
 
 def read_gguf(path: str | os.PathLike) -> tuple[ModelConfig, Params]:
@@ -205,3 +216,65 @@ def _gguf_version() -> str:
     return version("gguf")
   except Exception:
     return "(unknown version)"
+
+
+# ---- the tokenizer ---------------------------------------------------------------------------------------
+# llama.cpp token types (gguf.TokenType): CONTROL tokens are special (<bos>, <start_of_turn>, ...),
+# USER_DEFINED ones are matched whole in text but are not special.
+_CONTROL, _USER_DEFINED = 3, 4
+GEMMA_SPECIAL_TOKENS = ("<unk>", "<bos>", "<eos>", "<pad>", "<mask>")
+
+
+def _string_array(reader, key: str, path) -> list[str]:
+  field = reader.fields.get(key)
+  if field is None:
+    raise CheckpointError(f"{str(path)!r}: metadata key {key!r} is missing; expected a tokenizer in the GGUF")
+  return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+
+
+def tokenizer_from_gguf(reader, path: str | os.PathLike = "<gguf>"):
+  """The Gemma tokenizer a GGUF file describes, as a `tokenizers.Tokenizer`, built without torch.
+
+  The same tokenizer transformers builds from a GGUF (`AutoTokenizer.from_pretrained(..., gguf_file=...)`,
+  whose file reader needs torch): its tokenizer.json is identical, tested token for token. A sentencepiece
+  BPE with byte fallback whose merges are not stored in the file: they are rebuilt from the vocabulary,
+  best-first in the order the tokens appear (Gemma's scores do not follow its merge order), as transformers'
+  `gguf_tokenizer_mapping.gemma_tokenizer` does. Tokens made only of spaces are stored with real spaces and
+  looked up as '▁' runs, so they are respelled first. CONTROL tokens become special added tokens,
+  USER_DEFINED ones plain added tokens.
+  """
+  from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+  from tokenizers.models import BPE
+  meta = metadata(reader)
+  arch, model = meta.get("general.architecture"), meta.get("tokenizer.ggml.model")
+  if arch != ARCHITECTURE or model != "llama":
+    raise CheckpointError(f"{str(path)!r}: general.architecture={arch!r}, tokenizer.ggml.model={model!r}; "
+                          f"expected {ARCHITECTURE!r} with a sentencepiece ('llama') vocabulary")
+  stored = _string_array(reader, "tokenizer.ggml.tokens", path)
+  type_field = reader.fields.get("tokenizer.ggml.token_type")
+  types = [int(type_field.parts[i][0]) for i in type_field.data] if type_field is not None else [1] * len(stored)
+  tokens = ["\u2581" * len(t) if " " in t and not t.strip() else t for t in stored]
+  vocab = {t: i for i, t in enumerate(tokens)}
+  rank = {t: -i for i, t in enumerate(tokens)}
+  merges = []
+  for token, score in rank.items():
+    pairs = [(token[:k], token[k:], score) for k in range(1, len(token)) if token[:k] in vocab and token[k:] in vocab]
+    merges.extend(sorted(pairs, key=lambda m: (vocab[m[0]], vocab[m[1]])))
+  merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+  missing = [t for t in GEMMA_SPECIAL_TOKENS if t not in vocab]
+  if missing:
+    raise CheckpointError(f"{str(path)!r}: the vocabulary lacks {missing}; expected a Gemma vocabulary")
+  tk = Tokenizer(BPE(vocab=vocab, merges=[(a, b) for a, b, _ in merges], fuse_unk=True, unk_token="<unk>",
+                     dropout=None, byte_fallback=True))
+  tk.normalizer = normalizers.Replace(" ", "\u2581")
+  tk.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+  tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+  tk.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in GEMMA_SPECIAL_TOKENS])
+  tk.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                         for t, kind in zip(stored, types) if kind == _CONTROL])
+  tk.add_tokens([AddedToken(t, normalized=False, special=False)
+                 for t, kind in zip(stored, types) if kind == _USER_DEFINED and t in vocab])
+  bos = vocab["<bos>"]
+  tk.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos>:1 $B:1",
+                                                    special_tokens=[("<bos>", bos)])
+  return tk

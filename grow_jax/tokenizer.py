@@ -2,8 +2,9 @@
 
 Sources are those of `checkpoints.load_checkpoint`:
   "hf:<dir>"     tokenizer.json of the directory (fast path), else tokenizer.model converted once by transformers;
-  "gguf:<file>", "gemma3-270m"   the vocabulary in the GGUF metadata, built once by transformers' GGUF support
-                 (~20-30 s) and cached as tokenizer.json in the cache directory (later loads ~1 s).
+  "gguf:<file>", "gemma3-270m"   the vocabulary in the GGUF metadata, built once without torch
+                 (gguf_import.tokenizer_from_gguf, ~20 s: the file's 262k vocabulary strings) and cached as
+                 tokenizer.json in the cache directory (later loads ~1 s).
 
 The runtime is the `tokenizers` library on that tokenizer.json. Special tokens are never added implicitly:
 `encode(text, add_bos=True)` prepends BOS (id 2 for Gemma) unless the text already starts with it, as Gemma
@@ -172,9 +173,9 @@ def load_tokenizer(source: str | os.PathLike, *, cache: str | os.PathLike | None
     if not (src.path / "tokenizer.model").is_file():
       raise CheckpointError(f"{str(src.path)!r} holds neither {TOKENIZER_JSON} nor tokenizer.model")
     target = _tokenizer_cache_dir(src, cache, (src.path / "tokenizer.model").stat())
-    return _cached(target, lambda: _transformers_tokenizer(str(src.path)))
+    return _cached(target, lambda tmp: _transformers_tokenizer(str(src.path)).save_pretrained(str(tmp)))
   target = _tokenizer_cache_dir(src, cache, None if src.sha256 else src.path.stat())
-  return _cached(target, lambda: _transformers_tokenizer(str(src.path.parent), gguf_file=src.path.name))
+  return _cached(target, lambda tmp: _gguf_tokenizer(src.path).save(tmp))
 
 
 def _tokenizer_cache_dir(src: checkpoints.Source, cache, stat) -> pathlib.Path:
@@ -184,21 +185,30 @@ def _tokenizer_cache_dir(src: checkpoints.Source, cache, stat) -> pathlib.Path:
   return checkpoints.cache_dir(cache) / "tokenizers" / f"{src.path.stem}.{digest}"
 
 
-def _cached(target: pathlib.Path, build) -> Tokenizer:
+def _cached(target: pathlib.Path, write) -> Tokenizer:
+  """The tokenizer cached in `target`, else `write(tmp_dir)` builds it there and it is renamed into place."""
   if (target / TOKENIZER_JSON).is_file():
     try:
       return Tokenizer.from_dir(target)
     except CheckpointError:
       pass  # unreadable cache entry: rebuild it
-  hf_tokenizer = build()
-  checkpoints._atomic_write_dir(target, lambda tmp: hf_tokenizer.save_pretrained(str(tmp)))
+  checkpoints._atomic_write_dir(target, write)
   return Tokenizer.from_dir(target)
 
 
-def _transformers_tokenizer(path: str, **kwargs):
+def _gguf_tokenizer(path: pathlib.Path) -> Tokenizer:
+  """A GGUF file's tokenizer (no torch, no transformers)."""
+  from grow_jax import gguf_import
+  backend = gguf_import.tokenizer_from_gguf(gguf_import.open_gguf(path), path)
+  config = {**_DEFAULT_SPECIALS, "mask_token": "<mask>"}
+  return Tokenizer(backend, config)
+
+
+def _transformers_tokenizer(path: str):
+  """transformers' tokenizer of an HF directory that has only tokenizer.model (sentencepiece; no torch needed)."""
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   import transformers
   try:
-    return transformers.AutoTokenizer.from_pretrained(path, **kwargs)
+    return transformers.AutoTokenizer.from_pretrained(path)
   except Exception as e:
-    raise CheckpointError(f"transformers could not build a tokenizer from {path!r} {kwargs or ''}: {e}") from e
+    raise CheckpointError(f"transformers could not build a tokenizer from {path!r}: {e}") from e

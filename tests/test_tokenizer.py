@@ -1,7 +1,8 @@
 """The Gemma 3 tokenizer from the real model's GGUF: ids, BOS handling, special tokens, padding, save/reload.
 
-The first run builds the tokenizer from the GGUF with transformers (~30 s) and caches it; later runs load the
-cached tokenizer.json in a second or two.
+The first run builds the tokenizer from the GGUF without torch (~20 s) and caches it; later runs load the
+cached tokenizer.json in a second or two. transformers' own GGUF tokenizer (its reader needs torch) is the
+reference it must equal.
 """
 
 import json
@@ -89,3 +90,57 @@ def test_save_hf_writes_the_tokenizer_alongside(tok, tmp_path):
 def test_missing_tokenizer_is_an_error(tmp_path):
   with pytest.raises(CheckpointError, match="neither tokenizer.json nor tokenizer.model"):
     load_tokenizer(f"hf:{tmp_path}")
+
+
+# ---- the GGUF tokenizer is built without torch, identical to transformers' -------------------------------
+def _varied_lines(vocab_tokens: list[str], n_random: int = 2000) -> list[str]:
+  """A few thousand lines: English prose and Python code from the standard library, accented French, emoji,
+  whitespace runs, special-token strings, and random strings stitched from the vocabulary's own pieces
+  (every script the vocabulary covers, and every merge path)."""
+  import inspect
+  import random
+  import textwrap
+  rng = random.Random(0)
+  lines = []
+  for module_name in ("json", "argparse", "textwrap", "collections", "pathlib", "dataclasses"):
+    module = __import__(module_name)
+    lines += [l for l in inspect.getsource(module).splitlines() if l.strip()][:250]        # code, indentation
+    lines += textwrap.wrap(inspect.getdoc(module) or "", 100)                              # English prose
+  french = ["Les élèves ont étudié à la bibliothèque jusqu'à huit heures.", "Ça coûte très cher, n'est-ce pas ?",
+            "L'œuvre de Molière reste célèbre ; où est la gare ?", "Fenêtre, forêt, naïf, Noël, coïncidence, À bientôt !",
+            "« Bonjour », dit-elle — puis elle s'en alla.", "Enregistrer les modifications · Supprimer l’élément"]
+  lines += [" ".join(rng.sample(french, 3)) for _ in range(200)]
+  emoji = ["🙂", "👍🏽", "🇫🇷", "👩‍👩‍👧", "✓", "東京", "Привет", "مرحبا", "😀😀😀", "\u200b", "🧪"]
+  lines += ["".join(rng.choice(emoji + [" ", "a", "é"]) for _ in range(rng.randint(1, 12))) for _ in range(200)]
+  lines += [" " * rng.randint(1, 40) + "x" + "\t" * rng.randint(0, 3) + " " * rng.randint(0, 9) for _ in range(100)]
+  lines += ["\n\n  \n", "   ", "<bos>Hi<eos>", "<start_of_turn>user\nHello<end_of_turn>\n", "<mask> <pad><unk>"]
+  pieces = [t for t in vocab_tokens if not t.startswith("<")]
+  lines += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 20))).replace("\u2581", " ")
+            for _ in range(n_random)]
+  return lines
+
+
+@pytest.mark.slow
+def test_gguf_tokenizer_equals_transformers_token_for_token(tmp_path):
+  """Our torch-free GGUF tokenizer is the one transformers builds from the same GGUF (whose reader needs torch):
+  the same tokenizer.json, and the same ids on a few thousand varied lines."""
+  pytest.importorskip("torch")             # transformers' GGUF reader needs it: this is the reference, not the code
+  import os
+  import transformers
+  import tokenizers
+  from grow_jax import checkpoints, gguf_import
+  path = checkpoints.parse_source("gemma3-270m").path
+  ours = gguf_import.tokenizer_from_gguf(gguf_import.open_gguf(path), path)
+  os.environ["HF_HUB_OFFLINE"] = "1"
+  ref = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+  ref.save_pretrained(str(tmp_path))
+  reference = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+  assert json.loads(ours.to_str()) == json.loads(reference.to_str())
+  lines = _varied_lines(list(ours.get_vocab()))
+  assert len(lines) > 3000
+  mine = [e.ids for e in ours.encode_batch(lines, add_special_tokens=False)]
+  theirs = [e.ids for e in reference.encode_batch(lines, add_special_tokens=False)]
+  differ = [l for l, a, b in zip(lines, mine, theirs) if a != b]
+  assert not differ, f"{len(differ)} lines tokenized differently, e.g. {differ[:3]}"
+  assert ref(lines[:50], add_special_tokens=False).input_ids == mine[:50]      # and transformers' own wrapper
+  assert [ours.decode(ids) for ids in mine[:300]] == [reference.decode(ids) for ids in theirs[:300]]
