@@ -10,7 +10,7 @@ f32 on CPU (bf16 is not faster here); ~6 s (G-Freeze) / ~7 s (SFT) per step of b
 cores (experiments/results/bench_step.md). chunk > 0 saves memory only at long seq_len (it is slower at 64).
 """
 
-from grow_jax import config_utils as cu
+from grow_jax.train import config as cu
 
 
 def get_config(arg=None):

@@ -12,7 +12,7 @@ tensor (tensor-parallel size), ckpt (init source), accum. Evaluates before and a
 WinoGrande and stdlib prose. Hyperparameters are our choice: the paper does not publish them.
 """
 
-from grow_jax import config_utils as cu
+from grow_jax.train import config as cu
 
 # Targeted growth grows ~9-10 of 26 layers (paper). Placeholder ranking: replace with the layers ranked by
 # experiments/rank_layers.py (largest MLP updates of a pilot SFT run on the task).

@@ -7,7 +7,7 @@ Args as configs/paper_1b.py (mode, task, layers: 'all' | 'targeted' | '0,3,5', s
 tensor, ckpt, accum). tensor must divide the 8 query heads and the MLP width; the 4 kv heads stay replicated.
 """
 
-from grow_jax import config_utils as cu
+from grow_jax.train import config as cu
 
 TARGETED_LAYERS = "2,5,8,11,14,17,20,23,26,29,32,33"   # placeholder: ~1/3 of 34 layers, rank with rank_layers.py
 DEFAULT_LR = {"sft": 5e-6, "l2sp": 5e-6, "ewc": 5e-6, "g_freeze": 5e-5, "g_train": 2e-5, "lora": 1e-4,

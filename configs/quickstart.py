@@ -13,7 +13,7 @@ The step budget is set by time, not by convergence: 48 steps of 8 x 64 packed to
 before/after table, also in <workdir>/summary.md; metrics are in <workdir>/metrics.jsonl.
 """
 
-from grow_jax import config_utils as cu
+from grow_jax.train import config as cu
 
 
 def get_config(arg=None):

@@ -7,7 +7,7 @@ Args (after the colon): mode (sft|g_freeze|g_train|mlp_only|lora|l2sp|ewc), step
 default 2 for g_freeze/g_train, else 1), layers ('all' or '0,3'), batch, accum, seq_len, layers_n (model depth).
 """
 
-from grow_jax import config_utils as cu
+from grow_jax.train import config as cu
 
 
 def get_config(arg=None):

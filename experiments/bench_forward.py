@@ -22,7 +22,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from grow_jax import checkpoints, model, tokenizer  # noqa: E402
+from grow_jax.formats import sources as checkpoints
+from grow_jax.model import transformer as model
+from grow_jax.model import tokenizer  # noqa: E402
 
 SOURCE = "gemma3-270m"
 

@@ -24,8 +24,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from grow_jax import config_utils, optim, sharding, train, tree_paths  # noqa: E402
-from grow_jax.metrics import format_table  # noqa: E402
+from grow_jax import tree_paths
+from grow_jax.train import config as config_utils
+from grow_jax.train import optim
+from grow_jax.train import sharding
+from grow_jax.train import loop as train  # noqa: E402
+from grow_jax.train.writers import format_table  # noqa: E402
 
 MODELS = {
     # name: (init source, growth layers, seq_len)

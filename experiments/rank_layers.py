@@ -26,7 +26,9 @@ _OUT = flags.DEFINE_string("out", None, "Output prefix for .md / .json / .png (d
 
 def main(argv):
   del argv
-  from grow_jax import analysis, checkpointing, checkpoints
+  from grow_jax.growth import analysis
+  from grow_jax.train import checkpointing
+  from grow_jax.formats import sources as checkpoints
   config, base = checkpoints.load_checkpoint(_BASE.value)
   pilot_config, pilot, meta = checkpointing.load_trained_params(_PILOT.value)
   if pilot_config.is_grown:

@@ -14,8 +14,8 @@ import time
 
 from absl import app, flags, logging
 
-from grow_jax import checkpoints
-from grow_jax.model_config import ConfigError, count_params, parse_layers
+from grow_jax.formats import sources as checkpoints
+from grow_jax.model.config import ConfigError, count_params, parse_layers
 
 _SRC = flags.DEFINE_string("src", None, "Checkpoint source: 'hf:<dir>', 'gguf:<file>' or 'gemma3-270m'.")
 _DST = flags.DEFINE_string("dst", None, "Destination: 'hf:<dir>'.")
@@ -46,7 +46,7 @@ def convert(src: str, dst: str, *, overwrite: bool = False, tokenizer: bool = Tr
                  count_params(config) / 1e6)
   tok = None
   if tokenizer:
-    from grow_jax.tokenizer import load_tokenizer
+    from grow_jax.model.tokenizer import load_tokenizer
     tok = load_tokenizer(src, cache=cache)
   path = checkpoints.save_hf(config, params, out_dir, tokenizer=tok, overwrite=overwrite)
   logging.info("wrote %s in %.1f s total", path, time.time() - start)

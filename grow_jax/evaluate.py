@@ -17,8 +17,8 @@ from typing import Any, Callable, Sequence
 
 from absl import app, flags, logging
 
-from grow_jax.evaluation import (EvalTask, Evaluator, MultipleChoice, Params, format_table, write_results)
-from grow_jax.model_config import ModelConfig
+from grow_jax.evaluation.scoring import (EvalTask, Evaluator, MultipleChoice, Params, format_table, write_results)
+from grow_jax.model.config import ModelConfig
 
 TaskBuilder = Callable[[int | None], EvalTask]   # limit (max examples, None = all) -> EvalTask
 
@@ -31,16 +31,16 @@ def load_for_eval(path: str) -> tuple[ModelConfig, Params]:
   a model source ('gemma3-270m', 'hf:<dir>', 'gguf:<file>') or 'random:<preset>'."""
   if path.startswith("random:"):
     import jax
-    from grow_jax.model import init_params
-    from grow_jax.model_config import get_preset
+    from grow_jax.model.transformer import init_params
+    from grow_jax.model.config import get_preset
     config = get_preset(path.split(":", 1)[1])
     return config, init_params(config, jax.random.key(0))
   if os.path.isdir(path):
-    from grow_jax.checkpointing import load_trained_params
+    from grow_jax.train.checkpointing import load_trained_params
     config, params, meta = load_trained_params(path)
     logging.info("restored %s at step %s (mode %s)", path, meta.get("step"), meta.get("mode"))
     return config, params
-  from grow_jax.checkpoints import load_checkpoint
+  from grow_jax.formats.sources import load_checkpoint
   return load_checkpoint(path)
 
 
@@ -61,7 +61,7 @@ def load_tokenizer_for_eval(source: str):
   if source == "bytes":
     return ByteTokenizer()
   try:
-    from grow_jax.tokenizer import load_tokenizer
+    from grow_jax.model.tokenizer import load_tokenizer
   except ImportError as e:
     raise RuntimeError(f"--tokenizer={source!r} needs grow_jax.tokenizer ({e})") from e
   return load_tokenizer(source)
@@ -105,7 +105,8 @@ def _register_builtin_tasks():
 def _register_data_tasks():
   """Every `grow_jax.data` task, as 'name' (its validation split, else test) or 'name:split'; scored as
   grow_jax.task_eval says (several evaluations per task where its metrics ask for them)."""
-  from grow_jax import data, task_eval
+  from grow_jax import data
+  from grow_jax.evaluation import tasks as task_eval
   for name in data.list_tasks():
     def builder(limit, name=name, split=None):
       if split is None:

@@ -39,7 +39,7 @@ def _on_tpu_pod() -> bool:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with config errors (unknown key, bad value) reported as one line, exit status 2."""
-  from grow_jax.model_config import ConfigError
+  from grow_jax.model.config import ConfigError
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # flags.Error, or what ml_collections raises for an unknown --config.a.b
@@ -77,7 +77,7 @@ def main(argv) -> None:
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)
   _initialize_distributed()
-  from grow_jax import train
+  from grow_jax.train import loop as train
   try:
     config = _CONFIG.value
     config.get("seed")       # a config file that failed to load raises here (ml_collections defers it)

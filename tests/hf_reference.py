@@ -4,8 +4,8 @@ import numpy as np
 import torch
 import transformers
 
-from grow_jax import hf_format
-from grow_jax.model_config import ModelConfig
+from grow_jax.formats import hf_format
+from grow_jax.model.config import ModelConfig
 
 
 def random_hf_model(config: ModelConfig, seed: int = 0) -> transformers.Gemma3ForCausalLM:

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from grow_jax import model, tree_paths
+from grow_jax import tree_paths
+from grow_jax.model import transformer as model
 
 
 def random_params(config, seed=0):

@@ -4,8 +4,12 @@ import jax
 import numpy as np
 import pytest
 
-from grow_jax import accounting, growth, model, optim, partition
-from grow_jax.model_config import count_params, get_preset
+from grow_jax.methods import accounting
+from grow_jax.growth import operators as growth
+from grow_jax.model import transformer as model
+from grow_jax.train import optim
+from grow_jax.methods import partition
+from grow_jax.model.config import count_params, get_preset
 
 
 def _account(name, mode, layers=None, grow=True):

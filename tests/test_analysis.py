@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from grow_jax import analysis
-from grow_jax.model import init_params
-from grow_jax.model_config import ConfigError, get_preset
+from grow_jax.growth import analysis
+from grow_jax.model.transformer import init_params
+from grow_jax.model.config import ConfigError, get_preset
 
 
 def test_effective_rank_of_identity_is_its_size():
@@ -66,7 +66,7 @@ def test_param_fraction_budget_limits_the_number_of_layers():
   base = init_params(config, jax.random.key(0))
   tuned = _perturbed(config, base, layers=range(7), scale=1.0)
   per_layer = 3 * config.hidden_dim * config.embed_dim
-  from grow_jax.model_config import count_params
+  from grow_jax.model.config import count_params
   fraction = 2.5 * per_layer / count_params(config)
   assert len(analysis.rank_layers(config, base, tuned, criterion="fro", param_fraction=fraction)) == 2
 

@@ -7,7 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from grow_jax import checkpointing, sharding, train, tree_paths
+from grow_jax import tree_paths
+from grow_jax.train import checkpointing
+from grow_jax.train import sharding
+from grow_jax.train import loop as train
 
 
 def _mesh(data, fsdp, tensor):
@@ -52,7 +55,7 @@ def test_save_on_one_mesh_restore_on_others(tmp_path):
 
 
 def _abstract(mc):
-  from grow_jax import model
+  from grow_jax.model import transformer as model
   return model.abstract_params(mc)
 
 

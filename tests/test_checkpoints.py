@@ -17,10 +17,12 @@ import pytest
 import torch
 import transformers
 
-from grow_jax import checkpoints, gguf_import, hf_format
-from grow_jax.checkpoints import CheckpointError, load_checkpoint, save_hf
-from grow_jax.model import forward as _forward
-from grow_jax.model_config import get_preset
+from grow_jax.formats import sources as checkpoints
+from grow_jax.formats import gguf_import
+from grow_jax.formats import hf_format
+from grow_jax.formats.sources import CheckpointError, load_checkpoint, save_hf
+from grow_jax.model.transformer import forward as _forward
+from grow_jax.model.config import get_preset
 from tests.hf_reference import hf_logits, hf_state_dict, random_hf_model
 
 TINY = get_preset("tiny")

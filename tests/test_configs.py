@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from grow_jax import config_utils, methods
-from grow_jax.model_config import ConfigError
+from grow_jax.train import config as config_utils
+from grow_jax.methods import registry as methods
+from grow_jax.model.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from grow_jax import evaluation as ev
-from grow_jax import metrics_text
+from grow_jax.evaluation import scoring as ev
+from grow_jax.evaluation import text_metrics as metrics_text
 from grow_jax.evaluate import ByteTokenizer, build_tasks, run
-from grow_jax.model import forward, init_params
-from grow_jax.model_config import get_preset
+from grow_jax.model.transformer import forward, init_params
+from grow_jax.model.config import get_preset
 
 CONFIG = get_preset("tiny")
 TOK = ByteTokenizer()

@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from grow_jax import generation
-from grow_jax.generation import decode_cache_size, generate, prompts_to_lists
-from grow_jax.model import forward, init_params
-from grow_jax.model_config import get_preset
+from grow_jax.model import generation
+from grow_jax.model.generation import decode_cache_size, generate, prompts_to_lists
+from grow_jax.model.transformer import forward, init_params
+from grow_jax.model.config import get_preset
 
 CONFIG = get_preset("tiny")   # sliding_window 8: prompts + generation below run past it
 NEW = 14

@@ -9,8 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grow_jax import growth, hf_format, model, tree_paths
-from grow_jax.model_config import ConfigError, get_preset
+from grow_jax import tree_paths
+from grow_jax.growth import operators as growth
+from grow_jax.formats import hf_format
+from grow_jax.model import transformer as model
+from grow_jax.model.config import ConfigError, get_preset
 from random_params import random_params
 
 TINY = get_preset("tiny")   # 7 layers, N=4 query heads on K=2 kv heads

@@ -6,8 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grow_jax import accounting, growth, lora, methods, partition, tree_paths
-from grow_jax.model_config import ConfigError, get_preset
+from grow_jax import tree_paths
+from grow_jax.methods import accounting
+from grow_jax.growth import operators as growth
+from grow_jax.methods import lora
+from grow_jax.methods import registry as methods
+from grow_jax.methods import partition
+from grow_jax.model.config import ConfigError, get_preset
 from random_params import random_params
 
 CFG = get_preset("tiny", num_layers=2, vocab_size=128)

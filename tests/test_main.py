@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-from grow_jax import sharding, synthetic, train
-from grow_jax.model_config import ConfigError
+from grow_jax.train import sharding
+from grow_jax.data import synthetic
+from grow_jax.train import loop as train
+from grow_jax.model.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,8 +3,8 @@
 import jax
 import pytest
 
-from grow_jax import model
-from grow_jax.model_config import (GLOBAL, LOCAL, ConfigError, ModelConfig, count_params, get_preset,
+from grow_jax.model import transformer as model
+from grow_jax.model.config import (GLOBAL, LOCAL, ConfigError, ModelConfig, count_params, get_preset,
                                    param_shapes, parse_layers)
 
 

@@ -10,8 +10,13 @@ import numpy as np
 import optax
 import pytest
 
-from grow_jax import growth, methods, optim, partition, regularizers, tree_paths
-from grow_jax.model_config import ConfigError, get_preset
+from grow_jax import tree_paths
+from grow_jax.growth import operators as growth
+from grow_jax.methods import registry as methods
+from grow_jax.train import optim
+from grow_jax.methods import partition
+from grow_jax.methods import regularizers
+from grow_jax.model.config import ConfigError, get_preset
 from random_params import random_params
 
 # Two layers keep the compiles short; layer 1 is grown, layer 0 is not (targeted growth).

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from grow_jax import hf_format
-from grow_jax import model as model_lib
-from grow_jax.model import abstract_params, default_positions
-from grow_jax.model_config import count_params, get_preset, param_shapes
+from grow_jax.formats import hf_format
+from grow_jax.model import transformer as model_lib
+from grow_jax.model.transformer import abstract_params, default_positions
+from grow_jax.model.config import count_params, get_preset, param_shapes
 from tests.hf_reference import hf_logits, hf_state_dict, random_hf_model
 
 TOL = 1e-4

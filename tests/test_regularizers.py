@@ -6,8 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grow_jax import optim, partition, regularizers, tree_paths
-from grow_jax.model_config import ConfigError, get_preset
+from grow_jax import tree_paths
+from grow_jax.train import optim
+from grow_jax.methods import partition
+from grow_jax.methods import regularizers
+from grow_jax.model.config import ConfigError, get_preset
 from random_params import random_params
 
 CFG = get_preset("tiny", num_layers=1, vocab_size=64)

@@ -18,7 +18,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from grow_jax import checkpointing, sharding, train
+from grow_jax.train import checkpointing
+from grow_jax.train import sharding
+from grow_jax.train import loop as train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 60

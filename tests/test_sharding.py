@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from grow_jax import growth, lora, model, sharding, train, tree_paths
-from grow_jax.model_config import get_preset
+from grow_jax import tree_paths
+from grow_jax.growth import operators as growth
+from grow_jax.methods import lora
+from grow_jax.model import transformer as model
+from grow_jax.train import sharding
+from grow_jax.train import loop as train
+from grow_jax.model.config import get_preset
 
 
 def _mesh(data, fsdp, tensor):

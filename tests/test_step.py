@@ -5,8 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grow_jax import growth, methods, model, optim, step, synthetic, tree_paths
-from grow_jax.model_config import get_preset
+from grow_jax import tree_paths
+from grow_jax.growth import operators as growth
+from grow_jax.methods import registry as methods
+from grow_jax.model import transformer as model
+from grow_jax.train import optim
+from grow_jax.train import step
+from grow_jax.data import synthetic
+from grow_jax.model.config import get_preset
 
 
 def _tiny(num_layers=1):
@@ -88,7 +94,7 @@ def test_grad_accumulation_equals_big_batch(tiny):
   _, tx, sm, state = _setup(cfg, params, "sft")
   fn = jax.jit(step.make_train_step(cfg, sm, tx))
   local = _batch(cfg, batch_size=8)
-  from grow_jax import sharding
+  from grow_jax.train import sharding
   big = sharding.to_microbatches(local, 1)
   acc = sharding.to_microbatches(local, 4)
   assert acc["tokens"].shape == (4, 2, 24)
@@ -128,5 +134,5 @@ def test_g_freeze_updates_only_grown_copies(tiny):
 
 
 def sharding_micro(local, accum=1):
-  from grow_jax import sharding
+  from grow_jax.train import sharding
   return sharding.to_microbatches(local, accum)

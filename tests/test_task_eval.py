@@ -8,8 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from grow_jax import checkpointing, evaluate, task_eval, train
-from grow_jax.model import forward
+from grow_jax import evaluate
+from grow_jax.train import checkpointing
+from grow_jax.evaluation import tasks as task_eval
+from grow_jax.train import loop as train
+from grow_jax.model.transformer import forward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "data")

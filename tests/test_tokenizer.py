@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from grow_jax.checkpoints import CheckpointError
-from grow_jax.tokenizer import Tokenizer, load_tokenizer
+from grow_jax.formats.sources import CheckpointError
+from grow_jax.model.tokenizer import Tokenizer, load_tokenizer
 
 PROMPT = "The capital of France is"
 PROMPT_IDS = [818, 5279, 529, 7001, 563]  # Gemma 3's ids: "The", "▁capital", "▁of", "▁France", "▁is"
@@ -77,8 +77,8 @@ def test_save_loads_in_transformers_and_back(tok, tmp_path):
 
 
 def test_save_hf_writes_the_tokenizer_alongside(tok, tmp_path):
-  from grow_jax.checkpoints import load_checkpoint, save_hf, unflatten_params
-  from grow_jax.model_config import get_preset, param_shapes
+  from grow_jax.formats.sources import load_checkpoint, save_hf, unflatten_params
+  from grow_jax.model.config import get_preset, param_shapes
   config = get_preset("tiny")
   rng = np.random.default_rng(0)
   params = unflatten_params({k: rng.normal(size=s).astype(np.float32) for k, s in param_shapes(config).items()})
@@ -128,7 +128,8 @@ def test_gguf_tokenizer_equals_transformers_token_for_token(tmp_path):
   import os
   import transformers
   import tokenizers
-  from grow_jax import checkpoints, gguf_import
+  from grow_jax.formats import sources as checkpoints
+  from grow_jax.formats import gguf_import
   path = checkpoints.parse_source("gemma3-270m").path
   ours = gguf_import.tokenizer_from_gguf(gguf_import.open_gguf(path), path)
   os.environ["HF_HUB_OFFLINE"] = "1"

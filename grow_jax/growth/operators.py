@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from grow_jax.model_config import ConfigError, ModelConfig, mlp_branch_prefix, parse_layers
+from grow_jax.model.config import ConfigError, ModelConfig, mlp_branch_prefix, parse_layers
 
 Params = dict[str, Any]
 

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from grow_jax import model as model_lib
+from grow_jax.model import transformer as model_lib
 from grow_jax import tree_paths
-from grow_jax.model_config import ModelConfig
+from grow_jax.model.config import ModelConfig
 
 Params = dict[str, Any]
 Batch = Mapping[str, jax.Array]
@@ -199,7 +199,7 @@ def make_eval_step(config: ModelConfig, model_params: Callable[[Params], Params]
 
 def regularizer_penalty(kind: str, coef: float):
   """`penalty(params, opt_state)` for logging: L2-SP / EWC on the anchor (and Fisher) in the optimizer state."""
-  from grow_jax import regularizers
+  from grow_jax.methods import regularizers
 
   def penalty(params, opt_state):
     found = regularizers.find_states(opt_state)

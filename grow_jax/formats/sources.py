@@ -30,8 +30,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from grow_jax import hf_format
-from grow_jax.model_config import ConfigError, ModelConfig, param_shapes
+from grow_jax.formats import hf_format
+from grow_jax.model.config import ConfigError, ModelConfig, param_shapes
 
 Params = dict[str, Any]
 
@@ -172,7 +172,7 @@ def load_config(source: str | os.PathLike, *, cache: str | os.PathLike | None = 
       return _params_file_config(cached)
     except CheckpointError:
       pass
-  from grow_jax import gguf_import
+  from grow_jax.formats import gguf_import
   return gguf_import.config_from_gguf(gguf_import.open_gguf(src.path), src.path)
 
 
@@ -259,7 +259,7 @@ class SafetensorsDir(Mapping):
 
 
 def _load_gguf_cached(src: Source, cache, use_cache: bool) -> tuple[ModelConfig, Params]:
-  from grow_jax import gguf_import
+  from grow_jax.formats import gguf_import
   if not use_cache:
     return gguf_import.read_gguf(src.path)
   path = conversion_cache_path(src, cache)
@@ -376,7 +376,7 @@ def check_params(config: ModelConfig, params: Params, what: str = "params") -> N
 def _growth():
   """grow_jax.growth, imported lazily so that checkpoint I/O does not depend on it."""
   try:
-    from grow_jax import growth
+    from grow_jax.growth import operators as growth
   except ImportError as e:
     raise CheckpointError("this needs grow_jax.growth (grow_mlp / merge_branches), which could not be "
                           f"imported: {e}") from e

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from grow_jax.model_config import GLOBAL, LOCAL, ConfigError, ModelConfig
+from grow_jax.model.config import GLOBAL, LOCAL, ConfigError, ModelConfig
 
 Params = dict[str, Any]
 

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from grow_jax.model_config import GLOBAL, ModelConfig, param_shapes
+from grow_jax.model.config import GLOBAL, ModelConfig, param_shapes
 
 Params = dict[str, Any]
 Cache = dict[str, Any]

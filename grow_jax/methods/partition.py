@@ -27,7 +27,7 @@ from typing import Any, Hashable, Sequence
 import jax
 
 from grow_jax import tree_paths
-from grow_jax.model_config import ConfigError, ModelConfig
+from grow_jax.model.config import ConfigError, ModelConfig
 
 TRAINABLE = "trainable"
 FROZEN = "frozen"

@@ -32,8 +32,11 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import jax
 
-from grow_jax import growth, lora, partition, regularizers
-from grow_jax.model_config import ConfigError, ModelConfig
+from grow_jax.growth import operators as growth
+from grow_jax.methods import lora
+from grow_jax.methods import partition
+from grow_jax.methods import regularizers
+from grow_jax.model.config import ConfigError, ModelConfig
 
 Params = dict[str, Any]
 

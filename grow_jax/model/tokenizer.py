@@ -20,8 +20,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from grow_jax import checkpoints
-from grow_jax.checkpoints import CheckpointError
+from grow_jax.formats import sources as checkpoints
+from grow_jax.formats.sources import CheckpointError
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -198,7 +198,7 @@ def _cached(target: pathlib.Path, write) -> Tokenizer:
 
 def _gguf_tokenizer(path: pathlib.Path) -> Tokenizer:
   """A GGUF file's tokenizer (no torch, no transformers)."""
-  from grow_jax import gguf_import
+  from grow_jax.formats import gguf_import
   backend = gguf_import.tokenizer_from_gguf(gguf_import.open_gguf(path), path)
   config = {**_DEFAULT_SPECIALS, "mask_token": "<mask>"}
   return Tokenizer(backend, config)

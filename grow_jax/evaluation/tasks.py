@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from grow_jax.evaluation import EvalTask
+from grow_jax.evaluation.scoring import EvalTask
 
 # Generation length for translation-style tasks: the offline en->fr targets average ~32 tokens.
 DEFAULT_MAX_NEW_TOKENS = 48

@@ -33,8 +33,9 @@ from typing import Any, Mapping
 import jax
 import optax
 
-from grow_jax import partition, regularizers
-from grow_jax.model_config import ConfigError
+from grow_jax.methods import partition
+from grow_jax.methods import regularizers
+from grow_jax.model.config import ConfigError
 
 OPT_DEFAULTS = dict(learning_rate=1e-4, schedule="cosine", warmup_steps=0, total_steps=None, min_lr_ratio=0.0,
                     b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, decay_rules=None, grad_clip_norm=1.0)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from grow_jax.model_config import ConfigError
+from grow_jax.model.config import ConfigError
 
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 BATCH_KEYS = ("tokens", "loss_mask", "positions", "segment_ids", "input_mask")   # as grow_jax.data

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from grow_jax.model_config import ConfigError, ModelConfig
+from grow_jax.model.config import ConfigError, ModelConfig
 
 Params = dict[str, Any]
 
@@ -88,7 +88,7 @@ def rank_layers(config: ModelConfig, base: Params, finetuned: Params, *, criteri
     return sorted(order[:num_layers])
   if not 0.0 < param_fraction <= 1.0:
     raise ConfigError(f"rank_layers: param_fraction={param_fraction}, expected a value in (0, 1]")
-  from grow_jax.model_config import count_params
+  from grow_jax.model.config import count_params
   budget = param_fraction * count_params(config)
   chosen, used = [], 0
   for i in order:

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from grow_jax.sharding import flatten_with_paths
+from grow_jax.train.sharding import flatten_with_paths
 
 ITEMS = ("state", "data", "meta")
 
@@ -135,7 +135,7 @@ def load_trained_params(path: str, step: int | None = None) -> tuple[Any, Any, d
 
   `params` is what `model.forward` takes: LoRA adapters, if the run had them, are merged into the weights.
   """
-  from grow_jax.model_config import ModelConfig
+  from grow_jax.model.config import ModelConfig
   directory = checkpoint_dir(path)
   if not os.path.isdir(directory):
     raise CheckpointMismatchError(f"{path!r}: no checkpoints/ directory there (expected a grow_jax workdir)")
@@ -152,7 +152,7 @@ def load_trained_params(path: str, step: int | None = None) -> tuple[Any, Any, d
   ckpt.close()
   params = state["params"]
   if "lora" in params:
-    from grow_jax import lora
+    from grow_jax.methods import lora
     train = meta.get("train", {})
     params = lora.merge(params, lora.scale_for(train.get("lora_rank", 8), train.get("lora_alpha")))
   return ModelConfig.from_dict(meta["model_config"]), params, meta

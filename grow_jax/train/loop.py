@@ -31,10 +31,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from grow_jax import checkpointing, growth, methods, optim, sharding, step as step_lib, synthetic
-from grow_jax import model as model_lib
-from grow_jax.metrics import MetricWriter, format_table
-from grow_jax.model_config import ConfigError, ModelConfig, get_preset
+from grow_jax.train import checkpointing
+from grow_jax.growth import operators as growth
+from grow_jax.methods import registry as methods
+from grow_jax.train import optim
+from grow_jax.train import sharding
+from grow_jax.train import step as step_lib
+from grow_jax.data import synthetic
+from grow_jax.model import transformer as model_lib
+from grow_jax.train.writers import MetricWriter, format_table
+from grow_jax.model.config import ConfigError, ModelConfig, get_preset
 
 Params = dict[str, Any]
 EvalFn = Callable[[Params], Mapping[str, float]]
@@ -124,7 +130,8 @@ def _data_task_evaluator(ctx: EvalContext, name: str, split: str) -> EvalFn:
   KL(base ‖ model) is measured against the init source's own (ungrown) weights; their final hidden states
   are computed once and cached under <workdir>/eval_cache.
   """
-  from grow_jax import evaluation, task_eval
+  from grow_jax.evaluation import scoring as evaluation
+  from grow_jax.evaluation import tasks as task_eval
   cfg = ctx.config
   limit = cfg.eval.max_examples if cfg.eval.max_examples > 0 else None
   tasks = task_eval.eval_tasks(name, split=split, limit=limit, max_new_tokens=cfg.eval.max_new_tokens)
@@ -150,7 +157,7 @@ def _base_model(config) -> tuple[ModelConfig, Params]:
   if preset is not None:
     mc = source_model_config(config)
     return mc, model_lib.init_params(mc, jax.random.key(config.seed))
-  from grow_jax import checkpoints
+  from grow_jax.formats import sources as checkpoints
   return checkpoints.load_checkpoint(config.init.source, **model_overrides(config))
 
 
@@ -254,13 +261,13 @@ def source_model_config(config) -> ModelConfig | None:
   if shape_keys:
     raise ConfigError(f"config.model.{shape_keys[0]}={overrides[shape_keys[0]]!r} changes the architecture; "
                       f"only scratch:<preset> sources allow that (config.init.source={source!r})")
-  from grow_jax import checkpoints
+  from grow_jax.formats import sources as checkpoints
   try:
     src = checkpoints.parse_source(source)
   except ConfigError as e:
     raise ConfigError(f"config.init.source={source!r}: {e}") from None
   if src.kind == "hf":
-    from grow_jax import hf_format
+    from grow_jax.formats import hf_format
     path = src.path / checkpoints.HF_CONFIG
     if not path.is_file():
       raise ConfigError(f"config.init.source={source!r}: {str(path)!r} does not exist")
@@ -418,7 +425,7 @@ def init_base_params(config, mesh) -> tuple[ModelConfig, Params]:
     init = jax.jit(lambda key: model_lib.init_params(mc, key), out_shardings=shardings)
     params = init(jax.random.key(config.seed))
   else:
-    from grow_jax import checkpoints
+    from grow_jax.formats import sources as checkpoints
     mc, host = checkpoints.load_checkpoint(source, **model_overrides(config))
     params = sharding.put_global(host, sharding.param_shardings(host, mesh))
     del host
@@ -519,7 +526,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tokenizer = None
   needs_text = any(name not in EVALUATORS for name in config.eval.tasks)
   if config.data.task != "synthetic" or config.train.reference_task not in ("", "synthetic") or needs_text:
-    from grow_jax import tokenizer as tokenizer_lib
+    from grow_jax.model import tokenizer as tokenizer_lib
     tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer or config.init.source)
 
   def make_train_iter(vocab_mc):
@@ -720,7 +727,7 @@ def _accounting_table(config, setup: Setup) -> str:
   """Parameter accounting at start: grow_jax.accounting's table plus the actual optimizer-state bytes."""
   lines = []
   try:
-    from grow_jax import accounting
+    from grow_jax.methods import accounting
     reg = config.train.mode if config.train.mode in ("l2sp", "ewc") else None
     rows = {config.train.mode: accounting.account(setup.model_config, setup.method.params, setup.method.labels,
                                                   regularizer=reg)}

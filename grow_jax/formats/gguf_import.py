@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from grow_jax import hf_format
-from grow_jax.checkpoints import CheckpointError
-from grow_jax.model_config import GLOBAL, LOCAL, ConfigError, ModelConfig
+from grow_jax.formats import hf_format
+from grow_jax.formats.sources import CheckpointError
+from grow_jax.model.config import GLOBAL, LOCAL, ConfigError, ModelConfig
 
 Params = dict[str, Any]
 

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from grow_jax import tree_paths
-from grow_jax.model_config import ModelConfig, count_params, param_shapes
-from grow_jax.partition import GROWN_BRANCH, TRAINABLE
+from grow_jax.model.config import ModelConfig, count_params, param_shapes
+from grow_jax.methods.partition import GROWN_BRANCH, TRAINABLE
 
 ADAM_MOMENTS = 2
 _REG_COPIES = {"l2sp": 1, "ewc": 2}
@@ -133,8 +133,11 @@ def print_table(rows: Mapping[str, Mapping[str, Any]]) -> None:
 def standard_rows(preset: str, targeted: int = 10) -> dict[str, dict[str, Any]]:
   """The accounting rows for a named architecture: SFT, LoRA matched to G-Freeze, G-Freeze / G-Train on all
   layers and on `targeted` evenly spaced layers (abstract shapes only)."""
-  from grow_jax import growth, lora, methods, partition
-  from grow_jax.model_config import get_preset
+  from grow_jax.growth import operators as growth
+  from grow_jax.methods import lora
+  from grow_jax.methods import registry as methods
+  from grow_jax.methods import partition
+  from grow_jax.model.config import get_preset
   config = get_preset(preset)
   abstract = abstract_params(config)
   rows = {"sft": account(config, abstract, partition.trainable_labels(config, abstract, "sft"))}
@@ -155,7 +158,7 @@ def standard_rows(preset: str, targeted: int = 10) -> dict[str, dict[str, Any]]:
 
 
 def main(argv=None) -> None:
-  """python -m grow_jax.accounting [preset ...] [--targeted N]: print the accounting tables."""
+  """python -m grow_jax.methods.accounting [preset ...] [--targeted N]: print the accounting tables."""
   import argparse
   parser = argparse.ArgumentParser(description=main.__doc__)
   parser.add_argument("presets", nargs="*", default=["gemma3_270m", "gemma3_1b"])

@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from grow_jax import model as model_lib
+from grow_jax.model import transformer as model_lib
 from grow_jax import tree_paths
-from grow_jax.model_config import ConfigError, ModelConfig
+from grow_jax.model.config import ConfigError, ModelConfig
 
 Params = dict[str, Any]
 

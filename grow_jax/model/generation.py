@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grow_jax.model import default_positions, forward_with_cache, init_cache
-from grow_jax.model_config import ModelConfig
+from grow_jax.model.transformer import default_positions, forward_with_cache, init_cache
+from grow_jax.model.config import ModelConfig
 
 Params = dict[str, Any]
 

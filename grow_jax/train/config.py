@@ -1,7 +1,7 @@
 """Config helpers shared by `configs/*.py` (big_vision style): the typed `file.py:key=value,...` argument
 parser, the base config every experiment starts from, and checks of a finished config.
 
-    from grow_jax import config_utils as cu
+    from grow_jax.train import config as cu
 
     def get_config(arg=None):
       arg = cu.parse_arg(arg, mode="g_freeze", steps=20, layers="all")   # defaults fix each key's type
@@ -20,7 +20,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from grow_jax.model_config import ConfigError
+from grow_jax.model.config import ConfigError
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

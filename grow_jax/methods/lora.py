@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from grow_jax import tree_paths
-from grow_jax.model_config import ConfigError
+from grow_jax.model.config import ConfigError
 
 Params = dict[str, Any]
 

@@ -52,10 +52,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grow_jax import metrics_text
-from grow_jax.generation import generate, round_up
-from grow_jax.model import forward
-from grow_jax.model_config import ModelConfig
+from grow_jax.evaluation import text_metrics as metrics_text
+from grow_jax.model.generation import generate, round_up
+from grow_jax.model.transformer import forward
+from grow_jax.model.config import ModelConfig
 
 Params = dict[str, Any]
 Metrics = dict[str, float]
