@@ -31,7 +31,6 @@ def get_config(arg=None):
   c.train.mode = arg.mode
   c.train.loss_chunk = arg.chunk
   c.train.reference_task = "stdlib_text"   # EWC's Fisher on general English prose
-  c.growth.factor = 2 if arg.mode in ("g_freeze", "g_train") else 1
   c.growth.layers = arg.layers
   c.optimizer.learning_rate = arg.lr
   c.optimizer.warmup_steps = 1

@@ -30,7 +30,6 @@ def get_config(arg=None):
   c.data.seq_len = arg.seq_len
   c.data.packing = True
   c.train.mode = arg.mode
-  c.growth.factor = 2 if arg.mode in ("g_freeze", "g_train") else 1
   c.growth.layers = "all"
   c.optimizer.learning_rate = arg.lr
   c.optimizer.warmup_steps = 4

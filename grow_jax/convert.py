@@ -3,7 +3,7 @@ r"""Convert a checkpoint to a Hugging Face directory, optionally growing its MLP
   python -m grow_jax.convert --src=gemma3-270m --dst=hf:/tmp/gemma3-270m-hf
   python -m grow_jax.convert --src=hf:/path/in --dst=hf:/path/out --grow_factor=2 --grow_layers=0,3,5
 
---src takes any `checkpoints.load_checkpoint` source; --dst must be 'hf:<dir>'. The tokenizer of the source is
+--src takes any `formats.load_checkpoint` source; --dst must be 'hf:<dir>'. The tokenizer of the source is
 saved alongside (--notokenizer to skip). A grown model is exported as a standard Gemma 3 whose MLPs are wider
 (the branches merged: the same function), so any Gemma 3 runtime can load it.
 """
@@ -14,8 +14,10 @@ import time
 
 from absl import app, flags, logging
 
-from grow_jax.formats import sources as checkpoints
-from grow_jax.model.config import ConfigError, count_params, parse_layers
+from grow_jax import formats
+from grow_jax.growth import operators as growth
+from grow_jax.model.config import count_params, parse_layers
+from grow_jax.errors import CheckpointError, ConfigError
 
 _SRC = flags.DEFINE_string("src", None, "Checkpoint source: 'hf:<dir>', 'gguf:<file>' or 'gemma3-270m'.")
 _DST = flags.DEFINE_string("dst", None, "Destination: 'hf:<dir>'.")
@@ -31,16 +33,15 @@ def convert(src: str, dst: str, *, overwrite: bool = False, tokenizer: bool = Tr
   """The command's work as a function: load `src`, optionally grow, save to `dst` ('hf:<dir>')."""
   kind, sep, out_dir = dst.partition(":")
   if not sep or kind != "hf" or not out_dir:
-    raise checkpoints.CheckpointError(f"--dst={dst!r}: expected 'hf:<dir>'")
+    raise CheckpointError(f"--dst={dst!r}: expected 'hf:<dir>'")
   if grow_factor < 1:
     raise ConfigError(f"--grow_factor={grow_factor}: expected an integer >= 1")
   start = time.time()
-  config, params = checkpoints.load_checkpoint(src, cache=cache)
+  config, params = formats.load_checkpoint(src, cache=cache)
   logging.info("loaded %s: %d layers, %.1fM params in %.1f s", src, config.num_layers,
                count_params(config) / 1e6, time.time() - start)
   if grow_factor > 1:
     layers = parse_layers(grow_layers, config.num_layers, field="--grow_layers")
-    growth = checkpoints._growth()
     config, params = growth.grow_mlp(config, params, factor=grow_factor, layers=layers)
     logging.info("grew MLPs by %d in layers %s: %.1fM params", grow_factor, "all" if layers is None else layers,
                  count_params(config) / 1e6)
@@ -48,7 +49,7 @@ def convert(src: str, dst: str, *, overwrite: bool = False, tokenizer: bool = Tr
   if tokenizer:
     from grow_jax.model.tokenizer import load_tokenizer
     tok = load_tokenizer(src, cache=cache)
-  path = checkpoints.save_hf(config, params, out_dir, tokenizer=tok, overwrite=overwrite)
+  path = formats.save_hf(config, params, out_dir, tokenizer=tok, overwrite=overwrite)
   logging.info("wrote %s in %.1f s total", path, time.time() - start)
   return path
 

@@ -39,7 +39,7 @@ def _on_tpu_pod() -> bool:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with config errors (unknown key, bad value) reported as one line, exit status 2."""
-  from grow_jax.model.config import ConfigError
+  from grow_jax.errors import ConfigError
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # flags.Error, or what ml_collections raises for an unknown --config.a.b

@@ -26,10 +26,14 @@ def path_str(key_path: Iterable[Any]) -> str:
   return "/".join(_key_name(k) for k in key_path)
 
 
+def flatten_items(tree) -> list[tuple[str, Any]]:
+  """[(path, leaf)] in leaf order, for any pytree (optimizer states: attribute names and indices too)."""
+  return [(path_str(kp), leaf) for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
   """Nested dict -> {path: leaf}, in the tree's (sorted-key) leaf order."""
-  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {path_str(kp): leaf for kp, leaf in leaves}
+  return dict(flatten_items(tree))
 
 
 def unflatten(flat: Mapping[str, Any]) -> Params:
@@ -74,3 +78,18 @@ def set_path(tree: Mapping[str, Any], path: str, value) -> Params:
     return node
 
   return rec(tree, 0)
+
+
+def find_nodes(tree, types: type | tuple[type, ...]) -> list:
+  """Every node of `tree` that is an instance of `types`, in flatten order (e.g. optax states inside an
+  optimizer state: `find_nodes(opt_state, optax.ScaleByAdamState)`)."""
+  found = []
+
+  def visit(x):
+    if isinstance(x, types):
+      found.append(x)
+      return True
+    return False
+
+  jax.tree_util.tree_flatten(tree, is_leaf=visit)
+  return found

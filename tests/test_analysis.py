@@ -6,7 +6,8 @@ import pytest
 
 from grow_jax.growth import analysis
 from grow_jax.model.transformer import init_params
-from grow_jax.model.config import ConfigError, get_preset
+from grow_jax.model.config import get_preset
+from grow_jax.errors import ConfigError
 
 
 def test_effective_rank_of_identity_is_its_size():

@@ -11,6 +11,7 @@ from grow_jax import tree_paths
 from grow_jax.train import checkpointing
 from grow_jax.train import sharding
 from grow_jax.train import loop as train
+from grow_jax.errors import CheckpointMismatchError
 
 
 def _mesh(data, fsdp, tensor):
@@ -71,7 +72,7 @@ def test_restore_mismatch_names_paths_and_shapes(tmp_path):
   mc3 = train.grown_model_config(config3, train.source_model_config(config3))
   setup3, _ = train.build_setup(config3, mc3, _abstract(mc3), mesh, abstract=True)
   reader = checkpointing.Checkpointer(str(tmp_path / "ck"), read_only=True)
-  with pytest.raises(checkpointing.CheckpointMismatchError) as e:
+  with pytest.raises(CheckpointMismatchError) as e:
     reader.restore(1, setup3.abstract_state)
   msg = str(e.value)
   assert "params/layer_0/mlp/grown_2/linear" in msg and "missing in the checkpoint" in msg
@@ -80,7 +81,7 @@ def test_restore_mismatch_names_paths_and_shapes(tmp_path):
   config_w.model.hidden_dim = 64
   mcw = train.grown_model_config(config_w, train.source_model_config(config_w))
   setupw, _ = train.build_setup(config_w, mcw, _abstract(mcw), mesh, abstract=True)
-  with pytest.raises(checkpointing.CheckpointMismatchError, match=r"params/layer_0/mlp/linear: checkpoint .* has "
+  with pytest.raises(CheckpointMismatchError, match=r"params/layer_0/mlp/linear: checkpoint .* has "
                      r"\(128, 64\) float32, expected \(64, 64\) float32"):
     reader.restore(1, setupw.abstract_state)
 
@@ -96,7 +97,7 @@ def test_workdir_of_another_model_fails_before_writing(tmp_path):
   (workdir / "config.json").write_text("previous run")
   before = {p: os.stat(p).st_mtime_ns for p in workdir.rglob("*")}
   other = _config("mode=sft,layers_n=1")                  # ungrown: another model shape
-  with pytest.raises(checkpointing.CheckpointMismatchError, match="holds a checkpoint of another model"):
+  with pytest.raises(CheckpointMismatchError, match="holds a checkpoint of another model"):
     train.train_and_evaluate(other, str(workdir))
   assert (workdir / "config.json").read_text() == "previous run"
   assert {p: os.stat(p).st_mtime_ns for p in workdir.rglob("*")} == before

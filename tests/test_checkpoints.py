@@ -17,10 +17,11 @@ import pytest
 import torch
 import transformers
 
-from grow_jax.formats import sources as checkpoints
+from grow_jax import formats, tree_paths
 from grow_jax.formats import gguf_import
 from grow_jax.formats import hf_format
-from grow_jax.formats.sources import CheckpointError, load_checkpoint, save_hf
+from grow_jax.formats.sources import load_checkpoint, save_hf
+from grow_jax.errors import CheckpointError
 from grow_jax.model.transformer import forward as _forward
 from grow_jax.model.config import get_preset
 from tests.hf_reference import hf_logits, hf_state_dict, random_hf_model
@@ -35,7 +36,7 @@ def _tokens(shape=(2, 20), seed=0):
 
 
 def _leaves_equal(a, b) -> bool:
-  fa, fb = checkpoints.flatten_params(a), checkpoints.flatten_params(b)
+  fa, fb = tree_paths.flatten(a), tree_paths.flatten(b)
   return fa.keys() == fb.keys() and all(
       np.asarray(fa[k]).dtype == np.asarray(fb[k]).dtype and np.array_equal(np.asarray(fa[k]), np.asarray(fb[k]))
       for k in fa)
@@ -266,8 +267,8 @@ def test_gguf_import_recovers_the_written_weights(tiny_gguf, tmp_path, record_pr
   # What the file holds: Q8_0 of each matrix (dequantized exactly as llama.cpp does), f32 (1 + w) norms.
   written = {k: (v if k.endswith("norm.weight") else gguf.quants.dequantize(gguf.quants.quantize(v, Q8), Q8))
              for k, v in hf_state_dict(model).items()}
-  expected = checkpoints.flatten_params(hf_format.params_from_hf(config, written))
-  for key, value in checkpoints.flatten_params(params).items():
+  expected = tree_paths.flatten(hf_format.params_from_hf(config, written))
+  for key, value in tree_paths.flatten(params).items():
     if key.endswith("scale"):  # (w + 1) - 1 in float32
       np.testing.assert_allclose(value, expected[key], atol=1e-6, rtol=0, err_msg=key)
     else:
@@ -294,10 +295,10 @@ def test_gguf_conversion_is_cached(tiny_gguf, tmp_path, monkeypatch):
 
 def test_load_config_without_weights(tiny_gguf, exported, tmp_path):
   config, _, path = tiny_gguf
-  assert checkpoints.load_config(f"hf:{exported}") == TINY
-  assert checkpoints.load_config(f"gguf:{path}", cache=tmp_path) == config          # from the file's metadata
+  assert formats.load_config(f"hf:{exported}") == TINY
+  assert formats.load_config(f"gguf:{path}", cache=tmp_path) == config          # from the file's metadata
   load_checkpoint(f"gguf:{path}", cache=tmp_path)
-  assert checkpoints.load_config(f"gguf:{path}", cache=tmp_path) == config          # from the cached conversion
+  assert formats.load_config(f"gguf:{path}", cache=tmp_path) == config          # from the cached conversion
 
 
 def test_gguf_of_another_architecture_is_refused(tiny, tmp_path):

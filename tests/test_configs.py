@@ -8,7 +8,7 @@ import pytest
 
 from grow_jax.train import config as config_utils
 from grow_jax.methods import registry as methods
-from grow_jax.model.config import ConfigError
+from grow_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))

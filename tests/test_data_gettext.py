@@ -12,6 +12,7 @@ import pytest
 
 from grow_jax.data import cache, gettext_catalogs as gc
 from grow_jax.data import get_task
+from grow_jax.errors import CacheError
 
 CATALOG = r'''# French translation of a test application.
 msgid ""
@@ -223,6 +224,6 @@ def test_failed_download_names_the_package_and_the_offline_route(tmp_path, monke
     return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for django==5.2.19")
 
   monkeypatch.setattr(subprocess, "run", no_network)
-  with pytest.raises(cache.CacheError, match=r"pip download of django==5\.2\.19 failed \(exit 1\).*"
+  with pytest.raises(CacheError, match=r"pip download of django==5\.2\.19 failed \(exit 1\).*"
                                              r"python -m grow_jax\.data\.gettext_catalogs"):
     gc.download_wheels([("django", "5.2.19")], tmp_path)

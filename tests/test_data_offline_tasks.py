@@ -6,6 +6,7 @@ import json
 import pytest
 
 from grow_jax.data import arithmetic, cache, get_task, knowledge_probe, stdlib_text
+from grow_jax.errors import CacheError
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +164,7 @@ def test_corrupt_cached_split_names_file_and_line(tmp_path):
   path = cache.write_dataset(tmp_path / "ds", {"train": [{"a": 1}]}, {"name": "ds"})
   with open(path / "train.jsonl", "a") as f:
     f.write("{not json\n")
-  with pytest.raises(cache.CacheError, match=r"train\.jsonl:2: not a JSON record"):
+  with pytest.raises(CacheError, match=r"train\.jsonl:2: not a JSON record"):
     cache.read_split(path, "train")
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from grow_jax.data import get_task
 from grow_jax.data.paper_tasks import parse_mathqa_options
-from grow_jax.data.tasks import FieldError, MalformedRecordError, TaskError
+from grow_jax.data.tasks import FieldError, MalformedRecordError
+from grow_jax.errors import TaskError
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "data"
 

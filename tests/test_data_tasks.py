@@ -3,7 +3,8 @@
 import pytest
 
 from grow_jax.data import tasks
-from grow_jax.data.tasks import Example, MalformedRecordError, Task, TaskError, field, get_task, list_tasks
+from grow_jax.data.tasks import Example, MalformedRecordError, Task, field, get_task, list_tasks
+from grow_jax.errors import TaskError
 
 PAPER_TASKS = {"scitail", "sciq", "mathqa", "winogrande", "translation_en_fr"}
 OFFLINE_TASKS = {"gettext_en_fr", "capitals", "stdlib_text", "arithmetic"}

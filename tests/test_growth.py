@@ -13,7 +13,8 @@ from grow_jax import tree_paths
 from grow_jax.growth import operators as growth
 from grow_jax.formats import hf_format
 from grow_jax.model import transformer as model
-from grow_jax.model.config import ConfigError, get_preset
+from grow_jax.model.config import get_preset
+from grow_jax.errors import CheckpointError, ConfigError
 from random_params import random_params
 
 TINY = get_preset("tiny")   # 7 layers, N=4 query heads on K=2 kv heads
@@ -274,7 +275,7 @@ def gemma3_270m():
   checkpoints = pytest.importorskip("grow_jax.checkpoints")
   try:
     config, params = checkpoints.load_checkpoint("gemma3-270m")
-  except checkpoints.CheckpointError as e:  # e.g. the model package is not installed
+  except CheckpointError as e:  # e.g. the model package is not installed
     pytest.skip(f"real Gemma 3 270M unavailable: {e}")
   params = jax.tree.map(jnp.asarray, params)
   toks = tokens((1, 32), config.vocab_size, seed=1)

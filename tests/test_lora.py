@@ -12,7 +12,8 @@ from grow_jax.growth import operators as growth
 from grow_jax.methods import lora
 from grow_jax.methods import registry as methods
 from grow_jax.methods import partition
-from grow_jax.model.config import ConfigError, get_preset
+from grow_jax.model.config import get_preset
+from grow_jax.errors import ConfigError
 from random_params import random_params
 
 CFG = get_preset("tiny", num_layers=2, vocab_size=128)

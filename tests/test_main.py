@@ -7,10 +7,9 @@ import sys
 
 import pytest
 
-from grow_jax.train import sharding
 from grow_jax.data import synthetic
 from grow_jax.train import loop as train
-from grow_jax.model.config import ConfigError
+from grow_jax.errors import ConfigError, DataError, ShardingError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,7 +57,7 @@ def _fails(config, tmp_path, error, *fragments):
 
 def test_batch_size_not_divisible_by_data_parallel_size(tmp_path):
   config = _config("batch=12")          # 8 fake devices: data=8
-  _fails(config, tmp_path, sharding.ShardingError, "batch_size=12", "data=8,fsdp=1,tensor=1")
+  _fails(config, tmp_path, ShardingError, "batch_size=12", "data=8,fsdp=1,tensor=1")
 
 
 def test_missing_init_checkpoint(tmp_path):
@@ -70,7 +69,7 @@ def test_missing_init_checkpoint(tmp_path):
 
 def test_unknown_scratch_preset(tmp_path):
   config = _config()
-  config.init.source = "scratch:huge"
+  config.init.source = "random:huge"
   _fails(config, tmp_path, ConfigError, "unknown model preset 'huge'")
 
 
@@ -78,7 +77,7 @@ def test_empty_dataset(tmp_path):
   config = _config()
   config.data.num_examples = 0
   _fails(config, tmp_path, ConfigError, "config.data.num_examples=0", "empty")
-  with pytest.raises(synthetic.DataError, match="config.data.num_examples=0: the synthetic split 'train' is empty"):
+  with pytest.raises(DataError, match="config.data.num_examples=0: the synthetic split 'train' is empty"):
     synthetic.SyntheticSource(split="train", global_batch_size=8, seq_len=16, vocab_size=64, num_examples=0)
 
 
@@ -88,7 +87,7 @@ def test_bad_values_name_the_field(tmp_path):
   _fails(config, tmp_path, ConfigError, "config.train.mode='g_frozen'", "g_freeze")
   config = _config()
   config.mesh.tensor = 3
-  _fails(config, tmp_path, sharding.ShardingError, "config.mesh=", "tensor=3")
+  _fails(config, tmp_path, ShardingError, "config.mesh=", "tensor=3")
   config = _config()
   config.optimizer.schedule = "exp"
   _fails(config, tmp_path, ConfigError, "schedule='exp'")

@@ -4,8 +4,8 @@ import jax
 import pytest
 
 from grow_jax.model import transformer as model
-from grow_jax.model.config import (GLOBAL, LOCAL, ConfigError, ModelConfig, count_params, get_preset,
-                                   param_shapes, parse_layers)
+from grow_jax.model.config import GLOBAL, LOCAL, ModelConfig, count_params, get_preset, param_shapes, parse_layers
+from grow_jax.errors import ConfigError
 
 
 @pytest.mark.parametrize("name,expected_layers", [("gemma3_270m", 18), ("gemma3_1b", 26), ("gemma3_4b", 34)])

@@ -16,7 +16,8 @@ from grow_jax.methods import registry as methods
 from grow_jax.train import optim
 from grow_jax.methods import partition
 from grow_jax.methods import regularizers
-from grow_jax.model.config import ConfigError, get_preset
+from grow_jax.model.config import get_preset
+from grow_jax.errors import ConfigError
 from random_params import random_params
 
 # Two layers keep the compiles short; layer 1 is grown, layer 0 is not (targeted growth).

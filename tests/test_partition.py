@@ -9,7 +9,8 @@ from grow_jax.methods import accounting
 from grow_jax.growth import operators as growth
 from grow_jax.methods import registry as methods
 from grow_jax.methods import partition
-from grow_jax.model.config import ConfigError, get_preset
+from grow_jax.model.config import get_preset
+from grow_jax.errors import ConfigError
 
 CFG = get_preset("tiny")                                   # 7 layers
 GROWN_CFG = growth.grow_config(CFG, layers=[2, 5])

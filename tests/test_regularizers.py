@@ -10,7 +10,8 @@ from grow_jax import tree_paths
 from grow_jax.train import optim
 from grow_jax.methods import partition
 from grow_jax.methods import regularizers
-from grow_jax.model.config import ConfigError, get_preset
+from grow_jax.model.config import get_preset
+from grow_jax.errors import ConfigError
 from random_params import random_params
 
 CFG = get_preset("tiny", num_layers=1, vocab_size=64)

@@ -21,6 +21,7 @@ import pytest
 from grow_jax.train import checkpointing
 from grow_jax.train import sharding
 from grow_jax.train import loop as train
+from grow_jax.errors import TrainingDivergedError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 60
@@ -142,7 +143,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config.optimizer.grad_clip_norm = 0.0
   config.checkpoint.every_steps = 1
   config.log_every_steps = 1
-  with pytest.raises(train.TrainingDivergedError, match=r"not finite.*last good checkpoint \(step (\d+)\)") as e:
+  with pytest.raises(TrainingDivergedError, match=r"not finite.*last good checkpoint \(step (\d+)\)") as e:
     train.train_and_evaluate(config, str(tmp_path))
   good = int(e.value.args[0].split("(step ")[1].split(")")[0])
   ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)

@@ -12,6 +12,7 @@ from grow_jax.model import transformer as model
 from grow_jax.train import sharding
 from grow_jax.train import loop as train
 from grow_jax.model.config import get_preset
+from grow_jax.errors import ShardingError
 
 
 def _mesh(data, fsdp, tensor):
@@ -21,9 +22,9 @@ def _mesh(data, fsdp, tensor):
 
 def test_mesh_shape_fills_and_rejects():
   assert sharding.mesh_shape(dict(data=-1, fsdp=2, tensor=1), 8) == {"data": 4, "fsdp": 2, "tensor": 1}
-  with pytest.raises(sharding.ShardingError, match="needs 16 devices; there are 8"):
+  with pytest.raises(ShardingError, match="needs 16 devices; there are 8"):
     sharding.mesh_shape(dict(data=4, fsdp=2, tensor=2), 8)
-  with pytest.raises(sharding.ShardingError, match="at most one -1"):
+  with pytest.raises(ShardingError, match="at most one -1"):
     sharding.mesh_shape(dict(data=-1, fsdp=-1, tensor=1), 8)
   mesh = _mesh(2, 2, 2)
   assert mesh.axis_names == ("data", "fsdp", "tensor")
@@ -48,13 +49,13 @@ def test_rules_cover_grown_and_lora_params():
 
 def test_unmatched_leaf_is_named():
   params = {"layer_0": {"mystery": {"w": jax.ShapeDtypeStruct((4, 4), np.float32)}}}
-  with pytest.raises(sharding.ShardingError, match="layer_0/mystery/w"):
+  with pytest.raises(ShardingError, match="layer_0/mystery/w"):
     sharding.param_shardings(params, _mesh(8, 1, 1))
 
 
 def test_indivisible_dim_names_leaf_dim_and_axis():
   cfg = get_preset("tiny", num_layers=1)          # 4 query heads
-  with pytest.raises(sharding.ShardingError) as e:
+  with pytest.raises(ShardingError) as e:
     sharding.param_shardings(model.abstract_params(cfg), _mesh(1, 1, 8))
   msg = str(e.value)
   assert "einsum/w" in msg and "dim 0" in msg and "size 4" in msg and "'tensor' of size 8" in msg
@@ -62,7 +63,7 @@ def test_indivisible_dim_names_leaf_dim_and_axis():
 
 def test_batch_size_not_divisible_names_batch_and_mesh():
   mesh = _mesh(4, 2, 1)
-  with pytest.raises(sharding.ShardingError) as e:
+  with pytest.raises(ShardingError) as e:
     sharding.check_batch_size(12, 1, mesh, 1)
   assert "batch_size=12" in str(e.value) and "data=4,fsdp=2,tensor=1" in str(e.value)
   sharding.check_batch_size(16, 2, mesh, 1)

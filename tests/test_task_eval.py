@@ -8,6 +8,8 @@ import jax
 import numpy as np
 import pytest
 
+from grow_jax.errors import ConfigError, TaskError
+
 from grow_jax import evaluate
 from grow_jax.train import checkpointing
 from grow_jax.evaluation import tasks as task_eval
@@ -46,7 +48,6 @@ def test_winogrande_is_scored_by_partial_scoring_and_translation_by_generation(t
 
 
 def test_unknown_task_and_split_are_named():
-  from grow_jax.data import TaskError
   with pytest.raises(TaskError, match="nosuchtask"):
     task_eval.eval_tasks("nosuchtask", split="test")
   with pytest.raises(TaskError, match="'capitals'.*'train'"):
@@ -62,7 +63,7 @@ def test_before_after_table_keeps_measurements_only():
 def test_trainer_rejects_unknown_eval_task_before_writing(tmp_path):
   config = _tiny_config("steps=1,layers_n=1,seq_len=16")
   config.eval.tasks = ("heldout_loss", "nosuchtask:test")
-  with pytest.raises(train.ConfigError, match="eval.tasks"):
+  with pytest.raises(ConfigError, match="eval.tasks"):
     train.train_and_evaluate(config, str(tmp_path / "wd"))
   assert not (tmp_path / "wd").exists()
 

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from grow_jax.formats.sources import CheckpointError
+from grow_jax.errors import CheckpointError
 from grow_jax.model.tokenizer import Tokenizer, load_tokenizer
 
 PROMPT = "The capital of France is"
@@ -128,9 +128,9 @@ def test_gguf_tokenizer_equals_transformers_token_for_token(tmp_path):
   import os
   import transformers
   import tokenizers
-  from grow_jax.formats import sources as checkpoints
+  from grow_jax import formats
   from grow_jax.formats import gguf_import
-  path = checkpoints.parse_source("gemma3-270m").path
+  path = formats.parse_source("gemma3-270m").path
   ours = gguf_import.tokenizer_from_gguf(gguf_import.open_gguf(path), path)
   os.environ["HF_HUB_OFFLINE"] = "1"
   ref = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -22,9 +22,9 @@ Typical use:
 from grow_jax.data.batching import (BATCH_KEYS, BatchIterator, SequenceTooLongError, Tokenizer,
                                     TokenizedSequence, pack_rows, pad_batch, process_slice, scoring_sequences,
                                     tokenize_example, tokenize_examples)
-from grow_jax.data.cache import CacheError, data_dir, hash_split
-from grow_jax.data.tasks import (KNOWN_METRICS, Example, MalformedRecordError, Task, TaskError, get_task,
-                                 list_tasks, register_task, task_options)
+from grow_jax.data.cache import data_dir, hash_split
+from grow_jax.errors import CacheError, TaskError
+from grow_jax.data.tasks import KNOWN_METRICS, Example, MalformedRecordError, Task, get_task, list_tasks, register_task, task_options
 
 __all__ = [
     "BATCH_KEYS", "BatchIterator", "CacheError", "Example", "KNOWN_METRICS", "MalformedRecordError",

@@ -20,16 +20,13 @@ import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from grow_jax.errors import CacheError
+
 ENV_DATA_DIR = "GROW_JAX_DATA_DIR"
 DEFAULT_DATA_DIR = "~/.cache/grow_jax/data"
 MANIFEST = "manifest.json"
 # train / validation / test shares (percent) of `hash_split`.
 DEFAULT_SPLIT_PERCENT = (("train", 90), ("validation", 5), ("test", 5))
-
-
-class CacheError(ValueError):
-  """A cached dataset that is missing or corrupt, or whose sources cannot be read (`CatalogError`); the
-  message names the path or source."""
 
 
 def data_dir(path: str | os.PathLike | None = None) -> pathlib.Path:

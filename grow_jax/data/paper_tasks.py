@@ -24,7 +24,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from grow_jax.data import prompts
 from grow_jax.data.cache import hash_split
-from grow_jax.data.tasks import FieldError, Record, Task, TaskError, field, register_task
+from grow_jax.data.tasks import FieldError, Record, Task, field, register_task
+from grow_jax.errors import TaskError
 
 DataFiles = Mapping[str, "str | Sequence[str]"] | None
 

@@ -21,15 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from grow_jax.model.config import ConfigError
+from grow_jax.errors import DataError
 
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 BATCH_KEYS = ("tokens", "loss_mask", "positions", "segment_ids", "input_mask")   # as grow_jax.data
 _DTYPES = {"loss_mask": np.float32, "input_mask": np.bool_}
 
-
-class DataError(ConfigError):
-  """A data configuration that cannot produce batches; the message names the field."""
 
 
 class SyntheticSource:

@@ -34,17 +34,14 @@ import itertools
 import logging
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from grow_jax.errors import TaskError
+
 Record = Mapping[str, Any]
 
 # Metric names the evaluators understand. A task lists the ones that make sense for it.
 KNOWN_METRICS = ("acc", "acc_norm", "exact_match", "bleu", "chrf", "perplexity", "kl")
 
 _MALFORMED_POLICIES = ("raise", "skip")
-
-
-class TaskError(ValueError):
-  """A task that cannot be used as asked: a task, split or option that does not exist (the message lists what
-  does), or a malformed record (`MalformedRecordError`)."""
 
 
 class MalformedRecordError(TaskError):

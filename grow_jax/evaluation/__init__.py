@@ -1,1 +1,20 @@
-"""grow_jax.evaluation."""
+"""Evaluation: scoring a model on named tasks, the same way in the trainer and on the command line.
+
+    scoring.py       log-likelihood scoring (lm-eval conventions): requests, multiple choice, partial scoring
+    generative.py    greedy completions scored by exact match / BLEU / chrF
+    perplexity.py    perplexity and KL(base ‖ model) on plain text
+    text_metrics.py  exact match, BLEU, chrF (sacrebleu), answer post-processing
+    evaluator.py     EvalTask (a named evaluation of one kind) and Evaluator (prepared once, scored often)
+    tasks.py         which evaluations a `grow_jax.data` task gets
+    registry.py      the one registry of named evaluations (EvalContext, register, build_all)
+"""
+
+from grow_jax.evaluation.evaluator import EvalTask, Evaluator, evaluate_all, format_table, write_results
+from grow_jax.evaluation.generative import generate_texts, score_generation
+from grow_jax.evaluation.perplexity import BaseReference, kl_divergence, perplexity
+from grow_jax.evaluation.registry import EvalContext, build_all, register
+from grow_jax.evaluation.scoring import loglikelihood, score_multiple_choice, score_partial
+
+__all__ = ["EvalTask", "Evaluator", "evaluate_all", "format_table", "write_results", "generate_texts",
+           "score_generation", "BaseReference", "kl_divergence", "perplexity", "EvalContext", "build_all",
+           "register", "loglikelihood", "score_multiple_choice", "score_partial"]

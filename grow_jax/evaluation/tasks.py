@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from grow_jax.evaluation.scoring import EvalTask
+from grow_jax.evaluation.evaluator import EvalTask
+from grow_jax.errors import TaskError
 
 # Generation length for translation-style tasks: the offline en->fr targets average ~32 tokens.
 DEFAULT_MAX_NEW_TOKENS = 48
@@ -29,7 +30,7 @@ def eval_tasks(name: str, *, split: str, limit: int | None = None, with_kl: bool
   task = data.get_task(name, **dict(task_options or {}))
   examples = task.examples(split, limit=limit)
   if not examples:
-    raise data.TaskError(f"task {name!r} split {split!r} has no examples to evaluate")
+    raise TaskError(f"task {name!r} split {split!r} has no examples to evaluate")
   metrics = set(task.metrics)
   out: list[EvalTask] = []
   if task.partial is not None:
@@ -46,6 +47,6 @@ def eval_tasks(name: str, *, split: str, limit: int | None = None, with_kl: bool
   if "kl" in metrics and with_kl:
     out.append(EvalTask(f"{name}_kl", "kl", texts))
   if not out:
-    raise data.TaskError(f"task {name!r} has metrics {sorted(metrics)}, none of which grow_jax.evaluation "
+    raise TaskError(f"task {name!r} has metrics {sorted(metrics)}, none of which grow_jax.evaluation "
                          "scores")
   return out

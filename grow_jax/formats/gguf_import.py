@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from grow_jax.formats import hf_format
-from grow_jax.formats.sources import CheckpointError
-from grow_jax.model.config import GLOBAL, LOCAL, ConfigError, ModelConfig
+from grow_jax.errors import CheckpointError, ConfigError
+from grow_jax.model.config import GLOBAL, LOCAL, ModelConfig
 
 Params = dict[str, Any]
 

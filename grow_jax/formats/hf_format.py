@@ -26,7 +26,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from grow_jax.model.config import GLOBAL, LOCAL, ConfigError, ModelConfig
+from grow_jax.model.config import GLOBAL, LOCAL, ModelConfig
+from grow_jax.errors import ConfigError
 
 Params = dict[str, Any]
 

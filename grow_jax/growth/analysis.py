@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from grow_jax.model.config import ConfigError, ModelConfig
+from grow_jax.model.config import ModelConfig
+from grow_jax.errors import ConfigError
 
 Params = dict[str, Any]
 

@@ -41,7 +41,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from grow_jax.model.config import ConfigError, ModelConfig, mlp_branch_prefix, parse_layers
+from grow_jax.model.config import ModelConfig, mlp_branch_prefix, parse_layers
+from grow_jax.errors import ConfigError
 
 Params = dict[str, Any]
 

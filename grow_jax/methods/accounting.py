@@ -1,4 +1,4 @@
-"""What a training protocol costs: trainable parameters, optimizer memory, added inference FLOPs.
+"""What a training method costs: trainable parameters, optimizer memory, added inference FLOPs.
 
 Works on real or abstract params (`jax.ShapeDtypeStruct`s: `abstract_params(config)` needs no weights, so
 Gemma 3 1B / 4B accounting runs in milliseconds).
@@ -9,8 +9,8 @@ Definitions (per model, embeddings tied so counted once):
   base             the ungrown model: `base_config` if given, else config with only branch 0 of each MLP
   trainable        leaves labelled 'trainable'
   trainable/base   the paper's "share of parameters": G-Freeze on all 26 layers of Gemma 3 1B = 62%
-  optimizer bytes  Adam: 2 moments in the param dtype per trainable scalar (+ a 4-byte step count); L2-SP
-                   and EWC keep 1 (anchor) or 2 (anchor + Fisher) more copies of the trainable leaves
+  optimizer bytes  Adam: 2 moments in the param dtype per trainable scalar (+ a 4-byte step count), plus the
+                   method's `regularizer_copies` (L2-SP: the anchor; EWC: anchor and Fisher)
   flops/token      forward matmul FLOPs per token, 2 per multiply-add:
                    base = Σ_layers 2 * D * H * (2N + 2K) + 6 * D * F_layer + 2 * D * V (the logits),
                    added by growth = Σ_grown branches 6 * D * F_j (gate, up and down of the copy);
@@ -26,18 +26,11 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from grow_jax import tree_paths
-from grow_jax.model.config import ModelConfig, count_params, param_shapes
+from grow_jax import tables, tree_paths
+from grow_jax.model.config import ModelConfig, abstract_params, count_params
 from grow_jax.methods.partition import GROWN_BRANCH, TRAINABLE
 
 ADAM_MOMENTS = 2
-_REG_COPIES = {"l2sp": 1, "ewc": 2}
-
-
-def abstract_params(config: ModelConfig, dtype: str | None = None) -> dict[str, Any]:
-  """ShapeDtypeStructs of every leaf, straight from model_config.param_shapes (no tracing, no weights)."""
-  dt = jnp.dtype(dtype or config.param_dtype)
-  return tree_paths.unflatten({p: jax.ShapeDtypeStruct(s, dt) for p, s in param_shapes(config).items()})
 
 
 def base_config_of(config: ModelConfig) -> ModelConfig:
@@ -60,10 +53,11 @@ def forward_flops_per_token(config: ModelConfig) -> int:
 
 
 def account(config: ModelConfig, params: Any, labels: Any, base_config: ModelConfig | None = None,
-            regularizer: str | None = None) -> dict[str, Any]:
+            regularizer_copies: int = 0) -> dict[str, Any]:
   """Parameter, memory and FLOP accounting of `params` under `labels` (see the module docstring).
 
-  regularizer: None, 'l2sp' or 'ewc' adds its anchor (/ Fisher) copies to the optimizer-state bytes.
+  regularizer_copies: extra copies of the trainable leaves in the optimizer state (a method's
+  `regularizer_copies`: L2-SP 1, EWC 2).
   """
   base_config = base_config or base_config_of(config)
   flat = tree_paths.flatten(params)
@@ -81,7 +75,7 @@ def account(config: ModelConfig, params: Any, labels: Any, base_config: ModelCon
   base_embedding = base_config.vocab_size * base_config.embed_dim
   n_train = sum(size[p] for p in trainable)
   train_bytes = sum(nbytes[p] for p in trainable)
-  copies = ADAM_MOMENTS + _REG_COPIES.get(regularizer or "", 0)
+  copies = ADAM_MOMENTS + regularizer_copies
   base_flops = forward_flops_per_token(base_config)
   added_flops = forward_flops_per_token(config) - base_flops
   return {
@@ -105,6 +99,13 @@ def account(config: ModelConfig, params: Any, labels: Any, base_config: ModelCon
   }
 
 
+def account_method(method, params: Any) -> dict[str, Any]:
+  """`account` of a bound method (methods.create) on its trained params (with the method's extra leaves)."""
+  base = method.model_config if "lora" in params else None
+  return account(method.model_config, params, method.labels, base_config=base,
+                 regularizer_copies=method.regularizer_copies)
+
+
 def _human(n: float) -> str:
   for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
     if abs(n) >= scale:
@@ -114,46 +115,37 @@ def _human(n: float) -> str:
 
 def format_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
   """A markdown table, one row per named account()."""
-  header = ("| setup | params | trainable | % of base | % of all | % of non-emb | Adam state | "
-            "+FLOPs/token | +FLOPs % |")
-  lines = [header, "|" + "---|" * 9]
-  for name, a in rows.items():
-    lines.append(
-        f"| {name} | {_human(a['total_params'])} | {_human(a['trainable_params'])} "
-        f"| {100 * a['trainable_share_base']:.1f} | {100 * a['trainable_share_total']:.1f} "
-        f"| {100 * a['trainable_share_non_embedding']:.1f} | {_human(a['optimizer_state_bytes'])}B "
-        f"| {_human(a['added_flops_per_token'])} | {100 * a['added_flops_share']:.1f} |")
-  return "\n".join(lines)
-
-
-def print_table(rows: Mapping[str, Mapping[str, Any]]) -> None:
-  print(format_table(rows))
+  header = ("setup", "params", "trainable", "% of base", "% of all", "% of non-emb", "Adam state", "+FLOPs/token",
+            "+FLOPs %")
+  return tables.markdown(header, [
+      (name, _human(a["total_params"]), _human(a["trainable_params"]), f"{100 * a['trainable_share_base']:.1f}",
+       f"{100 * a['trainable_share_total']:.1f}", f"{100 * a['trainable_share_non_embedding']:.1f}",
+       f"{_human(a['optimizer_state_bytes'])}B", _human(a["added_flops_per_token"]),
+       f"{100 * a['added_flops_share']:.1f}") for name, a in rows.items()])
 
 
 def standard_rows(preset: str, targeted: int = 10) -> dict[str, dict[str, Any]]:
   """The accounting rows for a named architecture: SFT, LoRA matched to G-Freeze, G-Freeze / G-Train on all
   layers and on `targeted` evenly spaced layers (abstract shapes only)."""
+  from grow_jax import methods
   from grow_jax.growth import operators as growth
-  from grow_jax.methods import lora
-  from grow_jax.methods import registry as methods
-  from grow_jax.methods import partition
   from grow_jax.model.config import get_preset
   config = get_preset(preset)
   abstract = abstract_params(config)
-  rows = {"sft": account(config, abstract, partition.trainable_labels(config, abstract, "sft"))}
-  target = methods.preset_trainable_count("g_freeze", config, abstract)
-  rank, _ = lora.rank_for_count(abstract, target)
-  with_lora = jax.eval_shape(lambda p: lora.init(p, rank=rank, rng=jax.random.key(0)), abstract)
-  rows[f"lora r={rank} (= g_freeze all)"] = account(config, with_lora,
-                                                     partition.trainable_labels(config, with_lora, "lora"),
-                                                     base_config=config)
+
+  def row(name, options, model_config, params):
+    method = methods.create(name, options, model_config, params)
+    return account_method(method, jax.eval_shape(lambda p: method.init_params(p, jax.random.key(0)), params))
+
+  rows = {"sft": row("sft", {}, config, abstract)}
+  lora = methods.create("lora", {"match_params_of": "g_freeze"}, config, abstract)
+  rows[f"lora r={lora.rank} (= g_freeze all)"] = row("lora", {"match_params_of": "g_freeze"}, config, abstract)
   L = config.num_layers
   subset = sorted({round(i * (L - 1) / (targeted - 1)) for i in range(targeted)}) if targeted > 1 else [0]
   for name, layers in (("all", None), (f"{len(subset)} layers", subset)):
     grown_config = growth.grow_config(config, layers=layers)
-    grown = abstract_params(grown_config)
     for mode in ("g_freeze", "g_train"):
-      rows[f"{mode} {name}"] = account(grown_config, grown, partition.trainable_labels(grown_config, grown, mode))
+      rows[f"{mode} {name}"] = row(mode, {}, grown_config, abstract_params(grown_config))
   return rows
 
 
@@ -166,12 +158,8 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   for preset in args.presets:
     print(f"\n{preset} (f32; +FLOPs = forward matmul FLOPs per token added by growth)")
-    print_table(standard_rows(preset, args.targeted))
+    print(format_table(standard_rows(preset, args.targeted)))
 
 
 if __name__ == "__main__":
   main()
-
-
-__all__ = ["account", "abstract_params", "base_config_of", "forward_flops_per_token", "format_table",
-           "print_table", "standard_rows"]

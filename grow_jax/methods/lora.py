@@ -8,7 +8,7 @@ B: (batch, r, out) = 0, and the model sees
 
 so the model is unchanged at init (B = 0 makes the update exactly zero). Adapters live in a separate
 top-level subtree mirroring the target paths: params['lora'][...path...] = {'a': A, 'b': B}, i.e. leaf paths
-`lora/layer_0/attn/q_einsum/w/a`. The 'lora' partition preset trains exactly these leaves.
+`lora/layer_0/attn/q_einsum/w/a`. The `lora` method (below) trains exactly these leaves.
 
 Axis conventions of Gemma's einsum weights (in -> out as the forward pass uses them):
   attn/q_einsum/w          (N, D, H)     in D, out (N, H)     == HF q_proj
@@ -31,7 +31,9 @@ import jax
 import jax.numpy as jnp
 
 from grow_jax import tree_paths
-from grow_jax.model.config import ConfigError
+from grow_jax.errors import ConfigError
+from grow_jax.methods.base import Method, register, trainable_count
+from grow_jax.methods.partition import FROZEN, TRAINABLE
 
 Params = dict[str, Any]
 
@@ -174,5 +176,49 @@ def scale_for(rank: int, lora_alpha: float | None) -> float:
   return 1.0 if lora_alpha is None else float(lora_alpha) / rank
 
 
-__all__ = ["DEFAULT_TARGETS", "init", "merge", "split", "delta", "target_paths", "params_per_rank",
+# ---- the method ---------------------------------------------------------------------------------------
+@register
+class LoRA(Method):
+  """Rank-r adapters on `lora_targets` (B = 0: the model is unchanged at init); the base weights are frozen.
+
+  match_params_of: 'g_freeze' | 'g_train' | 'mlp_only' | an int — pick the rank whose adapter count is closest
+  to that method's trainable count on this model grown by (growth_factor, growth_layers) (the model itself
+  if it is already grown); lora_alpha: scale = alpha / rank (None: scale 1).
+  """
+
+  name = "lora"
+  description = "rank-r adapters (B = 0 at init) on q/kv/attn_vec/gating/linear; the base weights are frozen"
+  options = {"lora_rank": 8, "lora_alpha": None, "lora_targets": DEFAULT_TARGETS, "match_params_of": None,
+             "growth_factor": 2, "growth_layers": None}
+
+  def resolve(self, params):
+    base, _ = split(params)
+    targets, target = self.opts["lora_targets"], self.opts["match_params_of"]
+    self.match: dict[str, Any] = {}
+    if target is not None:
+      count = target if isinstance(target, int) and not isinstance(target, bool) else trainable_count(
+          target, self.model_config, base, self.opts["growth_factor"], self.opts["growth_layers"])
+      self.rank, n = rank_for_count(base, count, targets)
+      self.match = {"match_params_of": target, "target_count": count, "lora_count": n,
+                    "relative_gap": (n - count) / count}
+    else:
+      self.rank = _check_rank(self.opts["lora_rank"])
+    self.scale = scale_for(self.rank, self.opts["lora_alpha"])
+
+  def rules(self, config):
+    return [(r"lora/.*", TRAINABLE), (".*", FROZEN)]
+
+  def init_params(self, params, rng):
+    if "lora" in params:
+      return params
+    return init(params, rank=self.rank, rng=rng, targets=self.opts["lora_targets"])
+
+  def model_params(self, params):
+    return merge(params, self.scale)
+
+  def info(self):
+    return {"lora_rank": self.rank, "lora_scale": self.scale, **self.match}
+
+
+__all__ = ["LoRA", "DEFAULT_TARGETS", "init", "merge", "split", "delta", "target_paths", "params_per_rank",
            "rank_for_count", "adapter_shapes", "scale_for"]

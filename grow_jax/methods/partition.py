@@ -3,19 +3,8 @@
 One mechanism for every training protocol. A rule's regex must match the *whole* path (`re.fullmatch`);
 every leaf must match some rule, and an unmatched leaf is an error that lists the unmatched paths.
 
-Presets (our reading of the paper for the growth modes; see PAPER.md):
-
-  sft       every leaf trains (full fine-tuning)
-  g_freeze  only the grown copies train: layer_i/mlp/grown_j/{gating_einsum,linear}; everything original
-            (embeddings, attention, norms, the original MLP branch incl. its halved down projection) is frozen
-  g_train   the grown copies, plus the original gate/up (layer_i/mlp/gating_einsum) of the *grown* layers;
-            the original (halved) down projection layer_i/mlp/linear stays frozen; ungrown layers are frozen
-  mlp_only  every MLP leaf (original and grown branches) trains, the rest is frozen
-  lora      only the adapters under lora/ train (see lora.py); the base model is frozen
-  l2sp      as sft, plus an L2 pull toward the initial weights (regularizers.l2sp, in the optimizer)
-  ewc       as sft, plus a diagonal-Fisher penalty (regularizers.ewc, in the optimizer)
-
-g_freeze / g_train on a model without grown layers raise (nothing new would train).
+Each training method (methods/builtin.py, lora.py, regularizers.py) states its rules; `labels_from_rules`
+turns rules into the label tree that `optax.partition` and the train step use.
 """
 
 from __future__ import annotations
@@ -27,13 +16,12 @@ from typing import Any, Hashable, Sequence
 import jax
 
 from grow_jax import tree_paths
-from grow_jax.model.config import ConfigError, ModelConfig
+from grow_jax.errors import ConfigError
 
 TRAINABLE = "trainable"
 FROZEN = "frozen"
 Rules = Sequence[tuple[str, Hashable]]
 
-MODES = ("sft", "g_freeze", "g_train", "mlp_only", "lora", "l2sp", "ewc")
 GROWN_BRANCH = r"layer_\d+/mlp/grown_\d+/(gating_einsum|linear)"
 
 
@@ -67,43 +55,13 @@ def apply_rules(rules: Rules, tree: Any, *, what: str = "partition rules") -> An
   return labels
 
 
-def _grown_layers(config: ModelConfig) -> tuple[int, ...]:
-  return tuple(i for i in range(config.num_layers) if len(config.layer_mlp_branches(i)) > 1)
+def labels_from_rules(rules: Rules, params: Any, *, what: str = "trainable rules") -> Any:
+  """Tree of 'trainable' / 'frozen' (structure of `params`) from ordered rules.
 
-
-def preset_rules(mode: str, config: ModelConfig) -> list[tuple[str, str]]:
-  """The rules of a named preset for this config (g_train depends on which layers are grown)."""
-  if mode in ("sft", "l2sp", "ewc"):
-    return [(".*", TRAINABLE)]
-  if mode == "mlp_only":
-    return [(r"layer_\d+/mlp/.*", TRAINABLE), (".*", FROZEN)]
-  if mode == "lora":
-    return [(r"lora/.*", TRAINABLE), (".*", FROZEN)]
-  if mode in ("g_freeze", "g_train"):
-    grown = _grown_layers(config)
-    if not grown:
-      raise PartitionError(f"mode {mode!r} trains the grown MLP copies, but the model has no grown layers "
-                           "(config.mlp_branches has one branch per layer): grow it first with "
-                           "growth.grow_mlp(config, params, layers=...)")
-    rules = [(GROWN_BRANCH, TRAINABLE)]
-    if mode == "g_train":
-      rules.append((rf"layer_({'|'.join(map(str, grown))})/mlp/gating_einsum", TRAINABLE))
-    return rules + [(".*", FROZEN)]
-  raise PartitionError(f"unknown training mode {mode!r}; expected one of {list(MODES)} "
-                       "(or a list of (path_regex, 'trainable'|'frozen') rules)")
-
-
-def trainable_labels(config: ModelConfig, params: Any, mode: str | Rules) -> Any:
-  """Tree of 'trainable' / 'frozen' (structure of `params`) for a preset name or a custom rule list.
-
-  Raises if a leaf is unmatched, a label is neither 'trainable' nor 'frozen', or nothing would train.
+  Raises PartitionError if a leaf is unmatched, a label is neither 'trainable' nor 'frozen', or nothing
+  would train.
   """
-  rules = preset_rules(mode, config) if isinstance(mode, str) else list(mode)
-  what = f"mode {mode!r} rules" if isinstance(mode, str) else "trainable rules"
-  if mode == "lora" and "lora" not in params:
-    raise PartitionError("mode 'lora' needs LoRA adapters under params['lora']: add them with lora.init(...) "
-                         "or methods.setup_method('lora', ...)")
-  labels = apply_rules(rules, params, what=what)
+  labels = apply_rules(list(rules), params, what=what)
   values = set(jax.tree.leaves(labels))
   bad = values - {TRAINABLE, FROZEN}
   if bad:

@@ -28,7 +28,9 @@ import optax
 
 from grow_jax.model import transformer as model_lib
 from grow_jax import tree_paths
-from grow_jax.model.config import ConfigError, ModelConfig
+from grow_jax.model.config import ModelConfig
+from grow_jax.errors import ConfigError
+from grow_jax.methods.base import Method, register
 
 Params = dict[str, Any]
 
@@ -74,13 +76,17 @@ def l2sp(coef: float, anchor: Any | None = None) -> optax.GradientTransformation
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def ewc(coef: float, fisher: Any, anchor: Any | None = None) -> optax.GradientTransformation:
-  """Add 2 * coef * fisher * (params - anchor) to the updates (EWC; anchor None = params at init)."""
+def ewc(coef: float, fisher: Any | None, anchor: Any | None = None) -> optax.GradientTransformation:
+  """Add 2 * coef * fisher * (params - anchor) to the updates (EWC; anchor None = params at init).
+
+  The Fisher is read at `init` only (it then lives in the state): a transform that only updates a restored
+  state may be built with fisher=None.
+  """
   coef = _check_coef(coef, "ewc_coef")
-  if fisher is None:
-    raise ConfigError("ewc needs a diagonal Fisher: estimate it with regularizers.estimate_fisher(...)")
 
   def init_fn(params):
+    if fisher is None:
+      raise ConfigError("ewc needs a diagonal Fisher: estimate it with regularizers.estimate_fisher(...)")
     return EWCState(_restrict(params if anchor is None else anchor, params, "EWC anchor"),
                     _restrict(fisher, params, "EWC fisher"))
 
@@ -204,18 +210,64 @@ def _finish_fisher(acc, n: int, normalize: str | None):
   return jax.tree.map(lambda x: x / jnp.maximum(ref, 1e-30), fisher)
 
 
-def find_states(opt_state) -> list:
-  """The AnchorState / EWCState entries inside an optimizer state (empty for other methods)."""
-  found = []
-
-  def visit(x):
-    if isinstance(x, (AnchorState, EWCState)):
-      found.append(x)
-      return True
-    return False
-
-  jax.tree_util.tree_flatten(opt_state, is_leaf=visit)
-  return found
+def _logged_penalty(kind: str, coef: float, params, opt_state):
+  """The penalty whose gradient the transform adds, from the anchor (and Fisher) in the optimizer state."""
+  found = tree_paths.find_nodes(opt_state, (AnchorState, EWCState))
+  if not found:
+    return jnp.zeros((), jnp.float32)
+  reg = found[0]
+  flat = tree_paths.flatten(params)
+  anchor = tree_paths.flatten(reg.anchor)
+  fisher = tree_paths.flatten(reg.fisher) if kind == "ewc" else None
+  return penalty(kind, coef, {k: flat[k] for k in anchor}, anchor, fisher)
 
 
-__all__ = ["l2sp", "ewc", "estimate_fisher", "lm_loss", "penalty", "find_states", "AnchorState", "EWCState"]
+# ---- the methods ---------------------------------------------------------------------------------------
+@register
+class L2SP(Method):
+  """Full fine-tuning pulled toward the initial weights: penalty (l2sp_coef / 2) * ||θ - θ*||²."""
+
+  name = "l2sp"
+  description = "every leaf trains, pulled toward the initial weights (l2sp_coef)"
+  options = {"l2sp_coef": 0.01}
+  regularizer_copies = 1
+
+  def resolve(self, params):
+    _check_coef(self.opts["l2sp_coef"], "l2sp_coef")
+
+  def optimizer_transforms(self, fisher=None):
+    return [l2sp(self.opts["l2sp_coef"])]
+
+  def penalty(self, params, opt_state):
+    return _logged_penalty("l2sp", self.opts["l2sp_coef"], params, opt_state)
+
+
+@register
+class EWC(Method):
+  """Full fine-tuning with a diagonal-Fisher penalty ewc_coef * Σ F (θ - θ*)²; the Fisher is estimated on
+  original-domain reference text (the trainer's train.reference_task), never on the new task."""
+
+  name = "ewc"
+  description = "every leaf trains, with a diagonal-Fisher penalty (ewc_coef) estimated on reference text"
+  options = {"ewc_coef": 0.01, "ewc_batches": None, "ewc_normalize": "mean", "ewc_per_example": True}
+  regularizer_copies = 2
+  needs_reference_data = True
+
+  def resolve(self, params):
+    _check_coef(self.opts["ewc_coef"], "ewc_coef")
+    if self.opts["ewc_normalize"] not in (None, "mean", "max"):
+      raise ConfigError(f"ewc_normalize={self.opts['ewc_normalize']!r}: expected None, 'mean' or 'max'")
+
+  def estimate_fisher(self, params, batches, loss_fn=None):
+    return estimate_fisher(self.model_config, params, batches, loss_fn,
+                           per_example=bool(self.opts["ewc_per_example"]), normalize=self.opts["ewc_normalize"],
+                           max_batches=self.opts["ewc_batches"])
+
+  def optimizer_transforms(self, fisher=None):
+    return [ewc(self.opts["ewc_coef"], fisher)]
+
+  def penalty(self, params, opt_state):
+    return _logged_penalty("ewc", self.opts["ewc_coef"], params, opt_state)
+
+
+__all__ = ["L2SP", "EWC", "l2sp", "ewc", "estimate_fisher", "lm_loss", "penalty", "AnchorState", "EWCState"]

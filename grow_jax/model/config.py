@@ -27,12 +27,11 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
+from grow_jax.errors import ConfigError
+
 LOCAL = "local"    # sliding-window attention, RoPE base `local_base_frequency`
 GLOBAL = "global"  # full causal attention, RoPE base `global_base_frequency` (and `global_scale_factor`)
 
-
-class ConfigError(ValueError):
-  """A configuration value that cannot be used; the message names the field."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +197,15 @@ def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
       shapes[f"{prefix}/gating_einsum"] = (2, width, D)
       shapes[f"{prefix}/linear"] = (width, D)
   return shapes
+
+
+def abstract_params(config: ModelConfig, dtype: str | None = None) -> dict[str, Any]:
+  """ShapeDtypeStructs of every parameter from `param_shapes` (no tracing, no memory; full-size presets fine)."""
+  import jax
+  import jax.numpy as jnp
+  from grow_jax import tree_paths
+  dt = jnp.dtype(dtype or config.param_dtype)
+  return tree_paths.unflatten({p: jax.ShapeDtypeStruct(s, dt) for p, s in param_shapes(config).items()})
 
 
 def mlp_branch_prefix(layer: int, branch: int) -> str:

@@ -1,6 +1,6 @@
 """The model's own tokenizer: `load_tokenizer(source)` -> `Tokenizer` (encode/decode, special ids, padding).
 
-Sources are those of `checkpoints.load_checkpoint`:
+Sources are those of `formats.load_checkpoint`:
   "hf:<dir>"     tokenizer.json of the directory (fast path), else tokenizer.model converted once by transformers;
   "gguf:<file>", "gemma3-270m"   the vocabulary in the GGUF metadata, built once without torch
                  (gguf_import.tokenizer_from_gguf, ~20 s: the file's 262k vocabulary strings) and cached as
@@ -20,8 +20,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from grow_jax.formats import sources as checkpoints
-from grow_jax.formats.sources import CheckpointError
+from grow_jax import files, formats
+from grow_jax.errors import CheckpointError
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -166,7 +166,7 @@ def _token_text(value) -> str:
 # ---- loading -----------------------------------------------------------------------------------------
 def load_tokenizer(source: str | os.PathLike, *, cache: str | os.PathLike | None = None) -> Tokenizer:
   """The tokenizer of a checkpoint source ('hf:<dir>', 'gguf:<file>', 'gemma3-270m')."""
-  src = checkpoints.parse_source(source, cache=cache)
+  src = formats.parse_source(source, cache=cache)
   if src.kind == "hf":
     if (src.path / TOKENIZER_JSON).is_file():
       return Tokenizer.from_dir(src.path)
@@ -178,11 +178,11 @@ def load_tokenizer(source: str | os.PathLike, *, cache: str | os.PathLike | None
   return _cached(target, lambda tmp: _gguf_tokenizer(src.path).save(tmp))
 
 
-def _tokenizer_cache_dir(src: checkpoints.Source, cache, stat) -> pathlib.Path:
+def _tokenizer_cache_dir(src: formats.Source, cache, stat) -> pathlib.Path:
   import hashlib
   key = src.sha256 or f"{src.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  return checkpoints.cache_dir(cache) / "tokenizers" / f"{src.path.stem}.{digest}"
+  return formats.cache_dir(cache) / "tokenizers" / f"{src.path.stem}.{digest}"
 
 
 def _cached(target: pathlib.Path, write) -> Tokenizer:
@@ -192,7 +192,7 @@ def _cached(target: pathlib.Path, write) -> Tokenizer:
       return Tokenizer.from_dir(target)
     except CheckpointError:
       pass  # unreadable cache entry: rebuild it
-  checkpoints._atomic_write_dir(target, write)
+  files.write_dir(target, write)
   return Tokenizer.from_dir(target)
 
 

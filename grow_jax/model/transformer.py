@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from grow_jax import tree_paths
 from grow_jax.model.config import GLOBAL, ModelConfig, param_shapes
 
 Params = dict[str, Any]
@@ -203,8 +204,15 @@ class Embedder(nn.Module):
     x = jnp.take(self.input_embedding, tokens, axis=0).astype(dtype)
     return x * jnp.asarray(self.embed_dim ** 0.5, dtype)
 
-  def decode(self, x):
-    return jnp.einsum("BTD,VD->BTV", x, self.input_embedding.astype(x.dtype))
+
+def unembed(embedding, hidden, softcap: float | None = None):
+  """Logits (..., V) float32 from final-norm hidden states (..., D) and the tied embedding (V, D), soft-capped
+  as Gemma does (tanh(x / cap) * cap). The one place the output head is computed: the forward pass, the
+  training loss and the evaluators all call it."""
+  logits = jnp.einsum("...D,VD->...V", hidden, embedding.astype(hidden.dtype)).astype(jnp.float32)
+  if softcap is not None:
+    logits = jnp.tanh(logits / softcap) * softcap
+  return logits
 
 
 class Transformer(nn.Module):
@@ -229,10 +237,7 @@ class Transformer(nn.Module):
     x = RMSNorm(cfg.rms_norm_eps, cfg.param_dtype, name="final_norm")(x)
     if return_hidden:
       return x, new_cache
-    logits = embedder.decode(x).astype(jnp.float32)
-    if cfg.final_logit_softcap is not None:
-      logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
-    return logits, new_cache
+    return unembed(embedder.input_embedding, x, cfg.final_logit_softcap), new_cache
 
 
 # ---- masks -------------------------------------------------------------------------------------------
@@ -277,7 +282,7 @@ def forward(config: ModelConfig, params: Params, tokens, *, positions=None, inpu
 
 
 def init_params(config: ModelConfig, rng) -> Params:
-  """Random parameters (for scratch runs and tests). Use `abstract_params(config)` for shapes only.
+  """Random parameters (for random:<preset> sources and tests). `config.abstract_params(config)` gives shapes only.
 
   Weights ~ N(0, 0.02²), the embedding ~ N(0, 1/D) (scaled by sqrt(D) on input, so inputs have unit
   scale and the tied output logits start near unit scale), norm scales 0
@@ -298,14 +303,7 @@ def init_params(config: ModelConfig, rng) -> Params:
   for path in shapes:
     if path.endswith("/scale"):
       leaves[path] = jnp.zeros(shapes[path], dtype)
-  params: Params = {}
-  for path in shapes:                      # nested dict in the layout order of param_shapes
-    *parents, leaf = path.split("/")
-    node = params
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = leaves[path]
-  return params
+  return tree_paths.unflatten({path: leaves[path] for path in shapes})
 
 
 def module_param_shapes(config: ModelConfig) -> Params:
@@ -316,11 +314,6 @@ def module_param_shapes(config: ModelConfig) -> Params:
   index = jnp.zeros((1,), jnp.int32)
   init = lambda: Transformer(config).init(jax.random.key(0), tokens, tokens, mask, tokens, index)["params"]
   return jax.eval_shape(init)
-
-
-def abstract_params(config: ModelConfig) -> Params:
-  """ShapeDtypeStructs of every parameter, no memory used (works for the full-size presets)."""
-  return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
 
 
 # ---- KV cache ----------------------------------------------------------------------------------------

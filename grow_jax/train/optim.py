@@ -1,8 +1,8 @@
 """The optimizer: warmup + decay schedule, AdamW with a weight-decay mask, global-norm clipping, and a
 trainable/frozen partition so optimizer state exists only for trainable leaves.
 
-    make_optimizer(opt, method)                     # method: methods.TrainMethod (labels, anchor, fisher, coefs)
-    make_optimizer(opt, labels, anchor=..., fisher=..., l2sp_coef=..., ewc_coef=...)
+    make_optimizer(opt, method)                     # method: methods.TrainMethod (labels, its transforms)
+    make_optimizer(opt, labels, transforms=[...])   # a labels tree; transforms run first (L2-SP, EWC)
 
 builds
 
@@ -28,14 +28,14 @@ runs first so its gradient is treated exactly like a loss term's (see regularize
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import optax
 
+from grow_jax import tree_paths
 from grow_jax.methods import partition
-from grow_jax.methods import regularizers
-from grow_jax.model.config import ConfigError
+from grow_jax.errors import ConfigError
 
 OPT_DEFAULTS = dict(learning_rate=1e-4, schedule="cosine", warmup_steps=0, total_steps=None, min_lr_ratio=0.0,
                     b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, decay_rules=None, grad_clip_norm=1.0)
@@ -94,32 +94,18 @@ def _decay_mask_fn(rules):
   return mask_fn
 
 
-def make_optimizer(opt, labels_or_method, *, anchor=None, fisher=None, l2sp_coef: float | None = None,
-                   ewc_coef: float | None = None, params=None) -> optax.GradientTransformation:
-  """The training optimizer (see the module docstring). `labels_or_method` is a TrainMethod or a labels tree
-  ('trainable'/'frozen', structure of params). A regularizer is added when its coefficient is > 0: L2-SP
-  needs `anchor` (None = the params given to init), EWC needs `fisher` (and `anchor`, same default).
-  `params` is accepted for symmetry with the brief and unused (labels carry the structure)."""
-  del params
+def make_optimizer(opt, labels_or_method, *, transforms=()) -> optax.GradientTransformation:
+  """The training optimizer (see the module docstring). `labels_or_method` is a `TrainMethod`
+  (methods.setup_method: its labels and its optimizer transforms, e.g. L2-SP / EWC) or a labels tree
+  ('trainable' / 'frozen', structure of params) with optional `transforms` that run first in the trainable
+  chain."""
   labels = labels_or_method
-  if hasattr(labels_or_method, "labels") and hasattr(labels_or_method, "model_params"):  # a TrainMethod
-    method = labels_or_method
-    labels, anchor, fisher = method.labels, method.anchor, method.fisher
-    l2sp_coef = method.l2sp_coef if l2sp_coef is None else l2sp_coef
-    ewc_coef = method.ewc_coef if ewc_coef is None else ewc_coef
+  if hasattr(labels_or_method, "optimizer_transforms"):  # a TrainMethod
+    labels, transforms = labels_or_method.labels, list(labels_or_method.optimizer_transforms()) + list(transforms)
   values = set(jax.tree.leaves(labels))
   if not values <= {partition.TRAINABLE, partition.FROZEN}:
     raise ConfigError(f"labels {sorted(map(str, values))}: expected only 'trainable' / 'frozen'")
-  l2sp_coef = float(l2sp_coef or 0.0)
-  ewc_coef = float(ewc_coef or 0.0)
-  if l2sp_coef and ewc_coef:
-    raise ConfigError(f"l2sp_coef={l2sp_coef} and ewc_coef={ewc_coef}: pick one regularizer")
-
-  chain = []
-  if l2sp_coef > 0:
-    chain.append(regularizers.l2sp(l2sp_coef, anchor))
-  if ewc_coef > 0:
-    chain.append(regularizers.ewc(ewc_coef, fisher, anchor))
+  chain = list(transforms)
   clip = _get(opt, "grad_clip_norm")
   if clip:
     if float(clip) < 0:
@@ -137,26 +123,12 @@ def make_optimizer(opt, labels_or_method, *, anchor=None, fisher=None, l2sp_coef
                          labels)
 
 
-def adam_moments(state) -> list[Any]:
-  """Every ScaleByAdamState (mu, nu) in an optimizer state."""
-  found = []
-
-  def visit(x):
-    if isinstance(x, optax.ScaleByAdamState):
-      found.append(x)
-      return True
-    return False
-
-  jax.tree_util.tree_flatten(state, is_leaf=visit)
-  return found
-
-
 def state_bytes(state) -> dict[str, int]:
-  """Bytes of an optimizer state: Adam moments, regularizer anchors/Fisher, everything."""
+  """Bytes of an optimizer state: Adam moments, everything else (regularizer anchors / Fisher, counters), all."""
   nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
-  moments = sum(nbytes((s.mu, s.nu)) for s in adam_moments(state))
-  regs = regularizers.find_states(state)
-  return {"adam_moments": moments, "regularizer": sum(nbytes(r) for r in regs), "total": nbytes(state)}
+  moments = sum(nbytes((s.mu, s.nu)) for s in tree_paths.find_nodes(state, optax.ScaleByAdamState))
+  total = nbytes(state)
+  return {"adam_moments": moments, "other": total - moments, "total": total}
 
 
-__all__ = ["make_optimizer", "schedule_fn", "OPT_DEFAULTS", "DEFAULT_DECAY_RULES", "adam_moments", "state_bytes"]
+__all__ = ["make_optimizer", "schedule_fn", "state_bytes", "OPT_DEFAULTS", "DEFAULT_DECAY_RULES"]

@@ -6,7 +6,7 @@ Mesh axes (all `AxisType.Auto`, so ordinary sharded matmuls compile without anno
     tensor  Megatron-style tensor parallelism: attention heads and MLP hidden units split across devices
 
 Batches are split over ('data', 'fsdp'). Parameters follow `PARAM_RULES`: the first regex that matches a
-leaf's path ('/'-joined dict keys) gives its PartitionSpec; a leaf no rule matches is an error naming it, and
+leaf's whole path ('/'-joined dict keys, `re.fullmatch` as every path rule in grow_jax) gives its PartitionSpec; a leaf no rule matches is an error naming it, and
 so is a dimension that its mesh axes do not divide. Optimizer states are sharded like the parameter whose path
 and shape they carry (Adam moments), scalars (step counters) are replicated on the mesh.
 """
@@ -22,25 +22,11 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from grow_jax import tree_paths
+from grow_jax.errors import ShardingError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-
-class ShardingError(ValueError):
-  """A mesh or sharding that cannot work; the message names the leaf / field and the sizes."""
-
-
-# ---- paths -------------------------------------------------------------------------------------------
-path_of = tree_paths.path_str        # the repository's one path helper ('/'-joined keys)
-
-
-def flatten_with_paths(tree) -> list[tuple[str, Any]]:
-  """[(path, leaf)] in leaf order; works on any pytree (optimizer states: attribute names, indices)."""
-  return [(path_of(kp), leaf) for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
-map_with_paths = tree_paths.map_with_path
 
 
 # ---- mesh --------------------------------------------------------------------------------------------
@@ -88,20 +74,20 @@ def describe(mesh: Mesh) -> str:
 # dim D over 'fsdp'. K (kv heads) is 1 on Gemma 3 270M/1B, so kv stays replicated over 'tensor' (MQA style).
 # LoRA factors: A (.., r) follows the input dim, B (r, ..) the output dim of the weight it adapts.
 PARAM_RULES: tuple[tuple[str, P], ...] = (
-    (r"^embedder/input_embedding$", P("tensor", "fsdp")),                   # (V, D)
-    (r"/attn/q_einsum/w$", P("tensor", "fsdp", None)),                        # (N, D, H)
-    (r"/attn/kv_einsum/w$", P(None, None, "fsdp", None)),                     # (2, K, D, H)
-    (r"/attn/attn_vec_einsum/w$", P("tensor", None, "fsdp")),                 # (N, H, D)
-    (r"/mlp(/grown_\d+)?/gating_einsum$", P(None, "tensor", "fsdp")),         # (2, F, D)
-    (r"/mlp(/grown_\d+)?/linear$", P("tensor", "fsdp")),                      # (F, D)
-    (r"(norm|_norm)/scale$", P()),                                            # (D,) (H,)
-    (r"(^|/)lora(_[ab])?(/|$)|lora_[ab]$", P()),                              # LoRA factors: small
+    (r"embedder/input_embedding", P("tensor", "fsdp")),                        # (V, D)
+    (r"layer_\d+/attn/q_einsum/w", P("tensor", "fsdp", None)),                 # (N, D, H)
+    (r"layer_\d+/attn/kv_einsum/w", P(None, None, "fsdp", None)),              # (2, K, D, H)
+    (r"layer_\d+/attn/attn_vec_einsum/w", P("tensor", None, "fsdp")),          # (N, H, D)
+    (r"layer_\d+/mlp(/grown_\d+)?/gating_einsum", P(None, "tensor", "fsdp")),  # (2, F, D)
+    (r"layer_\d+/mlp(/grown_\d+)?/linear", P("tensor", "fsdp")),               # (F, D)
+    (r"(.*/)?[^/]*norm/scale", P()),                                           # (D,) (H,)
+    (r"lora/.*", P()),                                                         # LoRA factors: small
 )
 
 
 def spec_for(path: str, rules: Iterable[tuple[str, P]] = PARAM_RULES) -> P:
   for pattern, spec in rules:
-    if re.search(pattern, path):
+    if re.fullmatch(pattern, path):
       return spec
   raise ShardingError(f"no sharding rule matches parameter {path!r}; add a (regex, PartitionSpec) rule "
                       "to grow_jax.sharding.PARAM_RULES")
@@ -131,7 +117,7 @@ def param_shardings(abstract_params, mesh: Mesh, rules: Iterable[tuple[str, P]] 
     check_spec(path, leaf.shape, spec, mesh)
     return NamedSharding(mesh, spec)
 
-  return map_with_paths(one, abstract_params)
+  return tree_paths.map_with_path(one, abstract_params)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -145,7 +131,7 @@ def like_params_shardings(abstract_tree, params_shardings, abstract_params, mesh
   sharding; every other leaf (step counters, scalars, factored statistics) is replicated on the mesh.
   """
   by_path = {}
-  for (path, sh), (_, ab) in zip(flatten_with_paths(params_shardings), flatten_with_paths(abstract_params)):
+  for (path, sh), (_, ab) in zip(tree_paths.flatten_items(params_shardings), tree_paths.flatten_items(abstract_params)):
     by_path[path] = (tuple(ab.shape), sh)
   rep = replicated(mesh)
 
@@ -157,7 +143,7 @@ def like_params_shardings(abstract_tree, params_shardings, abstract_params, mesh
         return hit[1]
     return rep
 
-  return map_with_paths(one, abstract_tree)
+  return tree_paths.map_with_path(one, abstract_tree)
 
 
 # ---- batches -----------------------------------------------------------------------------------------
@@ -168,19 +154,20 @@ def batch_sharding(mesh: Mesh, rank: int = 3, batch_dim: int = 1) -> NamedShardi
   return NamedSharding(mesh, P(*spec))
 
 
-def check_batch_size(batch_size: int, grad_accum_steps: int, mesh: Mesh, process_count: int) -> None:
+def check_batch_size(batch_size: int, grad_accum_steps: int, mesh: Mesh, process_count: int, *,
+                     field: str = "batch_size") -> None:
   if grad_accum_steps < 1:
     raise ShardingError(f"grad_accum_steps={grad_accum_steps}: expected a positive integer")
   if batch_size % grad_accum_steps:
-    raise ShardingError(f"batch_size={batch_size} is not divisible by grad_accum_steps={grad_accum_steps}")
+    raise ShardingError(f"{field}={batch_size} is not divisible by grad_accum_steps={grad_accum_steps}")
   micro = batch_size // grad_accum_steps
   dp = data_parallel_size(mesh)
   if micro % dp:
-    raise ShardingError(f"batch_size={batch_size} / grad_accum_steps={grad_accum_steps} = {micro} rows per "
+    raise ShardingError(f"{field}={batch_size} / grad_accum_steps={grad_accum_steps} = {micro} rows per "
                         f"microbatch is not divisible by the data-parallel size data*fsdp={dp} "
                         f"(mesh {describe(mesh)}); expected a multiple of {dp * grad_accum_steps}")
   if micro % process_count:
-    raise ShardingError(f"batch_size={batch_size}: {micro} rows per microbatch are not divisible by the "
+    raise ShardingError(f"{field}={batch_size}: {micro} rows per microbatch are not divisible by the "
                         f"{process_count} processes")
 
 

@@ -1,27 +1,30 @@
-"""Loss, train step and eval step: pure functions that `train.py` jits with explicit shardings.
+"""Loss, train step and eval step: pure functions that the trainer jits with explicit shardings.
 
 Loss: mean next-token cross-entropy over target tokens only. `loss_mask[b, t] = 1` marks `tokens[b, t]` as a
-target, predicted from position t - 1 of the same packed segment. With `loss_chunk > 0` the logits are made
-`loss_chunk` positions at a time inside a rematerialised scan, so the (B, T, V) float32 logits (V = 262144 on
-Gemma 3) never exist at once, in the forward or the backward pass.
+target, predicted from position t - 1 of the same packed segment. With `target_capacity > 0` the output head
+runs only at target positions (gathered per row into a static block, dense fallback for a row with more);
+with `loss_chunk > 0` the logits are made `loss_chunk` positions at a time inside a rematerialised scan, so
+the (B, T, V) float32 logits (V = 262144 on Gemma 3) never exist at once, in the forward or the backward pass.
 
 Train step: gradients only for trainable leaves (frozen leaves are closed over, so XLA computes no gradient
 for them); gradient accumulation over microbatches with `jax.lax.scan` (sums of per-token losses and their
 gradients, divided by the total target count at the end: equal to the big-batch step up to float rounding);
-the optimizer update (which adds the L2-SP / EWC gradient, see regularizers.py); metrics.
+the optimizer update (which adds the L2-SP / EWC gradient, see methods/regularizers.py); metrics.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from grow_jax.model import transformer as model_lib
 from grow_jax import tree_paths
+from grow_jax.methods.base import Method
+from grow_jax.methods.partition import TRAINABLE
+from grow_jax.model import transformer as model_lib
 from grow_jax.model.config import ModelConfig
 
 Params = dict[str, Any]
@@ -42,40 +45,87 @@ def target_weights(batch: Batch) -> jax.Array:
 
 def _nll(hidden, embedding, targets, softcap):
   """Per-position negative log-likelihood: hidden (B, C, D), targets (B, C) -> (B, C) float32."""
-  logits = jnp.einsum("BTD,VD->BTV", hidden, embedding.astype(hidden.dtype)).astype(jnp.float32)
-  if softcap is not None:
-    logits = jnp.tanh(logits / softcap) * softcap
+  logits = model_lib.unembed(embedding, hidden, softcap)
   lse = jax.nn.logsumexp(logits, axis=-1)
   picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   return lse - picked
 
 
-def token_nll(config: ModelConfig, params: Params, batch: Batch, *, loss_chunk: int = 0) -> jax.Array:
-  """(B, T-1) float32 NLL of every next token (unweighted)."""
-  tokens = batch["tokens"]
-  segment_ids = batch.get("segment_ids")
-  hidden = model_lib.forward(config, params, tokens, positions=batch.get("positions"),
-                             input_mask=batch.get("input_mask"), segment_ids=segment_ids, return_hidden=True)
-  hidden, targets = hidden[:, :-1], tokens[:, 1:]
-  embedding = params["embedder"]["input_embedding"]
-  softcap = config.final_logit_softcap
-  B, T, D = hidden.shape
-  if loss_chunk <= 0 or loss_chunk >= T:
+def chunked_nll(hidden, embedding, targets, softcap, loss_chunk: int = 0) -> jax.Array:
+  """`_nll` over (B, C) positions, `loss_chunk` positions at a time in a rematerialised scan (0 = all at once),
+  so the (B, C, V) float32 logits never exist whole, in the forward or the backward pass."""
+  B, C, D = hidden.shape
+  if loss_chunk <= 0 or loss_chunk >= C:
     return _nll(hidden, embedding, targets, softcap)
-  n = -(-T // loss_chunk)
-  pad = n * loss_chunk - T
+  n = -(-C // loss_chunk)
+  pad = n * loss_chunk - C
   h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(B, n, loss_chunk, D).swapaxes(0, 1)
   t = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, loss_chunk).swapaxes(0, 1)
   chunk_fn = jax.checkpoint(lambda hc, tc: _nll(hc, embedding, tc, softcap))
-  _, nll = jax.lax.scan(lambda carry, xs: (carry, chunk_fn(*xs)), None, (h, t))   # (n, B, C)
-  return nll.swapaxes(0, 1).reshape(B, n * loss_chunk)[:, :T]
+  _, nll = jax.lax.scan(lambda carry, xs: (carry, chunk_fn(*xs)), None, (h, t))   # (n, B, c)
+  return nll.swapaxes(0, 1).reshape(B, n * loss_chunk)[:, :C]
 
 
-def loss_sums(config: ModelConfig, params: Params, batch: Batch, *, loss_chunk: int = 0):
-  """(sum of target-token NLL, number of target tokens), both float32 scalars."""
+def final_hidden(config: ModelConfig, params: Params, batch: Batch) -> jax.Array:
+  """Final-norm hidden states (B, T, D) of a batch (the model's forward without the output head)."""
+  return model_lib.forward(config, params, batch["tokens"], positions=batch.get("positions"),
+                           input_mask=batch.get("input_mask"), segment_ids=batch.get("segment_ids"),
+                           return_hidden=True)
+
+
+def token_nll(config: ModelConfig, params: Params, batch: Batch, *, loss_chunk: int = 0) -> jax.Array:
+  """(B, T-1) float32 NLL of every next token (unweighted; the dense computation)."""
+  hidden = final_hidden(config, params, batch)[:, :-1]
+  return chunked_nll(hidden, params["embedder"]["input_embedding"], batch["tokens"][:, 1:],
+                     config.final_logit_softcap, loss_chunk)
+
+
+def loss_sums(config: ModelConfig, params: Params, batch: Batch, *, loss_chunk: int = 0,
+              target_capacity: int = 0):
+  """(sum of target-token NLL, number of target tokens), both float32 scalars.
+
+  target_capacity > 0 unembeds only the positions with a nonzero loss weight: each row's target positions are
+  gathered into a static (B, target_capacity) block (Gemma 3's 262k-entry output head is ~60% of the
+  270M's forward FLOPs, and only ~30% of a packed translation batch are targets), and the logits and their
+  backward are computed there alone. A batch with a row of more targets than the capacity takes the dense
+  path instead (`lax.cond`), so the result is always the dense one (to float rounding).
+  """
   w = target_weights(batch)
-  nll = token_nll(config, params, batch, loss_chunk=loss_chunk)
-  return jnp.sum(nll * w), jnp.sum(w)
+  hidden = final_hidden(config, params, batch)[:, :-1]
+  targets = batch["tokens"][:, 1:]
+  embedding, softcap = params["embedder"]["input_embedding"], config.final_logit_softcap
+  dense = lambda: jnp.sum(chunked_nll(hidden, embedding, targets, softcap, loss_chunk) * w)
+  positions = w.shape[1]
+  if target_capacity <= 0 or target_capacity >= positions:
+    return dense(), jnp.sum(w)
+  is_target = w > 0
+  counts = jnp.sum(is_target, axis=1)
+
+  def sparse():
+    index = jax.vmap(lambda m: jnp.nonzero(m, size=target_capacity, fill_value=0)[0])(is_target)   # (B, C)
+    valid = jnp.arange(target_capacity)[None, :] < counts[:, None]
+    h = jnp.take_along_axis(hidden, index[..., None], axis=1)
+    t = jnp.take_along_axis(targets, index, axis=1)
+    weight = jnp.take_along_axis(w, index, axis=1) * valid
+    return jnp.sum(chunked_nll(h, embedding, t, softcap, loss_chunk) * weight)
+
+  total = jax.lax.cond(jnp.all(counts <= target_capacity), sparse, dense)
+  return total, jnp.sum(w)
+
+
+def target_capacity_for(batches, *, multiple: int = 8, margin: float = 1.1) -> int:
+  """A static per-row target capacity for `loss_sums` from sample host batches (each (..., B, T)): the
+  largest per-row count of target positions seen, times `margin`, rounded up to `multiple`; 0 (dense) when
+  that would not be smaller than the row length."""
+  most, positions = 0, 0
+  for batch in batches:
+    loss_mask = np.asarray(batch["loss_mask"])
+    positions = loss_mask.shape[-1] - 1
+    most = max(most, int((loss_mask[..., 1:] > 0).sum(-1).max()))
+  if positions == 0:
+    return 0
+  capacity = -(-int(np.ceil(most * margin)) // multiple) * multiple
+  return capacity if capacity < positions else 0
 
 
 def mean_loss(config: ModelConfig, params: Params, batch: Batch, *, loss_chunk: int = 0) -> jax.Array:
@@ -84,20 +134,10 @@ def mean_loss(config: ModelConfig, params: Params, batch: Batch, *, loss_chunk: 
   return s / jnp.maximum(n, 1.0)
 
 
-# ---- what the step needs from a training method -------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class StepMethod:
-  """The parts of a training method the jitted step uses.
-
-  trainable:    path -> bool for every leaf of the method's params (False: no gradient, never updated)
-  model_params: method params -> the params `model.forward` takes (e.g. LoRA merged); identity by default
-  penalty:      (params, opt_state) -> scalar, for logging only: the L2-SP / EWC penalty whose gradient the
-                optimizer adds (grow_jax.regularizers); None when the method has none
-  """
-
-  trainable: Mapping[str, bool]
-  model_params: Callable[[Params], Params] = lambda p: p
-  penalty: Callable[[Params, Any], jax.Array] | None = None
+# ---- trainable / frozen split ---------------------------------------------------------------------------
+def trainable_map(labels) -> dict[str, bool]:
+  """path -> True for leaves labelled 'trainable' (a method's `labels`)."""
+  return {p: l == TRAINABLE for p, l in tree_paths.flatten(labels).items()}
 
 
 def split_trainable(params: Params, trainable: Mapping[str, bool]):
@@ -119,8 +159,9 @@ def merge_trainable(train: Mapping[str, Any], frozen: Mapping[str, Any], structu
 
 
 # ---- train step --------------------------------------------------------------------------------------
-def make_train_step(config: ModelConfig, method: StepMethod, tx: optax.GradientTransformation, *,
-                    schedule: Callable[[jax.Array], jax.Array] | None = None, loss_chunk: int = 0):
+def make_train_step(config: ModelConfig, method: Method, tx: optax.GradientTransformation, *,
+                    schedule: Callable[[jax.Array], jax.Array] | None = None, loss_chunk: int = 0,
+                    target_capacity: int = 0):
   """Returns `train_step(state, batch) -> (state, metrics)`.
 
   state:  {'step': int32 scalar, 'params': method params, 'opt_state': ..., 'rng': uint32 key data}
@@ -129,13 +170,16 @@ def make_train_step(config: ModelConfig, method: StepMethod, tx: optax.GradientT
            param_norm (trainable), tokens (target count), finite, lr, penalty (L2-SP / EWC, if any).
   """
 
+  trainable = trainable_map(method.labels)
+
   def micro_sums(train, frozen, structure, micro):
     params = merge_trainable(train, frozen, structure)
-    return loss_sums(config, method.model_params(params), micro, loss_chunk=loss_chunk)
+    return loss_sums(config, method.model_params(params), micro, loss_chunk=loss_chunk,
+                     target_capacity=target_capacity)
 
   def train_step(state, batch):
     params = state["params"]
-    train, frozen, structure = split_trainable(params, method.trainable)
+    train, frozen, structure = split_trainable(params, trainable)
     grad_fn = jax.value_and_grad(micro_sums, has_aux=True)
     accum = next(iter(batch.values())).shape[0]
 
@@ -163,7 +207,7 @@ def make_train_step(config: ModelConfig, method: StepMethod, tx: optax.GradientT
     # Frozen leaves get zero gradients that the optimizer's set_to_zero branch never reads (XLA drops them).
     full_grads = merge_trainable(grads, jax.tree.map(jnp.zeros_like, frozen), structure)
     updates, opt_state = tx.update(full_grads, state["opt_state"], params)
-    upd, _, _ = split_trainable(updates, method.trainable)
+    upd, _, _ = split_trainable(updates, trainable)
     new_train = {p: (train[p] + upd[p].astype(train[p].dtype)).astype(train[p].dtype) for p in train}
     new_params = merge_trainable(new_train, frozen, structure)
 
@@ -172,8 +216,9 @@ def make_train_step(config: ModelConfig, method: StepMethod, tx: optax.GradientT
         "update_norm": optax.global_norm(upd), "param_norm": optax.global_norm(new_train), "tokens": n,
         "finite": jnp.isfinite(ce) & jnp.isfinite(grad_norm),
     }
-    if method.penalty is not None:
-      metrics["penalty"] = method.penalty(params, state["opt_state"])
+    penalty = method.penalty(params, state["opt_state"])
+    if penalty is not None:
+      metrics["penalty"] = penalty
     if schedule is not None:
       metrics["lr"] = jnp.asarray(schedule(state["step"]), jnp.float32)
     new_state = {**state, "step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
@@ -183,33 +228,15 @@ def make_train_step(config: ModelConfig, method: StepMethod, tx: optax.GradientT
 
 
 def make_eval_step(config: ModelConfig, model_params: Callable[[Params], Params] = lambda p: p, *,
-                   loss_chunk: int = 0):
+                   loss_chunk: int = 0, target_capacity: int = 0):
   """Returns `eval_step(params, batch) -> (nll_sum, target_count)` on (A, B, T) batches."""
 
   def eval_step(params, batch):
     mp = model_params(params)
     def body(carry, micro):
-      s, n = loss_sums(config, mp, micro, loss_chunk=loss_chunk)
+      s, n = loss_sums(config, mp, micro, loss_chunk=loss_chunk, target_capacity=target_capacity)
       return (carry[0] + s, carry[1] + n), None
     (s, n), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), batch)
     return s, n
 
   return eval_step
-
-
-def regularizer_penalty(kind: str, coef: float):
-  """`penalty(params, opt_state)` for logging: L2-SP / EWC on the anchor (and Fisher) in the optimizer state."""
-  from grow_jax.methods import regularizers
-
-  def penalty(params, opt_state):
-    found = regularizers.find_states(opt_state)
-    if not found:
-      return jnp.zeros((), jnp.float32)
-    reg = found[0]
-    flat_params = tree_paths.flatten(params)
-    anchor = tree_paths.flatten(reg.anchor)
-    fisher = tree_paths.flatten(reg.fisher) if kind == "ewc" else None
-    p = {k: flat_params[k] for k in anchor}
-    return regularizers.penalty(kind, coef, p, anchor, fisher)
-
-  return penalty

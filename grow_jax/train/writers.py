@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from grow_jax import files
+
 
 def _plain(value: Any) -> Any:
   if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
@@ -36,10 +38,7 @@ def truncate_jsonl(path: str, last_step: int) -> None:
       except ValueError:
         continue
       kept.append(line)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  files.write_text(path, "".join(kept))
 
 
 class MetricWriter:
@@ -121,17 +120,3 @@ class MetricWriter:
     if self._jsonl is not None:
       self._jsonl.close()
       self._jsonl = None
-
-
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def format_table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
-  """A plain monospace table."""
-  cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in r) for r in rows]
-  widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-  lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
-  lines.insert(1, "  ".join("-" * w for w in widths))
-  return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""The evaluator: named evaluation tasks of a few kinds, prepared once and scored for any params.
+
+An `EvalTask` is a name, a kind (multiple_choice, partial, generation, perplexity, kl), its examples
+(`grow_jax.data.Example`s; plain strings for perplexity / kl) and kind-specific options. `Evaluator` tokenizes
+each task once and keeps the KL base reference, so scoring a model every few hundred training steps pays only
+for the model's forward passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from grow_jax import files, tables
+from grow_jax.evaluation import generative, perplexity as ppl, scoring
+from grow_jax.evaluation.scoring import Metrics, Params
+from grow_jax.model.config import ModelConfig
+
+_log = logging.getLogger(__name__)
+
+TASK_KINDS = ("multiple_choice", "partial", "generation", "perplexity", "kl")
+
+_TASK_OPTIONS = {
+    "multiple_choice": {"target_delimiter", "length_unit"},
+    "partial": {"target_delimiter"},
+    "generation": {"metrics", "ignore_case", "max_new_tokens", "stop", "stop_ids"},
+    "perplexity": set(),
+    "kl": set(),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTask:
+  """A named evaluation: its kind (one of TASK_KINDS), examples, and kind-specific options.
+
+  examples by kind: multiple_choice -> `Example`s with prompt, choices, gold; partial -> with contexts,
+  continuation, gold; generation -> with prompt and references; perplexity, kl -> strings.
+  options: multiple_choice {target_delimiter, length_unit}; partial {target_delimiter};
+  generation {metrics, ignore_case, max_new_tokens, stop, stop_ids}.
+  """
+  name: str
+  kind: str
+  examples: Sequence[Any]
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if self.kind not in TASK_KINDS:
+      raise ValueError(f"task {self.name!r}: kind={self.kind!r}, expected one of {list(TASK_KINDS)}")
+    unknown = sorted(set(self.options) - _TASK_OPTIONS[self.kind])
+    if unknown:
+      raise ValueError(f"task {self.name!r} ({self.kind}): unknown option(s) {unknown}; known: "
+                       f"{sorted(_TASK_OPTIONS[self.kind])}")
+    if not self.examples:
+      raise ValueError(f"task {self.name!r} has no examples")
+
+
+class Evaluator:
+  """Scores models on a fixed list of tasks; build once, call with each (config, params) to score.
+
+  Tokenization and the KL base reference are prepared on first use and kept, so calling it every few
+  hundred training steps pays only for the model's forward passes.
+
+  Args:
+    tokenizer: duck-typed tokenizer (encode(text, add_bos=False), decode, bos_id, eos_id, pad_id).
+    tasks: EvalTasks (unique names).
+    base: (config, params) of the base model, needed by 'kl' tasks.
+    base_id: a stable name of the base weights for the KL disk cache key (default: hash the params).
+    batch_size, max_len, bucket, logits_chunk: batching (see the module docstring).
+    cache_dir: where the KL base hidden states are stored (None: memory only).
+  """
+
+  def __init__(self, tokenizer, tasks: Sequence[EvalTask], *, base: tuple[ModelConfig, Params] | None = None,
+               base_id: str | None = None, batch_size: int = 8, max_len: int = 512, bucket: int = 32,
+               logits_chunk: int = 64, cache_dir: str | None = None):
+    names = [t.name for t in tasks]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+      raise ValueError(f"task names must be unique; repeated: {repeated}")
+    if base is None and any(t.kind == "kl" for t in tasks):
+      raise ValueError(f"task(s) {[t.name for t in tasks if t.kind == 'kl']} compute KL(base ‖ model) and "
+                       "need base=(base_config, base_params)")
+    self.tokenizer, self.tasks, self.base, self.base_id = tokenizer, list(tasks), base, base_id
+    self.batch = dict(batch_size=batch_size, bucket=bucket, logits_chunk=logits_chunk)
+    self.max_len, self.cache_dir = max_len, cache_dir
+    self._prepared: dict[str, Any] = {}
+
+  def _prepare(self, task: EvalTask):
+    """Token-level inputs of a task (params-independent), computed once."""
+    if task.name in self._prepared:
+      return self._prepared[task.name]
+    opts, tok = task.options, self.tokenizer
+    if task.kind in ("multiple_choice", "partial"):
+      delimiter = opts.get("target_delimiter", " ")
+      requests = (scoring.multiple_choice_requests(task.examples, delimiter) if task.kind == "multiple_choice"
+                  else scoring.partial_scoring_requests(task.examples, delimiter))
+      prepared = [scoring.request_row(*scoring.encode_pair(tok, c, x), self.max_len) for c, x in requests]
+    elif task.kind == "perplexity":
+      prepared = ppl.corpus_rows(tok, task.examples, self.max_len)
+    elif task.kind == "kl":
+      base_config, base_params = self.base
+      prepared = ppl.BaseReference.from_texts(base_config, base_params, tok, task.examples, max_len=self.max_len,
+                                          cache_dir=self.cache_dir, base_id=self.base_id, **self.batch)
+    else:
+      prepared = None
+    self._prepared[task.name] = prepared
+    return prepared
+
+  def evaluate_task(self, config: ModelConfig, params: Params, task: EvalTask) -> Metrics:
+    prepared, opts = self._prepare(task), task.options
+    if task.kind == "multiple_choice":
+      total, _, _ = scoring.score_rows(config, params, prepared, **self.batch)
+      return scoring.multiple_choice_metrics(task.examples, total, opts.get("length_unit", "chars"))
+    if task.kind == "partial":
+      total, _, _ = scoring.score_rows(config, params, prepared, **self.batch)
+      return scoring.partial_scoring_metrics(task.examples, total)
+    if task.kind == "perplexity":
+      rows, num_bytes = prepared
+      return ppl.perplexity_from_rows(config, params, rows, num_bytes, **self.batch)
+    if task.kind == "kl":
+      return ppl.kl_divergence(config, params, prepared)
+    gen_opts = {k: v for k, v in opts.items() if k not in ("metrics", "ignore_case")}
+    return generative.score_generation(config, params, self.tokenizer, task.examples,
+                            metrics=tuple(opts.get("metrics", ("exact_match",))),
+                            ignore_case=opts.get("ignore_case", False), batch_size=self.batch["batch_size"],
+                            max_len=self.max_len, **gen_opts)
+
+  def eval_fn(self, config: ModelConfig, task: str | None = None) -> Callable[[Params], Metrics]:
+    """`params -> metrics` (the trainer's evaluator shape): one task's metrics, or with no task name
+    every task's as {"<task>/<metric>": value}."""
+    if task is not None:
+      [match] = [t for t in self.tasks if t.name == task] or [None]
+      if match is None:
+        raise ValueError(f"no task {task!r}; tasks: {[t.name for t in self.tasks]}")
+      return lambda params: self.evaluate_task(config, params, match)
+    return lambda params: {f"{name}/{metric}": value for name, metrics in self(config, params).items()
+                           for metric, value in metrics.items()}
+
+  def __call__(self, config: ModelConfig, params: Params) -> dict[str, Metrics]:
+    results = {}
+    for task in self.tasks:
+      start = time.time()
+      results[task.name] = self.evaluate_task(config, params, task)
+      _log.info("eval %s: %s (%.1f s)", task.name, results[task.name], time.time() - start)
+    return results
+
+
+def write_results(results: Mapping[str, Mapping[str, float]], path: str):
+  """Write results as JSON, atomically."""
+  files.write_text(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
+  """A plain-text table: one line per (task, metric)."""
+  return tables.text(("task", "metric", "value"),
+                     [(task, name, value) for task, metrics in results.items() for name, value in metrics.items()])
+
+
+def evaluate_all(config: ModelConfig, params: Params, tokenizer, tasks: Sequence[EvalTask], *,
+                 out: str | None = None, **kwargs) -> dict[str, Metrics]:
+  """Score one model on `tasks`; write {task: {metric: value}} to `out` as JSON if given.
+
+  kwargs go to `Evaluator` (base, base_id, batch_size, max_len, bucket, logits_chunk, cache_dir).
+  """
+  results = Evaluator(tokenizer, tasks, **kwargs)(config, params)
+  if out:
+    write_results(results, out)
+  return results

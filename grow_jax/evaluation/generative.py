@@ -1,0 +1,58 @@
+"""Generative scoring: greedy completions of string prompts, scored by exact match, BLEU or chrF."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from grow_jax.evaluation import text_metrics
+from grow_jax.evaluation.scoring import Metrics, Params, encode_text, example_field
+from grow_jax.model.config import ModelConfig
+from grow_jax.model.generation import generate
+
+
+def generate_texts(config: ModelConfig, params: Params, tokenizer, prompts: Sequence[str], *,
+                   max_new_tokens: int = 32, batch_size: int = 8, max_len: int | None = None,
+                   stop: Sequence[str] = ("\n",), stop_ids: Sequence[int] = (),
+                   prompt_bucket: int = 32) -> list[str]:
+  """Greedy completions of string prompts ([BOS] + prompt), decoded and post-processed
+  (cut at the first stop string, stripped). Decoding ends at the tokenizer's EOS, its `stop_ids` if it
+  has them (Gemma: <end_of_turn>), or any of `stop_ids`."""
+  eos = list(dict.fromkeys([int(tokenizer.eos_id), *map(int, getattr(tokenizer, "stop_ids", ())),
+                            *map(int, stop_ids)]))
+  encoded = [[int(tokenizer.bos_id)] + encode_text(tokenizer, p) for p in prompts]
+  order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+  texts: list[str] = [""] * len(encoded)
+  for start in range(0, len(order), batch_size):
+    members = order[start:start + batch_size]
+    batch = [encoded[i] for i in members]
+    batch += [[int(tokenizer.bos_id)]] * (batch_size - len(batch))   # fill: one program per bucket
+    out = generate(config, params, batch, max_new_tokens=max_new_tokens, eos_id=eos,
+                   pad_id=int(tokenizer.pad_id), max_len=max_len, prompt_bucket=prompt_bucket)
+    for b, i in enumerate(members):
+      text = tokenizer.decode([int(t) for t in out.tokens[b, :out.lengths[b]]])
+      texts[i] = text_metrics.postprocess(text, stop)
+  return texts
+
+
+def score_generation(config: ModelConfig, params: Params, tokenizer, examples: Sequence[Any], *,
+                     metrics: Sequence[str] = ("exact_match",), ignore_case: bool = False,
+                     **kwargs) -> Metrics:
+  """Greedy-decode each example's prompt and score it against its references.
+
+  metrics: any of 'exact_match', 'bleu', 'chrf' (sacrebleu corpus scores, 0..100).
+  kwargs go to `generate_texts` (max_new_tokens, batch_size, max_len, stop, stop_ids, prompt_bucket).
+  """
+  unknown = [m for m in metrics if m not in text_metrics.TEXT_METRICS]
+  if unknown or not metrics:
+    raise ValueError(f"metrics={list(metrics)}: expected some of {sorted(text_metrics.TEXT_METRICS)}")
+  prompts = [example_field(ex, "prompt", i, "generation") for i, ex in enumerate(examples)]
+  references = [example_field(ex, "references", i, "generation") for i, ex in enumerate(examples)]
+  predictions = generate_texts(config, params, tokenizer, prompts, **kwargs)
+  results: Metrics = {}
+  for name in metrics:
+    if name == "exact_match":
+      results[name] = text_metrics.exact_match(predictions, references, ignore_case=ignore_case)
+    else:
+      results[name] = text_metrics.TEXT_METRICS[name](predictions, references)
+  results["num_examples"] = float(len(predictions))
+  return results

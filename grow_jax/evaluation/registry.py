@@ -1,0 +1,192 @@
+"""One registry of named evaluations, shared by the trainer (`config.eval.tasks`) and `python -m grow_jax.evaluate`.
+
+An entry is `name` or `name:split`. A name is either registered here (`@register(name)` on a factory
+`(ctx, split) -> eval_fn`) or a `grow_jax.data` task, scored as `evaluation/tasks.py` says (translation:
+BLEU/chrF by greedy decoding; multiple choice: acc / acc_norm; plain text: perplexity and KL(base ‖ model)).
+An `eval_fn(params) -> {metric: value}` takes the params `model.forward` takes (LoRA merged).
+
+    ctx = EvalContext(model_config, tokenizer=tok, limit=100, base_model=lambda: load_checkpoint("gemma3-270m"))
+    fns = build_all(["capitals:test", "stdlib_text"], ctx)          # {entry name: eval_fn}
+    results = {name: fn(params) for name, fn in fns.items()}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from grow_jax.errors import ConfigError, DataError
+from grow_jax.evaluation import tasks as task_eval
+from grow_jax.evaluation.evaluator import EvalTask, Evaluator
+from grow_jax.model.config import ModelConfig
+
+Params = dict[str, Any]
+Metrics = dict[str, float]
+EvalFn = Callable[[Params], Metrics]
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """What an evaluation factory may use. The trainer fills the trainer-only fields (heldout_batches, mesh)."""
+
+  model_config: ModelConfig
+  tokenizer: Any = None
+  split: str | None = None          # default split of a data task (None: validation if it has one, else test)
+  limit: int | None = None          # at most this many examples per task (None: all)
+  batch_size: int = 8
+  max_len: int = 512
+  max_new_tokens: int = task_eval.DEFAULT_MAX_NEW_TOKENS
+  cache_dir: str | None = None      # where the KL base model's hidden states are cached
+  base_model: Callable[[], tuple[ModelConfig, Params]] | None = None   # the KL reference, loaded when needed
+  base_id: str | None = None        # a stable name of the base weights (KL cache key); None: hash them
+  heldout_batches: Callable[[str, int, int | None], Iterable] | None = None   # (split, batch, n) -> batches
+  mesh: Any = None
+  loss_chunk: int = 0
+
+
+Factory = Callable[[EvalContext, str | None], EvalFn]
+_REGISTRY: dict[str, Factory] = {}
+
+
+def register(name: str):
+  """Decorator: `@register('my_eval')` on a factory `(ctx, split) -> eval_fn(params) -> metrics`."""
+  def wrap(factory: Factory) -> Factory:
+    _REGISTRY[name] = factory
+    return factory
+  return wrap
+
+
+def _data_tasks() -> list[str]:
+  from grow_jax import data
+  return data.list_tasks()
+
+
+def names() -> list[str]:
+  """Registered evaluations, then the data tasks."""
+  return sorted(_REGISTRY) + _data_tasks()
+
+
+def is_known(entry: str) -> bool:
+  name = entry.partition(":")[0]
+  return name in _REGISTRY or name in _data_tasks()
+
+
+def check(entries: Sequence[str], field: str = "eval.tasks") -> None:
+  """Raises ConfigError naming the unknown entries and listing the known names."""
+  unknown = [e for e in entries if not is_known(e)]
+  if unknown:
+    raise ConfigError(f"{field}={list(entries)}: unknown {unknown}; expected names from {sorted(_REGISTRY)} "
+                      f"or grow_jax.data tasks {_data_tasks()} (optionally 'task:split')")
+
+
+def build(entry: str, ctx: EvalContext) -> EvalFn:
+  """The eval_fn of one entry ('name' or 'name:split')."""
+  name, _, split = entry.partition(":")
+  split = split or None
+  if name in _REGISTRY:
+    return _REGISTRY[name](ctx, split)
+  check([entry], field="evaluation")
+  return _data_task_fn(name, split, ctx)
+
+
+def build_all(entries: Sequence[str], ctx: EvalContext) -> dict[str, EvalFn]:
+  """{name: eval_fn} for entries (named without their split, as results and logs show them)."""
+  check(entries)
+  return {entry.partition(":")[0]: build(entry, ctx) for entry in entries}
+
+
+# ---- data tasks ----------------------------------------------------------------------------------------
+def _default_split(name: str) -> str:
+  from grow_jax import data
+  splits = data.get_task(name).splits
+  return "validation" if "validation" in splits else "test" if "test" in splits else splits[0]
+
+
+def merged_metrics(results: Mapping[str, Metrics], tasks: Sequence[EvalTask]) -> Metrics:
+  """One flat dict for a data task's evaluations (e.g. perplexity and KL of one corpus); a metric name that
+  two evaluations share keeps its first value and the later one is prefixed by its kind ('kl/num_tokens')."""
+  out: Metrics = {}
+  for task in tasks:
+    for key, value in results[task.name].items():
+      out[key if key not in out else f"{task.kind}/{key}"] = value
+  return out
+
+
+def _data_task_fn(name: str, split: str | None, ctx: EvalContext) -> EvalFn:
+  split = split or ctx.split or _default_split(name)
+  tasks = task_eval.eval_tasks(name, split=split, limit=ctx.limit, max_new_tokens=ctx.max_new_tokens)
+  base = None
+  if any(t.kind == "kl" for t in tasks):
+    if ctx.base_model is None:
+      raise ConfigError(f"evaluation {name!r} computes KL(base ‖ model) and needs a base model")
+    base = ctx.base_model()
+  evaluator = Evaluator(ctx.tokenizer, tasks, base=base, base_id=ctx.base_id, batch_size=ctx.batch_size,
+                        max_len=ctx.max_len, cache_dir=ctx.cache_dir)
+  return lambda params: merged_metrics(evaluator(ctx.model_config, params), tasks)
+
+
+# ---- the trainer's held-out loss -----------------------------------------------------------------------
+@register("heldout_loss")
+def heldout_loss(ctx: EvalContext, split: str | None) -> EvalFn:
+  """Mean target-token cross-entropy (and perplexity) on a held-out split of the training task (the trainer's
+  data pipeline provides the batches: `ctx.heldout_batches`)."""
+  if ctx.heldout_batches is None or ctx.mesh is None:
+    raise ConfigError("evaluation 'heldout_loss' needs the trainer's data pipeline (it scores the training "
+                      "task's held-out split); use it in config.eval.tasks")
+  import jax
+  from grow_jax.train import sharding, step
+  eval_step = jax.jit(step.make_eval_step(ctx.model_config, loss_chunk=ctx.loss_chunk),
+                      out_shardings=sharding.replicated(ctx.mesh))
+
+  def eval_fn(params):
+    total, count = 0.0, 0.0
+    for local in ctx.heldout_batches(split, ctx.batch_size, ctx.limit):
+      s, n = eval_step(params, sharding.global_batch(local, ctx.mesh, 1))
+      total, count = total + float(s), count + float(n)
+    if count == 0:
+      raise DataError(f"heldout_loss: split {split!r} gave no target tokens")
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
+
+  return eval_fn
+
+
+# ---- smoke tasks: tiny sanity checks of the plumbing (not benchmarks) ---------------------------------
+_CAPITALS = (("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Egypt", "Cairo"),
+             ("Canada", "Ottawa"), ("Spain", "Madrid"), ("Kenya", "Nairobi"), ("Peru", "Lima"))
+_SMOKE_TEXTS = (
+    "The river runs through the old town, past the market and the church, before it reaches the sea.",
+    "Water boils at one hundred degrees Celsius at sea level, and at lower temperatures on high mountains.",
+    "She opened the letter slowly, read it twice, and then put it back in the drawer without a word.",
+    "The committee will meet again next week to discuss the budget for the coming year.",
+)
+
+
+def _smoke(task: EvalTask, ctx: EvalContext) -> EvalFn:
+  base = ctx.base_model() if task.kind == "kl" else None
+  evaluator = Evaluator(ctx.tokenizer, [task], base=base, base_id=ctx.base_id, batch_size=ctx.batch_size,
+                        max_len=ctx.max_len, cache_dir=ctx.cache_dir)
+  return lambda params: evaluator(ctx.model_config, params)[task.name]
+
+
+@register("smoke_capitals")
+def smoke_capitals(ctx: EvalContext, split: str | None) -> EvalFn:
+  from grow_jax.data import Example
+  names = [city for _, city in _CAPITALS]
+  examples = [Example(id=country, prompt=f"The capital of {country} is", target=city,
+                      choices=tuple([city] + [names[(i + k) % len(names)] for k in (1, 3, 5)]), gold=0)
+              for i, (country, city) in enumerate(_CAPITALS[:ctx.limit])]
+  return _smoke(EvalTask("smoke_capitals", "multiple_choice", examples), ctx)
+
+
+@register("smoke_ppl")
+def smoke_ppl(ctx: EvalContext, split: str | None) -> EvalFn:
+  return _smoke(EvalTask("smoke_ppl", "perplexity", list(_SMOKE_TEXTS[:ctx.limit])), ctx)
+
+
+@register("smoke_kl")
+def smoke_kl(ctx: EvalContext, split: str | None) -> EvalFn:
+  if ctx.base_model is None:
+    raise ConfigError("evaluation 'smoke_kl' computes KL(base ‖ model) and needs a base model (--base)")
+  return _smoke(EvalTask("smoke_kl", "kl", list(_SMOKE_TEXTS[:ctx.limit])), ctx)

@@ -1,0 +1,84 @@
+"""The paper's growth methods and the full-capacity baselines, each one registered `Method` (base.py).
+
+Our reading of the paper (it publishes no code): after `growth.grow_mlp`, a grown layer's original MLP keeps
+its leaves at `layer_i/mlp/*` (down projection halved) and each copy is `layer_i/mlp/grown_j/*`.
+
+  sft       every leaf trains (full fine-tuning; base.Method)
+  mlp_only  every MLP leaf (original and grown branches), the rest frozen
+  g_freeze  only the grown copies (gate, up, down); every original leaf is frozen, incl. the halved original
+            down projection
+  g_train   the grown copies, plus the original gate/up (layer_i/mlp/gating_einsum) of the grown layers (the
+            paper's "entire up-projection is trainable"); the original down projection stays frozen
+  custom    rules given as an option: [(path_regex, 'trainable' | 'frozen'), ...]
+
+LoRA is in lora.py, L2-SP and EWC in regularizers.py.
+"""
+
+from __future__ import annotations
+
+from grow_jax.errors import ConfigError
+from grow_jax.growth.operators import grown_layers
+from grow_jax.methods.base import Method, register
+from grow_jax.methods.partition import FROZEN, GROWN_BRANCH, TRAINABLE, PartitionError
+from grow_jax.model.config import ModelConfig
+
+
+def layers_regex(layers) -> str:
+  """A regex alternative matching exactly these layer indices: '(2|5)'."""
+  return "(" + "|".join(str(i) for i in layers) + ")"
+
+
+@register
+class MLPOnly(Method):
+  name = "mlp_only"
+  description = "every MLP leaf trains (original and grown branches); the rest is frozen"
+
+  def rules(self, config):
+    return [(r"layer_\d+/mlp/.*", TRAINABLE), (".*", FROZEN)]
+
+
+@register
+class Custom(Method):
+  name = "custom"
+  description = "rules given as the option `rules`: [(path_regex, 'trainable' | 'frozen'), ...]"
+  options = {"rules": None}
+
+  def resolve(self, params):
+    if not self.opts["rules"]:
+      raise ConfigError("mode 'custom' needs options['rules'] = [(path_regex, 'trainable'|'frozen'), ...]")
+
+  def rules(self, config):
+    return [tuple(rule) for rule in self.opts["rules"]]
+
+
+@register
+class GFreeze(Method):
+  name = "g_freeze"
+  description = "only the grown MLP copies train; every original parameter is frozen"
+  grows = True
+
+  def grown(self, config: ModelConfig) -> tuple[int, ...]:
+    layers = grown_layers(config)
+    if not layers:
+      raise PartitionError(f"mode {self.name!r} trains the grown MLP copies, but the model has no grown layers "
+                           "(config.mlp_branches has one branch per layer): grow it first with "
+                           "growth.grow_mlp(config, params, layers=...)")
+    return layers
+
+  def rules(self, config):
+    self.grown(config)
+    return [(GROWN_BRANCH, TRAINABLE), (".*", FROZEN)]
+
+
+@register
+class GTrain(GFreeze):
+  name = "g_train"
+  description = "the grown copies and the grown layers' original gate/up train; the original down stays frozen"
+
+  def rules(self, config):
+    grown = self.grown(config)
+    return [(GROWN_BRANCH, TRAINABLE), (rf"layer_{layers_regex(grown)}/mlp/gating_einsum", TRAINABLE),
+            (".*", FROZEN)]
+
+
+__all__ = ["MLPOnly", "Custom", "GFreeze", "GTrain", "layers_regex"]

@@ -1,0 +1,151 @@
+"""What a run trains, built abstract-first: the model (init source + growth), the method, the optimizer, the
+sharded state.
+
+    mc = model_config(config)                                   # no weights (a GGUF's file is opened once)
+    setup = build(config, mc, model.abstract_params(mc), mesh)  # abstract: the restore target, nothing computed
+    mc, base = init_params(config, mesh)                        # weights, sharded, then grown
+    setup, state = build(config, mc, base, mesh, reference_batches=...)   # materialised
+
+Both paths bind the method to the same (abstract) shapes, so its decisions (a LoRA rank matched to
+G-Freeze's count, the layers G-Train opens) are identical on a fresh start and on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from grow_jax import formats, methods
+from grow_jax.errors import ConfigError
+from grow_jax.growth import operators as growth
+from grow_jax.model import transformer
+from grow_jax.model.config import ModelConfig, abstract_params, parse_layers
+from grow_jax.train import checkpointing, config as config_lib, optim, sharding, step as step_lib
+
+Params = dict[str, Any]
+
+
+# ---- the model ---------------------------------------------------------------------------------------
+def base_model_config(config) -> ModelConfig:
+  """The init source's ModelConfig with config.model overrides, read without weights. Architecture overrides
+  (num_layers, hidden_dim) are for random:<preset> sources only."""
+  overrides = config_lib.model_overrides(config)
+  try:
+    source = formats.parse_source(config.init.source)
+  except ConfigError as e:
+    raise ConfigError(f"config.init.source={config.init.source!r}: {e}") from None
+  shape_keys = sorted(set(overrides) - {"dtype", "param_dtype"})
+  if shape_keys and source.kind != "random":
+    raise ConfigError(f"config.model.{shape_keys[0]}={overrides[shape_keys[0]]!r} changes the architecture; "
+                      f"only random:<preset> sources allow that (config.init.source={config.init.source!r})")
+  try:
+    return formats.load_config(config.init.source, **overrides)
+  except ConfigError as e:
+    raise type(e)(f"config.init.source={config.init.source!r}: {e}") from None
+
+
+def growth_layers(config, base: ModelConfig):
+  """config.growth.layers checked against the model's depth (None = all layers)."""
+  return parse_layers(config.growth.layers, base.num_layers, field="config.growth.layers")
+
+
+def grown_model_config(config, base: ModelConfig) -> ModelConfig:
+  factor = config_lib.growth_factor(config)
+  if factor == 1:
+    return base
+  return growth.grow_config(base, factor=factor, layers=growth_layers(config, base))
+
+
+def base_params(config, mesh) -> tuple[ModelConfig, Params]:
+  """The init source's weights (random:<preset>: drawn from config.seed), placed sharded, before growth."""
+  overrides = config_lib.model_overrides(config)
+  source = formats.parse_source(config.init.source)
+  if source.kind == "random":
+    mc = base_model_config(config)
+    shardings = sharding.param_shardings(abstract_params(mc), mesh)
+    init = jax.jit(lambda key: transformer.init_params(mc, key), out_shardings=shardings)
+    return mc, init(jax.random.key(config.seed))
+  mc, host = formats.load_checkpoint(config.init.source, **overrides)
+  return mc, sharding.put_global(host, sharding.param_shardings(host, mesh))
+
+
+def init_params(config, mesh) -> tuple[ModelConfig, Params]:
+  """The init source's weights, sharded, grown as config.growth says (0 = the method's default factor)."""
+  mc, params = base_params(config, mesh)
+  factor = config_lib.growth_factor(config)
+  if factor == 1:
+    return mc, params
+  g = config.growth
+  layers = growth_layers(config, mc)
+  grown_mc = growth.grow_config(mc, factor=factor, layers=layers)
+  shardings = sharding.param_shardings(abstract_params(grown_mc), mesh)
+  grow = jax.jit(lambda p: growth.grow_mlp(mc, p, factor=factor, layers=layers, noise_scale=g.noise_scale,
+                                           seed=g.seed)[1], out_shardings=shardings)
+  return grown_mc, grow(params)
+
+
+# ---- method, optimizer, state ------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainSetup:
+  """Everything the loop needs about the trained model."""
+  model_config: ModelConfig
+  method: methods.Method
+  tx: optax.GradientTransformation
+  state_shardings: Any
+  abstract_state: Any                # ShapeDtypeStructs carrying `state_shardings`
+
+
+def build(config, mc: ModelConfig, params: Params, mesh, *, reference_batches: Iterable | None = None,
+          abstract: bool = False) -> tuple[TrainSetup, Any]:
+  """The method bound to this model, the optimizer and the state.
+
+  abstract=False: `params` are the real (sharded, grown) weights; returns (setup, materialised sharded state).
+  abstract=True: `params` are ShapeDtypeStructs; nothing is computed; returns (setup, None), and
+  `setup.abstract_state` is the restore target.
+  """
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  method = methods.create(config.train.mode, config_lib.method_options(config), mc, shapes)
+  opt = config_lib.optimizer_config(config)
+  rng = jax.random.key(config.seed + 1)
+  make_tx = lambda fisher: optim.make_optimizer(opt, method.labels, transforms=method.optimizer_transforms(fisher))
+
+  trained_shapes = jax.eval_shape(method.init_params, shapes, rng)
+  fisher_shapes = (jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), trained_shapes)
+                   if method.needs_reference_data else None)
+  opt_state = jax.eval_shape(lambda p, f: make_tx(f).init(p), trained_shapes, fisher_shapes)
+  param_sh = sharding.param_shardings(trained_shapes, mesh)
+  opt_sh = sharding.like_params_shardings(opt_state, param_sh, trained_shapes, mesh)
+  rep = sharding.replicated(mesh)
+  state_sh = {"step": rep, "params": param_sh, "opt_state": opt_sh, "rng": rep}
+  rng_data = jax.random.key_data(jax.random.key(config.seed))
+  abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": trained_shapes, "opt_state": opt_state,
+                    "rng": jax.ShapeDtypeStruct(rng_data.shape, rng_data.dtype)}
+  abstract_state = checkpointing.abstract_with_shardings(abstract_state, state_sh)
+  if abstract:
+    return TrainSetup(mc, method, make_tx(None), state_sh, abstract_state), None
+
+  params = jax.jit(method.init_params, out_shardings=param_sh)(params, rng)
+  fisher = None
+  if method.needs_reference_data:
+    if reference_batches is None:
+      raise ConfigError(f"mode {method.name!r} needs reference batches (config.train.reference_task)")
+    loss_fn = lambda p, b: step_lib.mean_loss(mc, p, b, loss_chunk=config.train.loss_chunk)
+    fisher = method.estimate_fisher(params, reference_batches, loss_fn)
+  tx = make_tx(fisher)
+  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+  state = {"step": jax.device_put(jnp.zeros((), jnp.int32), rep), "params": params, "opt_state": opt_state,
+           "rng": jax.device_put(rng_data, rep)}
+  return TrainSetup(mc, method, tx, state_sh, abstract_state), state
+
+
+def jit_train_step(config, setup: TrainSetup, mesh, target_capacity: int):
+  """`train_step(state, batch) -> (state, metrics)` jitted with explicit shardings and a donated state."""
+  step_fn = step_lib.make_train_step(setup.model_config, setup.method, setup.tx,
+                                     schedule=optim.schedule_fn(config_lib.optimizer_config(config)),
+                                     loss_chunk=config.train.loss_chunk, target_capacity=target_capacity)
+  return jax.jit(step_fn, in_shardings=(setup.state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(setup.state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
