@@ -54,6 +54,11 @@ run() {
   fi
 }
 
+# ALIVE (a shell function definition for the worker): `alive DIR` succeeds while the run whose pid is in
+# DIR/run.pid is alive. A zombie does not count: an orphan that nobody has reaped yet has ended.
+# shellcheck disable=SC2016  # expanded on the worker
+ALIVE='alive() { [ -f "$1/run.pid" ] && ps -o stat= -p "$(cat "$1/run.pid")" 2>/dev/null | grep -q "^[^Z]"; }'
+
 # The flags every TPU script shares; any other flag is an error.
 TPU_NAME='' TPU_ZONE='' TPU_PROJECT=''
 tpu_flag() {

@@ -1,40 +1,45 @@
 #!/usr/bin/env bash
 # Usage: launch/tpu_setup.sh --name=NAME --zone=ZONE --project=PROJECT
-#                            [--git-url=URL [--git-ref=REF]] [--python=python3.X] [--dry-run]
+#                            [--git-url=URL [--git-ref=REF]] [--python=3.X] [--uv-version=X.Y.Z] [--dry-run]
 #
-# Installs grow_jax on every worker of the TPU VM: ~/grow_jax/code (the repository) and a virtualenv
-# ~/grow_jax/venv with jax[tpu] and `pip install -e` of the code; then every worker prints its process
-# index and jax.device_count(). Run it again after changing the code (the virtualenv is kept); it refuses
-# while a run started by tpu_run.sh is alive.
+# Installs grow_jax on every worker of the TPU VM: ~/grow_jax/code (the repository) and a fresh virtualenv
+# ~/grow_jax/venv made by uv with Python 3.11 and `-e code[tpu]` (jax[tpu] with libtpu from PyPI); then all
+# workers start jax.distributed together (GROW_JAX_DISTRIBUTED=tpu, JAX_PLATFORMS=tpu) and each prints its
+# process index and count, its device counts and an all-gather across workers. Run it again after changing
+# the code (uv's cache makes the reinstall quick); it refuses while a run started by tpu_run.sh is alive.
+#
+# Python: the TPU VM images ship Python 3.10 (tpu-ubuntu2204-base) and Ubuntu 22.04's apt python3.11 is a
+# release candidate, so uv (installed once per worker into ~/grow_jax/uv by its standalone installer, pinned
+# to --uv-version) fetches a standalone CPython build instead, as MaxText's setup does.
 #
 # By default the code is this checkout: its tracked files as they are in the working tree (`git add` new
 # files first), packed with git archive and copied to every worker with scp.
 #
-#   --git-url   clone this repository on the workers instead, e.g. https://github.com/ORG/grow_jax.git
-#   --git-ref   branch, tag or commit to check out after the clone (default: the remote's HEAD)
-#   --python    interpreter for the virtualenv, installed with apt (default python3.11; grow_jax needs 3.11+)
-#   --dry-run   print the commands instead of running them
+#   --git-url     clone this repository on the workers instead, e.g. https://github.com/ORG/grow_jax.git
+#   --git-ref     branch, tag or commit to check out after the clone (default: the remote's HEAD)
+#   --python      Python version for the virtualenv, as uv takes it (default 3.11; grow_jax needs 3.11+)
+#   --uv-version  uv release to install on the workers (default 0.13.9)
+#   --dry-run     print the commands instead of running them
 
 set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-git_url='' git_ref='' python=python3.11
+git_url='' git_ref='' python=3.11 uv_version=0.13.9
 while [ $# -gt 0 ]; do
   case $1 in
     --git-url=*) git_url=${1#*=} ;;
     --git-ref=*) git_ref=${1#*=} ;;
     --python=*) python=${1#*=} ;;
+    --uv-version=*) uv_version=${1#*=} ;;
     *) tpu_flag "$1" ;;
   esac
   shift
 done
 require_tpu_flags
 [ -z "$git_ref" ] || [ -n "$git_url" ] || usage_error "--git-ref needs --git-url"
-case $python in
-  python3.[0-9]*) ;;
-  *) usage_error "--python must name an apt-installable interpreter such as python3.11, not '$python'" ;;
-esac
+[[ $python =~ ^3\.[0-9]+(\.[0-9]+)?$ ]] || usage_error "--python takes a version such as 3.11, not '$python'"
+[[ $uv_version =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || usage_error "--uv-version takes a release such as 0.13.9, not '$uv_version'"
 
 code=$REMOTE_ROOT/code venv=$REMOTE_ROOT/venv
 if [ -z "$git_url" ]; then
@@ -55,10 +60,15 @@ else
   [ -z "$git_ref" ] || fetch+=" && git -C $code checkout -q $(quote "$git_ref")"
 fi
 
-guard="if pgrep -F $REMOTE_ROOT/run.pid >/dev/null 2>&1; then \
-echo \"grow_jax.main is running: stop it with tpu_run.sh --kill\" >&2; exit 1; fi"
-apt="sudo DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=600"
-install="$apt update && $apt install -y $python $python-venv && $python -m venv $venv"
-install+=" && $venv/bin/pip install -q -U pip && $venv/bin/pip install -q \"jax[tpu]\" -e $code"
-check="$venv/bin/python -c \"import jax; print(jax.process_index(), jax.device_count())\""
-tpu_ssh all "$guard; $fetch && $install && $check"
+guard="$ALIVE; if alive $REMOTE_ROOT; then echo \"grow_jax.main is running: stop it with tpu_run.sh --kill\" >&2; exit 1; fi"
+uv=$REMOTE_ROOT/uv/uv
+# uv's standalone installer; UV_UNMANAGED_INSTALL puts the binary in that directory and leaves the shell
+# profiles alone. The virtualenv is made anew each time (a stale one from an older Python cannot linger).
+install="if [ ! -x $uv ]; then curl -LsSf https://astral.sh/uv/$uv_version/install.sh"
+install+=" | env UV_UNMANAGED_INSTALL=\"\$HOME/$REMOTE_ROOT/uv\" sh; fi"
+install+=" && rm -rf $venv && $uv venv -q --python $python $venv"
+install+=" && $uv pip install -q --python $venv/bin/python -e \"./${code}[tpu]\""
+tpu_ssh all "$guard; $fetch && $install"
+# Every worker at once: jax.distributed.initialize() finds the others through the TPU VM metadata. It runs in
+# code/ as tpu_run.sh's trainer does: in the home directory, ~/grow_jax would shadow the editable install.
+tpu_ssh all "cd $code && env GROW_JAX_DISTRIBUTED=tpu JAX_PLATFORMS=tpu ../venv/bin/python -m grow_jax.distributed --initialize"

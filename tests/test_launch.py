@@ -1,11 +1,10 @@
-"""launch/: each script's --dry-run commands and flag errors, the TPU run/kill commands executed against a fake
-worker, the sweep expansion, and shellcheck. No cloud, no cluster: gcloud and scontrol are stubs on PATH."""
+"""launch/: each script's --dry-run commands and flag errors, the sweep expansion, and shellcheck. The commands are
+executed against a fake TPU VM and a fake SLURM cluster in tests/test_launch_cluster.py."""
 
 import importlib.util
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -17,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"
 SCRIPTS = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("*.sbatch")])
-EXECUTABLES = ["tpu_create.sh", "tpu_setup.sh", "tpu_run.sh", "tpu_delete.sh", "slurm.sbatch"]
+EXECUTABLES = ["tpu_create.sh", "tpu_setup.sh", "tpu_run.sh", "tpu_delete.sh", "stage_model.sh", "slurm.sbatch"]
 TPU = ["--name=grow", "--zone=us-central2-b", "--project=my-proj"]
 WHERE = ["--project=my-proj", "--zone=us-central2-b"]
 FIXTURE_SWEEP = "tests/fixtures/launch/tiny_sweep.py"
@@ -73,6 +72,8 @@ def test_every_script_is_covered_executable_and_strict():
     ("tpu_run.sh", TPU + ["--config=configs/x.py"], "--workdir"),
     ("tpu_delete.sh", TPU[:2], "--project"),
     ("slurm.sbatch", ["--config=configs/x.py"], "--workdir"),
+    ("stage_model.sh", TPU, "--src"),
+    ("stage_model.sh", ["--src=gs://b/m", "--dest=m", *TPU[1:]], "--name"),
 ])
 def test_missing_required_flag_is_one_line_naming_it(script, args, flag):
   err = launch(script, *args, "--dry-run", expect=2).stderr
@@ -84,7 +85,8 @@ def test_missing_required_flag_is_one_line_naming_it(script, args, flag):
     ("tpu_create.sh", TPU + ["--accelerator-type=v4-32", "--spot", "--reserved"], "exclude each other"),
     ("tpu_create.sh", TPU + ["--accelerator-type=x9-8"], "pass --runtime-version"),
     ("tpu_setup.sh", TPU + ["--git-ref=main"], "--git-ref needs --git-url"),
-    ("tpu_setup.sh", TPU + ["--python=python"], "--python must name"),
+    ("tpu_setup.sh", TPU + ["--python=python3.11"], "--python takes a version such as 3.11"),
+    ("tpu_setup.sh", TPU + ["--uv-version=latest"], "--uv-version takes a release"),
     ("tpu_run.sh", TPU + ["--config=c.py", "--workdir=/local/dir"], "--workdir must be a gs:// path"),
     ("tpu_run.sh", TPU + ["--config=c.py", "--workdir=gs://b/w", "--env=1X=2"], "--env takes KEY=VALUE"),
     ("tpu_run.sh", TPU + ["--kill", "--config=c.py"], "--kill takes only"),
@@ -92,6 +94,11 @@ def test_missing_required_flag_is_one_line_naming_it(script, args, flag):
     ("tpu_delete.sh", TPU + ["--force"], "unknown flag --force"),
     ("tpu_run.sh", TPU + ["--config=c.py", "--workdir=gs://b/w", "--config.seed=1"], "put it after --"),
     ("slurm.sbatch", ["--config=c.py", "--workdir=/w", "--nodes=2"], "unknown flag --nodes"),
+    ("slurm.sbatch", ["--config=c.py", "--workdir=/w", "--stage-dest=/tmp/m"], "--stage-dest needs --stage-src"),
+    ("stage_model.sh", TPU + ["--src=gs://b/m"], "a gs:// --src needs --dest"),
+    ("stage_model.sh", TPU + ["--src=/no/such/dir"], "--src=/no/such/dir is not a directory"),
+    ("stage_model.sh", TPU + ["--src=gs://b/m", "--dest=~other/m"], "~USER is not supported"),
+    ("stage_model.sh", ["--slurm", "--src=gs://b/m", "--dest=m", TPU[0]], "--slurm takes no --name"),
 ])
 def test_bad_flags_fail_clearly(script, args, message):
   assert message in launch(script, *args, "--dry-run", expect=2).stderr
@@ -153,17 +160,24 @@ def test_tpu_delete():
 def test_tpu_setup_ships_the_working_tree(tmp_path):
   if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode:
     pytest.skip("not a git checkout with a commit")
-  archive, scp, ssh = printed(launch("tpu_setup.sh", *TPU, "--dry-run"))
+  archive, scp, ssh, check = printed(launch("tpu_setup.sh", *TPU, "--dry-run"))
   [tarball] = [a.removeprefix("--output=") for a in archive if a.startswith("--output=")]
   assert archive[:4] == ["git", "-C", str(REPO), "archive"]
   assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball, "grow:grow_jax.tar.gz", *WHERE, "--worker=all"]
-  assert ssh[5:9] == ["grow", *WHERE, "--worker=all"]
+  assert ssh[5:9] == check[5:9] == ["grow", *WHERE, "--worker=all"]
   command = remote_command(ssh)
-  assert command.startswith('if pgrep -F grow_jax/run.pid >/dev/null 2>&1; then echo "grow_jax.main is running: '
-                            'stop it with tpu_run.sh --kill" >&2; exit 1; fi; mkdir -p grow_jax && rm -rf '
-                            'grow_jax/code && mkdir grow_jax/code && tar -xzf grow_jax.tar.gz -C grow_jax/code && ')
-  assert 'install -y python3.11 python3.11-venv && python3.11 -m venv grow_jax/venv && ' in command
-  assert 'grow_jax/venv/bin/pip install -q "jax[tpu]" -e grow_jax/code && ' in command
+  assert command.startswith("alive() {") and ('; if alive grow_jax; then echo "grow_jax.main is running: stop it with '
+                                              'tpu_run.sh --kill" >&2; exit 1; fi; mkdir -p grow_jax && rm -rf '
+                                              'grow_jax/code && mkdir grow_jax/code && tar -xzf grow_jax.tar.gz -C '
+                                              'grow_jax/code && ') in command
+  # uv, not apt: the TPU images' Python is 3.10 and Ubuntu 22.04's python3.11 is a release candidate.
+  assert ('if [ ! -x grow_jax/uv/uv ]; then curl -LsSf https://astral.sh/uv/0.13.9/install.sh | '
+          'env UV_UNMANAGED_INSTALL="$HOME/grow_jax/uv" sh; fi && rm -rf grow_jax/venv && '
+          'grow_jax/uv/uv venv -q --python 3.11 grow_jax/venv && grow_jax/uv/uv pip install -q --python '
+          'grow_jax/venv/bin/python -e "./grow_jax/code[tpu]"') in command
+  assert "apt" not in command
+  assert remote_command(check) == ("cd grow_jax/code && env GROW_JAX_DISTRIBUTED=tpu JAX_PLATFORMS=tpu "
+                                    "../venv/bin/python -m grow_jax.distributed --initialize")
   # The printed archive command, run for real (into tmp_path), packs exactly the tracked files.
   archive[archive.index(f"--output={tarball}")] = f"--output={tmp_path / 'code.tar.gz'}"
   subprocess.run(archive, check=True)
@@ -174,12 +188,19 @@ def test_tpu_setup_ships_the_working_tree(tmp_path):
 
 
 def test_tpu_setup_from_git_url():
-  [ssh] = printed(launch("tpu_setup.sh", *TPU, "--git-url=https://github.com/org/grow_jax.git", "--git-ref=v1.2",
-                         "--python=python3.12", "--dry-run"))
+  ssh, _ = printed(launch("tpu_setup.sh", *TPU, "--git-url=https://github.com/org/grow_jax.git", "--git-ref=v1.2",
+                          "--python=3.12", "--uv-version=0.9.1", "--dry-run"))
   command = remote_command(ssh)
   assert ("; fi; mkdir -p grow_jax && rm -rf grow_jax/code && git clone -q https://github.com/org/grow_jax.git "
           "grow_jax/code && git -C grow_jax/code checkout -q v1.2 && ") in command
-  assert "python3.12 -m venv grow_jax/venv" in command and "--worker=all" in ssh
+  assert "uv venv -q --python 3.12 grow_jax/venv" in command and "astral.sh/uv/0.9.1/install.sh" in command
+  assert "--worker=all" in ssh
+
+
+def launched_command(ssh):
+  """The trainer command a tpu_run.sh start stores in run.cmd: the value of `command=...` in the remote script."""
+  [word] = [w for w in shlex.split(remote_command(ssh)) if w.startswith("command=")]
+  return word.removeprefix("command=").removesuffix(";")
 
 
 def test_tpu_run_starts_the_trainer_on_every_worker():
@@ -189,9 +210,12 @@ def test_tpu_run_starts_the_trainer_on_every_worker():
   assert ssh[5:9] == ["grow", *WHERE, "--worker=all"]
   trainer = shlex.join(["../venv/bin/python", "-m", "grow_jax.main", "--config=configs/x.py:variant=tiny",
                         "--workdir=gs://b/exp/run1", "--config.train.mode=sft", "--config.name=a b"])
+  # The distributed switch and the platform first, so that --env can override them.
+  assert launched_command(ssh) == ("env GROW_JAX_DISTRIBUTED=tpu JAX_PLATFORMS=tpu JAX_LOG_COMPILES=1 "
+                                   f"'XLA_FLAGS=--a --b' {trainer}")
   command = remote_command(ssh)
-  assert f"(cd code && exec env JAX_LOG_COMPILES=1 'XLA_FLAGS=--a --b' nohup {trainer}) </dev/null >>run.log" in command
-  assert command.endswith("& echo $! >run.pid")
+  assert "setsid nohup bash -c 'cd code && eval \"$1\"; echo $? >../run.status' run \"$command\"" in command
+  assert command.endswith("& echo $! >run.pid; fi")
 
 
 @pytest.mark.parametrize("flag, worker", [("--tail", "0"), ("--tail=all", "all"), ("--tail=3", "3")])
@@ -202,89 +226,48 @@ def test_tpu_run_tail(flag, worker):
 
 def test_tpu_run_kill():
   [ssh] = printed(launch("tpu_run.sh", *TPU, "--kill", "--dry-run"))
-  assert "--worker=all" in ssh and "pkill -F run.pid" in remote_command(ssh)
+  assert "--worker=all" in ssh and 'kill -TERM -- "-$pid"' in remote_command(ssh)
 
 
-@pytest.fixture
-def fake_worker(tmp_path):
-  """A TPU worker's home (grow_jax/code, a venv whose python logs its call and sleeps) and a gcloud on PATH
-  that runs `ssh --command` there. Yields (home, env for launch())."""
-  home = tmp_path / "worker"
-  (home / "grow_jax" / "code").mkdir(parents=True)
-  (home / "grow_jax" / "venv" / "bin").mkdir(parents=True)
-  write_stub(home / "grow_jax" / "venv" / "bin" / "python", """\
-      echo "$PWD $*" >> ../calls
-      if [ -n "${FAKE_EXIT:-}" ]; then exit "$FAKE_EXIT"; fi
-      exec sleep "${FAKE_SLEEP:-0}"
-      """)
-  (tmp_path / "bin").mkdir()
-  write_stub(tmp_path / "bin" / "gcloud", f"""\
-      for arg in "$@"; do
-        case $arg in --command=*) cd {shlex.quote(str(home))} && exec bash -c "${{arg#--command=}}" ;; esac
-      done
-      echo "fake gcloud: no --command in: $*" >&2; exit 99
-      """)
-  yield home, {"PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
-  pid_file = home / "grow_jax" / "run.pid"
-  if pid_file.exists():  # a failed test may leave the fake trainer sleeping
-    try:
-      os.kill(int(pid_file.read_text()), signal.SIGKILL)
-    except (ProcessLookupError, ValueError):
-      pass
+def test_stage_model_defaults_to_the_same_path_below_home(tmp_path):
+  model = tmp_path / "home" / "models" / "gemma 3"
+  model.mkdir(parents=True)
+  prepare, scp, swap = printed(launch("stage_model.sh", *TPU, "--src=~/models/gemma 3", "--dry-run",
+                                      env={"HOME": str(tmp_path / "home")}))
+  assert remote_command(prepare) == 'd="$HOME"/\'models/gemma 3\'; mkdir -p "$(dirname "$d")" && rm -rf "$d.incoming"'
+  assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", str(model), "grow:models/gemma 3.incoming",
+                 *WHERE, "--worker=all"]
+  assert remote_command(swap).startswith("""set -e; d="$HOME"/'models/gemma 3'; p="$d.partial-$(hostname)-$$";""")
 
 
-def test_tpu_run_wait_returns_the_trainer_status(fake_worker):
-  home, env = fake_worker
-  launch("tpu_run.sh", *TPU, "--config=configs/x.py", "--workdir=gs://b/w", "--env=FAKE_EXIT=3", "--wait",
-         "--", "--config.seed=1", env=env, expect=3)
-  code = home / "grow_jax" / "code"
-  assert (home / "grow_jax" / "calls").read_text() == (
-      f"{code} -m grow_jax.main --config=configs/x.py --workdir=gs://b/w --config.seed=1\n")
-  assert (home / "grow_jax" / "run.log").read_text().count("UTC") == 1  # the `date -u` banner
-
-
-@pytest.mark.skipif(shutil.which("pkill") is None, reason="needs procps (pgrep/pkill)")
-def test_tpu_run_detaches_refuses_a_second_run_and_kills(fake_worker):
-  home, env = fake_worker
-  start = [*TPU, "--config=configs/x.py", "--workdir=gs://b/w", "--env=FAKE_SLEEP=120"]
-  launch("tpu_run.sh", *start, env=env)
-  pid = int((home / "grow_jax" / "run.pid").read_text())
-  os.kill(pid, 0)  # alive after the ssh command returned
-  assert "already running" in launch("tpu_run.sh", *start, env=env, expect=1).stderr
-  launch("tpu_run.sh", *TPU, "--kill", env=env)
-  assert not (home / "grow_jax" / "run.pid").exists()
-  with pytest.raises(ProcessLookupError):
-    os.kill(pid, 0)
+def test_stage_model_slurm_needs_an_allocation():
+  env = {"SLURM_JOB_ID": "", "SLURM_JOB_NUM_NODES": ""}
+  err = launch("stage_model.sh", "--slurm", "--src=gs://b/m", "--dest=/tmp/m", "--dry-run", env=env, expect=2).stderr
+  assert "$SLURM_JOB_ID is not set: run --slurm inside an allocation" in err
 
 
 # -------------------------------------------------------------------------------------------------------- SLURM
 
 
-@pytest.fixture
-def slurm_env(tmp_path):
-  """The variables of a 2-node allocation and an scontrol on PATH that expands its node list."""
-  (tmp_path / "bin").mkdir()
-  write_stub(tmp_path / "bin" / "scontrol", f"""\
-      echo "$*" > {shlex.quote(str(tmp_path / 'scontrol_args'))}
-      printf 'gpu-node-07\\ngpu-node-08\\n'
-      """)
-  return tmp_path, {"PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
-                    "SLURM_JOB_NODELIST": "gpu-node-[07-08]", "SLURM_NTASKS": "2"}
+SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu-node-[07-08]", "SLURM_NTASKS": "2",
+             "SLURM_JOB_NUM_NODES": "2"}
 
 
-def test_slurm_srun_line(slurm_env):
-  tmp_path, env = slurm_env
+def test_slurm_srun_line():
   [srun] = printed(launch("slurm.sbatch", "--config=configs/x.py:variant=tiny", "--workdir=/shared/w", "--dry-run",
-                          "--", "--config.seed=1", env=env))
-  assert (tmp_path / "scontrol_args").read_text() == "show hostnames gpu-node-[07-08]\n"
-  trainer = ["python", "-m", "grow_jax.main", "--config=configs/x.py:variant=tiny", "--workdir=/shared/w",
-             "--coordinator_address=gpu-node-07:14242", "--num_processes=2", "--config.seed=1"]
-  assert srun == ["srun", "--kill-on-bad-exit=1", "bash", "-c", 'exec "$@" --process_id="$SLURM_PROCID"', "task",
-                  *trainer]
-  # What each task runs: the same trainer command plus its own --process_id.
-  task = subprocess.run(["echo" if a == "python" else a for a in srun[2:]], capture_output=True, text=True,
-                        env={**os.environ, "SLURM_PROCID": "1"}, check=True)
-  assert task.stdout.split() == ["-m", *trainer[2:], "--process_id=1"]
+                          "--", "--config.seed=1", env=SLURM_ENV))
+  # grow_jax.distributed computes every process's coordinator, id and GPUs from the SLURM_* variables.
+  assert srun == ["srun", "--kill-on-bad-exit=1", "env", "GROW_JAX_DISTRIBUTED=slurm", "JAX_PLATFORMS=cuda",
+                  "python", "-m", "grow_jax.main", "--config=configs/x.py:variant=tiny", "--workdir=/shared/w",
+                  "--config.seed=1"]
+
+
+def test_slurm_stages_the_model_first():
+  stage, srun = printed(launch("slurm.sbatch", "--config=c.py", "--workdir=/w", "--stage-src=gs://b/gemma",
+                               "--stage-dest=/tmp/gemma", "--jax-platforms=rocm", "--dry-run", env=SLURM_ENV))
+  assert stage[:6] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "bash", "-c"]
+  assert "gcloud storage cp -r 'gs://b/gemma/*' \"$p/\"" in stage[6]
+  assert srun[:5] == ["srun", "--kill-on-bad-exit=1", "env", "GROW_JAX_DISTRIBUTED=slurm", "JAX_PLATFORMS=rocm"]
 
 
 def test_slurm_needs_an_allocation():
@@ -334,19 +317,19 @@ def test_sweep_tpu_commands_are_accepted_by_tpu_run():
                    "--config.seed=0"] for mode in ("g_freeze", "sft")]
   script, *flags = runs[0]
   [ssh] = printed(launch(Path(script).name, "--dry-run", *flags))
-  assert "--workdir=gs://b/exp/tiny_sweep/mode=g_freeze,seed=0 --config.train.mode=g_freeze" in remote_command(ssh)
-  assert remote_command(ssh).endswith("; wait $!")
+  assert ("--workdir=gs://b/exp/tiny_sweep/mode=g_freeze,seed=0 --config.train.mode=g_freeze"
+          in launched_command(ssh))
+  assert "; while alive .; do sleep 1; done; if [ -f run.status ]" in remote_command(ssh)
 
 
-def test_sweep_slurm_commands_are_accepted_by_slurm_sbatch(slurm_env):
-  _, env = slurm_env
+def test_sweep_slurm_commands_are_accepted_by_slurm_sbatch():
   runs = printed(launch("sweep.py", FIXTURE_SWEEP, "--workdir=/shared/exp", "--mode=slurm", "--dry-run",
                         "--", "--nodes=2", "--gpus-per-node=8"))
   assert [run[:5] for run in runs] == [["sbatch", f"--job-name=tiny_sweep:mode={mode},seed=0", "--nodes=2",
                                         "--gpus-per-node=8", "launch/slurm.sbatch"] for mode in ("g_freeze", "sft")]
-  [srun] = printed(launch("slurm.sbatch", "--dry-run", *runs[1][5:], env=env))
-  assert srun[-5:] == ["--workdir=/shared/exp/tiny_sweep/mode=sft,seed=0", "--coordinator_address=gpu-node-07:14242",
-                       "--num_processes=2", "--config.train.mode=sft", "--config.seed=0"]
+  [srun] = printed(launch("slurm.sbatch", "--dry-run", *runs[1][5:], env=SLURM_ENV))
+  assert srun[-4:] == [f"--config={FIXTURE_SWEEP}", "--workdir=/shared/exp/tiny_sweep/mode=sft,seed=0",
+                       "--config.train.mode=sft", "--config.seed=0"]
 
 
 def test_sweep_does_not_import_jax(sweep_file, tmp_path):
