@@ -4,12 +4,13 @@ r"""Convert a checkpoint to a Hugging Face directory, optionally growing its MLP
   python -m grow_jax.convert --src=hf:/path/in --dst=hf:/path/out --grow_factor=2 --grow_layers=0,3,5
 
 --src takes any `formats.load_checkpoint` source; --dst must be 'hf:<dir>'. The tokenizer of the source is
-saved alongside (--notokenizer to skip). A grown model is exported as a standard Gemma 3 whose MLPs are wider
+saved alongside (--notokenizer to skip; a source without tokenizer files converts the weights and says so). A grown model is exported as a standard Gemma 3 whose MLPs are wider
 (the branches merged: the same function), so any Gemma 3 runtime can load it.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 from absl import app, flags, logging
@@ -17,7 +18,7 @@ from absl import app, flags, logging
 from grow_jax import formats
 from grow_jax.growth import operators as growth
 from grow_jax.model.config import count_params, parse_layers
-from grow_jax.errors import CheckpointError, ConfigError
+from grow_jax.errors import CheckpointError, ConfigError, GrowJaxError
 
 _SRC = flags.DEFINE_string("src", None, "Checkpoint source: 'hf:<dir>', 'gguf:<file>' or 'gemma3-270m'.")
 _DST = flags.DEFINE_string("dst", None, "Destination: 'hf:<dir>'.")
@@ -48,7 +49,11 @@ def convert(src: str, dst: str, *, overwrite: bool = False, tokenizer: bool = Tr
   tok = None
   if tokenizer:
     from grow_jax.model.tokenizer import load_tokenizer
-    tok = load_tokenizer(src, cache=cache)
+    try:
+      tok = load_tokenizer(src, cache=cache)
+    except CheckpointError as e:
+      logging.warning("tokenizer skipped (the weights are converted without it): %s", e)
+      print(f"grow_jax.convert: tokenizer skipped: {e}", file=sys.stderr, flush=True)
   path = formats.save_hf(config, params, out_dir, tokenizer=tok, overwrite=overwrite)
   logging.info("wrote %s in %.1f s total", path, time.time() - start)
   return path
@@ -57,8 +62,13 @@ def convert(src: str, dst: str, *, overwrite: bool = False, tokenizer: bool = Tr
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  path = convert(_SRC.value, _DST.value, overwrite=_OVERWRITE.value, tokenizer=_TOKENIZER.value,
-                 grow_factor=_GROW_FACTOR.value, grow_layers=_GROW_LAYERS.value, cache=_CACHE.value)
+  try:
+    path = convert(_SRC.value, _DST.value, overwrite=_OVERWRITE.value, tokenizer=_TOKENIZER.value,
+                   grow_factor=_GROW_FACTOR.value, grow_layers=_GROW_LAYERS.value, cache=_CACHE.value)
+  except GrowJaxError as e:
+    logging.debug("error details", exc_info=True)
+    print(f"grow_jax.convert: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
   print(path)
 
 

@@ -1,8 +1,10 @@
 """Command line: `python -m grow_jax.main --config=configs/tiny.py[:key=value,...] --workdir=DIR [--config.a.b=x]`.
 
-Multi-host: pass --coordinator_address/--num_processes/--process_id (every process runs the same command),
-or nothing on a TPU pod slice (JAX finds its peers). Then hands off to `train.train_and_evaluate`.
-Bad input (config, mesh, data, checkpoints) ends with a one-line error on stderr and exit status 1.
+Multi-host: every process runs the same command; `--distributed` (default $GROW_JAX_DISTRIBUTED, else auto)
+says how they find each other (grow_jax/distributed.py: explicit coordinator flags, a TPU VM slice, a SLURM
+step). Then hands off to `train.loop.train_and_evaluate`. Bad input (config, mesh, data, checkpoints, a held
+workdir) ends with a one-line error on stderr (any `grow_jax.errors.GrowJaxError`) and exit status 1; a bad
+flag or config file with exit status 2.
 """
 
 from __future__ import annotations
@@ -19,34 +21,32 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", None, ["auto", "off", "explicit", "tpu", "slurm"],
+                                 "How to start jax.distributed; default $GROW_JAX_DISTRIBUTED, else auto.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _initialize_distributed() -> None:
-  import jax
-  if _COORDINATOR.value or _NUM_PROCESSES.value:
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
-  elif _on_tpu_pod():
-    jax.distributed.initialize()      # TPU pod slices: the coordinator comes from the TPU metadata
-
-
-def _on_tpu_pod() -> bool:
-  """A multi-host TPU slice (the TPU VM environment lists several workers); checked without starting JAX."""
-  import os
-  return len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+  """Starts jax.distributed as --distributed says (grow_jax/distributed.py), before anything touches a device."""
+  from grow_jax import distributed
+  try:
+    distributed.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                           num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  except distributed.DistributedConfigError as e:
+    print(f"grow_jax.main: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with config errors (unknown key, bad value) reported as one line, exit status 2."""
-  from grow_jax.errors import ConfigError
+  from grow_jax.errors import GrowJaxError
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # flags.Error, or what ml_collections raises for an unknown --config.a.b
     cause, seen, innermost = e, set(), None
     while cause is not None and id(cause) not in seen:     # ml_collections re-wraps the config's own error
       seen.add(id(cause))
-      innermost = cause if isinstance(cause, ConfigError) else innermost
+      innermost = cause if isinstance(cause, GrowJaxError) else innermost
       cause = cause.__cause__ or cause.__context__
     if innermost is not None:
       message = str(innermost)
@@ -55,14 +55,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
       culprits = [a.split("=", 1)[0][len("--config."):] for a in argv[1:] if a.startswith("--config.")
                   and name in a.split("=", 1)[0][len("--config."):].split(".")]
       message = f"unknown config key {culprits[0] if culprits else name!r}" + (
-          f" (from --config.{culprits[0]}); see the config's keys in grow_jax/config_utils.py" if culprits else "")
+          f" (from --config.{culprits[0]}); see the config's keys in grow_jax/train/config.py" if culprits else "")
     elif isinstance(e, (flags.Error, OSError)):
       # ml_collections puts the config file's traceback into the message: keep its last line.
       lines = [l.strip() for l in str(e).splitlines() if l.strip()]
       message = lines[-1] if lines else repr(e)
       if "Traceback" in str(e) and ": " in message:
         kind, _, text = message.partition(": ")
-        message = text if kind.endswith("ConfigError") else message
+        message = text if kind.endswith("Error") else message
     else:
       raise
     print(f"grow_jax.main: error: {message}", file=sys.stderr, flush=True)
@@ -77,7 +77,8 @@ def main(argv) -> None:
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)
   _initialize_distributed()
-  from grow_jax.train import loop as train
+  from grow_jax.errors import GrowJaxError
+  from grow_jax.train import loop
   try:
     config = _CONFIG.value
     config.get("seed")       # a config file that failed to load raises here (ml_collections defers it)
@@ -87,8 +88,8 @@ def main(argv) -> None:
           f"{lines[-1] if lines else e}", file=sys.stderr, flush=True)
     sys.exit(2)
   try:
-    train.train_and_evaluate(config, _WORKDIR.value)
-  except train.user_errors() as e:
+    loop.train_and_evaluate(config, _WORKDIR.value)
+  except GrowJaxError as e:
     logging.debug("error details", exc_info=True)
     print(f"grow_jax.main: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -6,3 +6,13 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from config_files import load_config  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config():
+  """`tiny_config("mode=g_freeze,steps=3")`: the tiny random-model config (configs/tiny.py) with those args."""
+  return lambda arg="": load_config("tiny", arg)

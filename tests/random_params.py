@@ -3,7 +3,7 @@
 import numpy as np
 
 from grow_jax import tree_paths
-from grow_jax.model import transformer as model
+from grow_jax import model
 
 
 def random_params(config, seed=0):

@@ -20,7 +20,7 @@ import transformers
 from grow_jax import formats, tree_paths
 from grow_jax.formats import gguf_import
 from grow_jax.formats import hf_format
-from grow_jax.formats.sources import load_checkpoint, save_hf
+from grow_jax.formats import load_checkpoint, save_hf
 from grow_jax.errors import CheckpointError
 from grow_jax.model.transformer import forward as _forward
 from grow_jax.model.config import get_preset

@@ -48,7 +48,7 @@ def test_good_record_becomes_example_with_target_equal_to_gold_choice():
   assert ex == Example(id="train-0", prompt="Q: 2 + 2?\nA:", target="4", choices=("3", "4"), gold=1)
   assert ex.target == ex.choices[ex.gold]
   assert ex.text == "Q: 2 + 2?\nA: 4", "prompt + target_delimiter + target"
-  assert (ex.context, ex.references) == ("Q: 2 + 2?\nA:", ("4",)), "the evaluator's field names"
+  assert (ex.prompt, ex.references) == ("Q: 2 + 2?\nA:", ("4",)), "the evaluator's field names"
 
 
 def test_record_id_field_is_used_in_examples():

@@ -12,7 +12,7 @@ import pytest
 from grow_jax import tree_paths
 from grow_jax.growth import operators as growth
 from grow_jax.formats import hf_format
-from grow_jax.model import transformer as model
+from grow_jax import model
 from grow_jax.model.config import get_preset
 from grow_jax.errors import CheckpointError, ConfigError
 from random_params import random_params

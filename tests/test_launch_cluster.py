@@ -7,7 +7,6 @@ in two tests, really makes it: two processes on localhost CPU, through JAX's own
 
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess

@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from grow_jax import model
 from grow_jax import tree_paths
-from grow_jax.methods import accounting
 from grow_jax.growth import operators as growth
 from grow_jax.methods import lora
-from grow_jax.methods import registry as methods
+from grow_jax import methods
 from grow_jax.methods import partition
 from grow_jax.model.config import get_preset
 from grow_jax.errors import ConfigError
@@ -100,8 +100,8 @@ def test_match_params_of_g_freeze():
 
 def test_match_params_of_on_gemma3_270m_shapes():
   config = get_preset("gemma3_270m")
-  abstract = accounting.abstract_params(config)
-  target = methods.preset_trainable_count("g_freeze", config, abstract)
+  abstract = model.abstract_params(config)
+  target = methods.trainable_count("g_freeze", config, abstract)
   assert target == 18 * 3 * 640 * 2048
   rank, n = lora.rank_for_count(abstract, target)
   print(f"\n[lora] Gemma 3 270M: rank {rank} -> {n} adapters vs g_freeze {target} "

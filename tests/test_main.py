@@ -1,15 +1,15 @@
 """The command line and bad input: one-line errors naming the field, before heavy work, nothing written."""
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
+from config_files import load_config
 from grow_jax.data import synthetic
 from grow_jax.train import loop as train
-from grow_jax.errors import ConfigError, DataError, ShardingError
+from grow_jax.errors import ConfigError, DataError, GrowJaxError, ShardingError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,10 +38,7 @@ def test_cli_config_errors_are_one_line(tmp_path, args, expected):
 
 
 def _config(arg=""):
-  spec = importlib.util.spec_from_file_location("tiny_cfg", os.path.join(ROOT, "configs/tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config("tiny", arg)
 
 
 def _fails(config, tmp_path, error, *fragments):
@@ -52,7 +49,7 @@ def _fails(config, tmp_path, error, *fragments):
     assert f in str(e.value), str(e.value)
   assert "\n" not in str(e.value)
   assert not workdir.exists()          # rejected before anything is written
-  assert isinstance(e.value, train.user_errors())
+  assert isinstance(e.value, GrowJaxError)
 
 
 def test_batch_size_not_divisible_by_data_parallel_size(tmp_path):
@@ -63,11 +60,11 @@ def test_batch_size_not_divisible_by_data_parallel_size(tmp_path):
 def test_missing_init_checkpoint(tmp_path):
   config = _config()
   config.init.source = f"hf:{tmp_path}/no_such_model"
-  config.model.num_layers = None        # architecture overrides are for scratch sources only
+  config.model.num_layers = None        # architecture overrides are for random:<preset> sources only
   _fails(config, tmp_path, ConfigError, "config.init.source=", "no_such_model", "does not exist")
 
 
-def test_unknown_scratch_preset(tmp_path):
+def test_unknown_random_preset(tmp_path):
   config = _config()
   config.init.source = "random:huge"
   _fails(config, tmp_path, ConfigError, "unknown model preset 'huge'")

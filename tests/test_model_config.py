@@ -3,7 +3,8 @@
 import jax
 import pytest
 
-from grow_jax.model import transformer as model
+from grow_jax import model
+from grow_jax.model import transformer
 from grow_jax.model.config import GLOBAL, LOCAL, ModelConfig, count_params, get_preset, param_shapes, parse_layers
 from grow_jax.errors import ConfigError
 
@@ -13,7 +14,7 @@ def test_full_size_presets_are_checkable_without_memory(name, expected_layers):
   config = get_preset(name)
   flat = lambda tree: {"/".join(k.key for k in path): leaf.shape
                        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-  declared = flat(model.module_param_shapes(config))
+  declared = flat(transformer.module_param_shapes(config))
   assert declared == param_shapes(config)
   assert flat(model.abstract_params(config)) == declared
   assert config.num_layers == expected_layers
@@ -34,7 +35,7 @@ def test_five_local_layers_then_one_global():
 def test_init_params_matches_the_module_for_a_grown_config():
   config = get_preset("tiny", mlp_branches=((128, 32),) + ((128,),) * 6, param_dtype="bfloat16")
   params = model.init_params(config, jax.random.key(0))
-  declared = model.module_param_shapes(config)
+  declared = transformer.module_param_shapes(config)
   assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(declared)
   for got, want in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(declared)):
     assert got.shape == want.shape and got.dtype == want.dtype

@@ -12,9 +12,8 @@ import pytest
 
 from grow_jax import tree_paths
 from grow_jax.growth import operators as growth
-from grow_jax.methods import registry as methods
+from grow_jax import methods
 from grow_jax.train import optim
-from grow_jax.methods import partition
 from grow_jax.methods import regularizers
 from grow_jax.model.config import get_preset
 from grow_jax.errors import ConfigError
@@ -81,7 +80,7 @@ def test_exactly_the_trainable_leaves_change(mode):
   _, params, state = trained(mode)
   assert changed_paths(GROWN, params) == EXPECTED[mode]
   trainable_bytes = sum(x.nbytes for p, x in tree_paths.flatten(GROWN).items() if p in EXPECTED[mode])
-  moments = optim.adam_moments(state)
+  moments = tree_paths.find_nodes(state, optax.ScaleByAdamState)
   assert len(moments) == 1
   assert optim.state_bytes(state)["adam_moments"] == 2 * trainable_bytes
   # Moments exist only for trainable leaves.
@@ -104,7 +103,9 @@ def test_ewc_trains_everything_and_keeps_anchor_and_fisher_in_state():
   assert changed_paths(GROWN, params) == ALL
   sizes = optim.state_bytes(state)
   param_bytes = sum(x.nbytes for x in tree_paths.flatten(GROWN).values())
-  assert sizes["adam_moments"] == 2 * param_bytes and sizes["regularizer"] == 2 * param_bytes
+  assert sizes["adam_moments"] == 2 * param_bytes
+  [ewc_state] = tree_paths.find_nodes(state, regularizers.EWCState)     # anchor and Fisher of every leaf
+  assert sum(x.nbytes for x in jax.tree.leaves(ewc_state)) == 2 * param_bytes
 
 
 def test_regularizer_changes_the_trajectory():
@@ -156,7 +157,7 @@ def test_schedule_warmup_then_cosine_to_min_ratio():
 
 
 def test_weight_decay_mask_skips_norms_and_embeddings():
-  labels = partition.trainable_labels(GROWN_CFG, GROWN, "sft")
+  labels = methods.trainable_labels(GROWN_CFG, GROWN, "sft")
   # Zero gradients isolate the decay term: Adam's update is 0, decay adds weight_decay * param.
   tx = optim.make_optimizer(dict(learning_rate=1.0, schedule="constant", weight_decay=0.5, grad_clip_norm=None),
                             labels)
@@ -173,6 +174,5 @@ def test_bad_optimizer_options():
     optim.schedule_fn(dict(learning_rate=1.0, schedule="step", total_steps=10))
   with pytest.raises(ConfigError, match="min_lr_ratio"):
     optim.schedule_fn(dict(learning_rate=1.0, total_steps=10, min_lr_ratio=2))
-  labels = partition.trainable_labels(GROWN_CFG, GROWN, "sft")
-  with pytest.raises(ConfigError, match="pick one regularizer"):
-    optim.make_optimizer(OPT, labels, l2sp_coef=1.0, ewc_coef=1.0, fisher=GROWN)
+  with pytest.raises(ConfigError, match=r"labels \['trainable', 'weird'\]: expected only"):
+    optim.make_optimizer(OPT, {"a": "trainable", "b": "weird"})

@@ -12,7 +12,8 @@ import torch
 
 from grow_jax.formats import hf_format
 from grow_jax.model import transformer as model_lib
-from grow_jax.model.transformer import abstract_params, default_positions
+from grow_jax.model.config import abstract_params
+from grow_jax.model.transformer import default_positions
 from grow_jax.model.config import count_params, get_preset, param_shapes
 from tests.hf_reference import hf_logits, hf_state_dict, random_hf_model
 

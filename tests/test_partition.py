@@ -1,29 +1,26 @@
-"""Partition rules: first match wins, every leaf must match, presets label exactly the documented leaves.
-All on abstract params (no weights, no compiles)."""
+"""Methods and partition rules: first match wins, every leaf must match, each method labels exactly the leaves
+its docstring names; a method is one registered class, bound to a model. All on abstract params."""
 
 import jax
 import pytest
 
-from grow_jax import tree_paths
-from grow_jax.methods import accounting
-from grow_jax.growth import operators as growth
-from grow_jax.methods import registry as methods
-from grow_jax.methods import partition
-from grow_jax.model.config import get_preset
+from grow_jax import methods, model, tree_paths
 from grow_jax.errors import ConfigError
+from grow_jax.growth import operators as growth
+from grow_jax.methods import partition
 
-CFG = get_preset("tiny")                                   # 7 layers
+CFG = model.get_preset("tiny")                             # 7 layers
 GROWN_CFG = growth.grow_config(CFG, layers=[2, 5])
-ABSTRACT = accounting.abstract_params(CFG)
-GROWN = accounting.abstract_params(GROWN_CFG)
+ABSTRACT = model.abstract_params(CFG)
+GROWN = model.abstract_params(GROWN_CFG)
 ALL = set(tree_paths.flatten(GROWN))
 
 
 def trainable(config, params, mode):
-  return set(partition.trainable_paths(partition.trainable_labels(config, params, mode)))
+  return set(partition.trainable_paths(methods.trainable_labels(config, params, mode)))
 
 
-def test_presets_label_exactly_the_documented_leaves():
+def test_methods_label_exactly_the_documented_leaves():
   copies = {f"layer_{i}/mlp/grown_1/{n}" for i in (2, 5) for n in ("gating_einsum", "linear")}
   assert trainable(GROWN_CFG, GROWN, "sft") == ALL
   assert trainable(GROWN_CFG, GROWN, "l2sp") == ALL == trainable(GROWN_CFG, GROWN, "ewc")
@@ -32,17 +29,19 @@ def test_presets_label_exactly_the_documented_leaves():
   assert trainable(GROWN_CFG, GROWN, "g_train") == copies | {"layer_2/mlp/gating_einsum",
                                                              "layer_5/mlp/gating_einsum"}
   assert trainable(GROWN_CFG, GROWN, "mlp_only") == {p for p in ALL if "/mlp/" in p}
-  labels = partition.trainable_labels(GROWN_CFG, GROWN, "g_freeze")
+  labels = methods.trainable_labels(GROWN_CFG, GROWN, "g_freeze")
   assert jax.tree.structure(labels) == jax.tree.structure(jax.tree.map(lambda _: 0, GROWN))
   assert set(jax.tree.leaves(labels)) == {"trainable", "frozen"}
 
 
-def test_lora_preset_trains_only_adapters():
-  with_lora = {**ABSTRACT, "lora": {"layer_0": {"attn": {"q_einsum": {"w": {"a": ABSTRACT["final_norm"]["scale"],
-                                                                           "b": ABSTRACT["final_norm"]["scale"]}}}}}}
-  assert trainable(CFG, with_lora, "lora") == {"lora/layer_0/attn/q_einsum/w/a", "lora/layer_0/attn/q_einsum/w/b"}
-  with pytest.raises(partition.PartitionError, match="needs LoRA adapters"):
-    partition.trainable_labels(CFG, ABSTRACT, "lora")
+def test_lora_adds_adapters_and_trains_only_them():
+  method = methods.create("lora", {"lora_rank": 2}, CFG, ABSTRACT)
+  trained = jax.eval_shape(lambda p: method.init_params(p, jax.random.key(0)), ABSTRACT)
+  paths = set(partition.trainable_paths(method.labels))
+  assert paths and all(p.startswith("lora/") for p in paths)
+  assert paths == {p for p in tree_paths.flatten(trained) if p.startswith("lora/")}
+  assert "lora/layer_0/attn/q_einsum/w/a" in paths
+  assert method.info() == {"lora_rank": 2, "lora_scale": 1.0}
 
 
 def test_first_match_wins_and_regexes_fullmatch():
@@ -54,34 +53,34 @@ def test_first_match_wins_and_regexes_fullmatch():
 
 def test_unmatched_leaves_are_listed():
   with pytest.raises(partition.PartitionError) as e:
-    partition.trainable_labels(CFG, ABSTRACT, [(r"layer_\d+/.*", "trainable")])
+    methods.trainable_labels(CFG, ABSTRACT, [(r"layer_\d+/.*", "trainable")])
   msg = str(e.value)
   assert "2 leaves unmatched" in msg and "embedder/input_embedding" in msg and "final_norm/scale" in msg
 
 
-def test_growth_modes_on_an_ungrown_model_raise():
+def test_growth_methods_on_an_ungrown_model_raise():
   for mode in ("g_freeze", "g_train"):
     with pytest.raises(partition.PartitionError, match=f"mode '{mode}'.*no grown layers.*grow_mlp"):
-      partition.trainable_labels(CFG, ABSTRACT, mode)
+      methods.trainable_labels(CFG, ABSTRACT, mode)
 
 
 def test_unknown_mode_bad_label_nothing_trainable():
-  with pytest.raises(ConfigError, match=r"unknown training mode 'gfreeze'.*'sft', 'g_freeze', 'g_train'"):
-    partition.trainable_labels(CFG, ABSTRACT, "gfreeze")
-  with pytest.raises(ConfigError, match=r"unknown training mode 'adapters'.*'lora'.*'custom'"):
+  with pytest.raises(ConfigError, match=r"unknown training mode 'gfreeze'.*'sft', .*'g_freeze', 'g_train'"):
+    methods.trainable_labels(CFG, ABSTRACT, "gfreeze")
+  with pytest.raises(ConfigError, match=r"unknown training mode 'adapters'.*'custom'.*'lora'"):
     methods.setup_method("adapters", CFG, ABSTRACT, {})
   with pytest.raises(partition.PartitionError, match=r"labels \['train'\] are not allowed"):
-    partition.trainable_labels(CFG, ABSTRACT, [(".*", "train")])
+    methods.trainable_labels(CFG, ABSTRACT, [(".*", "train")])
   with pytest.raises(partition.PartitionError, match="nothing would train"):
-    partition.trainable_labels(CFG, ABSTRACT, [(".*", "frozen")])
+    methods.trainable_labels(CFG, ABSTRACT, [(".*", "frozen")])
   with pytest.raises(partition.PartitionError, match="bad regex"):
-    partition.trainable_labels(CFG, ABSTRACT, [("(", "frozen")])
+    methods.trainable_labels(CFG, ABSTRACT, [("(", "frozen")])
 
 
-def test_setup_method_plain_modes_and_options():
-  method = methods.setup_method("g_train", GROWN_CFG, GROWN, {"unrelated": 1})
-  assert method.model_params(GROWN) is GROWN and method.anchor is None and method.fisher is None
-  assert set(partition.trainable_paths(method.labels)) == trainable(GROWN_CFG, GROWN, "g_train")
+def test_setup_method_options_are_the_methods_own():
+  bound = methods.setup_method("g_train", GROWN_CFG, GROWN, {"unrelated": 1})
+  assert bound.model_params(GROWN) is GROWN and bound.fisher is None and bound.optimizer_transforms() == []
+  assert set(partition.trainable_paths(bound.labels)) == trainable(GROWN_CFG, GROWN, "g_train")
   custom = methods.setup_method("custom", CFG, ABSTRACT, {"rules": [("final_norm/scale", "trainable"),
                                                                    (".*", "frozen")]})
   assert partition.trainable_paths(custom.labels) == ["final_norm/scale"]
@@ -91,7 +90,28 @@ def test_setup_method_plain_modes_and_options():
     methods.setup_method("ewc", CFG, ABSTRACT, {})
 
 
+def test_a_new_method_is_one_registered_class():
+  class GFreezeNorms(methods.builtin.GFreeze):
+    name = "g_freeze_norms_test"
+
+    def rules(self, config):
+      grown = methods.builtin.layers_regex(self.grown(config))
+      return [(rf"layer_{grown}/post_ffw_norm/scale", "trainable")] + list(super().rules(config))
+
+  methods.register(GFreezeNorms)
+  try:
+    assert "g_freeze_norms_test" in methods.names()
+    assert methods.growth_factor("g_freeze_norms_test") == 2
+    got = trainable(GROWN_CFG, GROWN, "g_freeze_norms_test")
+    assert got - trainable(GROWN_CFG, GROWN, "g_freeze") == {"layer_2/post_ffw_norm/scale",
+                                                             "layer_5/post_ffw_norm/scale"}
+    assert methods.from_meta(methods.create("g_freeze_norms_test", {}, GROWN_CFG, GROWN).meta(), GROWN_CFG,
+                             GROWN).name == "g_freeze_norms_test"
+  finally:
+    methods.base.unregister("g_freeze_norms_test")
+
+
 def test_count():
-  labels = partition.trainable_labels(GROWN_CFG, GROWN, "g_freeze")
+  labels = methods.trainable_labels(GROWN_CFG, GROWN, "g_freeze")
   assert partition.count(GROWN, labels) == 2 * 3 * 64 * 128
   assert partition.count(GROWN) == sum(x.size for x in jax.tree.leaves(GROWN))

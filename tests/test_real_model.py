@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from grow_jax.formats import hf_format
-from grow_jax.formats.sources import load_checkpoint, parse_source
+from grow_jax.formats import load_checkpoint, parse_source
 from grow_jax.model.transformer import forward as _forward
 from grow_jax.model.tokenizer import load_tokenizer
 

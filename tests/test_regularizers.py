@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from grow_jax import methods
 from grow_jax import tree_paths
 from grow_jax.train import optim
-from grow_jax.methods import partition
 from grow_jax.methods import regularizers
 from grow_jax.model.config import get_preset
 from grow_jax.errors import ConfigError
@@ -48,11 +48,13 @@ def test_ewc_adds_the_gradient_of_its_penalty():
 
 
 def test_state_holds_anchor_only_for_trainable_leaves():
-  labels = partition.trainable_labels(CFG, PARAMS, [(r"layer_0/mlp/.*", "trainable"), (".*", "frozen")])
-  tx = optim.make_optimizer(dict(learning_rate=1.0, schedule="constant"), labels, anchor=ANCHOR, l2sp_coef=0.1)
+  labels = methods.trainable_labels(CFG, PARAMS, [(r"layer_0/mlp/.*", "trainable"), (".*", "frozen")])
+  tx = optim.make_optimizer(dict(learning_rate=1.0, schedule="constant"), labels,
+                            transforms=[regularizers.l2sp(0.1, ANCHOR)])
   state = tx.init(PARAMS)
   mlp_bytes = sum(x.nbytes for p, x in tree_paths.flatten(PARAMS).items() if "/mlp/" in p)
-  assert optim.state_bytes(state)["regularizer"] == mlp_bytes
+  [anchor] = tree_paths.find_nodes(state, regularizers.AnchorState)
+  assert sum(x.nbytes for x in jax.tree.leaves(anchor)) == mlp_bytes
   updates, _ = jax.jit(tx.update)(GRADS, state, PARAMS)
   assert {p for p, u in tree_paths.flatten(updates).items() if np.any(np.asarray(u))} == {
       "layer_0/mlp/gating_einsum", "layer_0/mlp/linear"}

@@ -11,15 +11,14 @@ import subprocess
 import sys
 import time
 
-import importlib.util
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from grow_jax import tree_paths
 from grow_jax.train import checkpointing
-from grow_jax.train import sharding
 from grow_jax.train import loop as train
 from grow_jax.errors import TrainingDivergedError
 
@@ -62,7 +61,7 @@ def _final_state(workdir, step):
                                   item_handlers={"state": ocp.StandardCheckpointHandler()})
   assert step in manager.all_steps(), manager.all_steps()
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
-  return {p: np.asarray(x) for p, x in sharding.flatten_with_paths(state)}
+  return {p: np.asarray(x) for p, x in tree_paths.flatten_items(state)}
 
 
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path, env):
@@ -134,11 +133,8 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, env):
   assert checkpointing.Checkpointer(str(workdir / "checkpoints"), read_only=True).latest_step() == stopped
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  spec = importlib.util.spec_from_file_location("tiny_cfg", os.path.join(ROOT, "configs/tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("steps=10,layers_n=1,seq_len=16,lr=1e30")
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_config):
+  config = tiny_config("steps=10,layers_n=1,seq_len=16,lr=1e30")
   config.optimizer.warmup_steps = 0
   config.optimizer.grad_clip_norm = 0.0
   config.checkpoint.every_steps = 1

@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from config_files import load_config
 from grow_jax import tree_paths
 from grow_jax.growth import operators as growth
 from grow_jax.methods import lora
-from grow_jax.model import transformer as model
+from grow_jax import model
 from grow_jax.train import sharding
-from grow_jax.train import loop as train
+from grow_jax.data import pipeline
+from grow_jax.train import setup as setup_lib
 from grow_jax.model.config import get_preset
 from grow_jax.errors import ShardingError
 
@@ -70,18 +72,14 @@ def test_batch_size_not_divisible_names_batch_and_mesh():
 
 
 def _tiny_config(mode="g_train", accum=2):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("tiny_cfg", "configs/tiny.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(f"mode={mode},layers_n=1,seq_len=16,accum={accum},batch=16")
+  return load_config("tiny", f"mode={mode},layers_n=1,seq_len=16,accum={accum},batch=16")
 
 
 def _run(config, mesh, steps=2):
-  mc, base = train.init_base_params(config, mesh)
-  setup, state = train.build_setup(config, mc, base, mesh)
-  fn = train.jit_train_step(config, setup, mesh)
-  it = train.make_batch_iterator(config, "train", batch_size=config.batch_size, model_config=mc)
+  mc, base = setup_lib.init_params(config, mesh)
+  setup, state = setup_lib.build(config, mc, base, mesh)
+  fn = setup_lib.jit_train_step(config, setup, mesh, target_capacity=0)
+  it = pipeline.batch_iterator(config, "train", batch_size=config.batch_size, model_config=mc)
   losses = []
   for _ in range(steps):
     state, m = fn(state, sharding.global_batch(next(it), mesh, config.grad_accum_steps))
@@ -103,7 +101,7 @@ def test_meshes_give_the_same_training():
     # Params and their Adam moments are sharded alike; step counters are replicated on the mesh.
     q = tree_paths.get(state["params"], "layer_0/mlp/grown_1/gating_einsum")
     assert q.sharding.spec == P(None, "tensor", "fsdp")
-    flat_opt = sharding.flatten_with_paths(state["opt_state"])
+    flat_opt = tree_paths.flatten_items(state["opt_state"])
     mus = [x for p, x in flat_opt if p.endswith("mu/layer_0/mlp/grown_1/gating_einsum")]
     assert mus and all(x.sharding.spec == q.sharding.spec for x in mus)
     counts = [x for p, x in flat_opt if p.endswith("count")]

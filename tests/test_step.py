@@ -7,8 +7,8 @@ import pytest
 
 from grow_jax import tree_paths
 from grow_jax.growth import operators as growth
-from grow_jax.methods import registry as methods
-from grow_jax.model import transformer as model
+from grow_jax import methods
+from grow_jax import model
 from grow_jax.train import optim
 from grow_jax.train import step
 from grow_jax.data import synthetic
@@ -79,20 +79,18 @@ def test_chunked_cross_entropy_matches_full(tiny):
 
 
 def _setup(cfg, params, mode, accum_total_steps=10):
-  method = methods.setup_method(mode, cfg, params, {})
+  bound = methods.setup_method(mode, cfg, params, {})
   opt = dict(learning_rate=1e-2, warmup_steps=0, schedule="constant", grad_clip_norm=1.0, weight_decay=0.1)
-  tx = optim.make_optimizer(opt, method)
-  trainable = {p: l == "trainable" for p, l in tree_paths.flatten(method.labels).items()}
-  sm = step.StepMethod(trainable, method.model_params)
-  state = {"step": jnp.zeros((), jnp.int32), "params": method.params, "opt_state": tx.init(method.params),
+  tx = optim.make_optimizer(opt, bound)
+  state = {"step": jnp.zeros((), jnp.int32), "params": bound.params, "opt_state": tx.init(bound.params),
            "rng": jax.random.key_data(jax.random.key(0))}
-  return method, tx, sm, state
+  return bound.method, tx, step.trainable_map(bound.labels), state
 
 
 def test_grad_accumulation_equals_big_batch(tiny):
   cfg, params = tiny
-  _, tx, sm, state = _setup(cfg, params, "sft")
-  fn = jax.jit(step.make_train_step(cfg, sm, tx))
+  method, tx, _, state = _setup(cfg, params, "sft")
+  fn = jax.jit(step.make_train_step(cfg, method, tx))
   local = _batch(cfg, batch_size=8)
   from grow_jax.train import sharding
   big = sharding.to_microbatches(local, 1)
@@ -112,9 +110,9 @@ def test_grad_accumulation_equals_big_batch(tiny):
 def test_g_freeze_updates_only_grown_copies(tiny):
   cfg, params = tiny
   gcfg, gparams = growth.grow_mlp(cfg, params, factor=2)
-  method, tx, sm, state = _setup(gcfg, gparams, "g_freeze")
+  method, tx, trainable, state = _setup(gcfg, gparams, "g_freeze")
   before = jax.tree.map(np.asarray, state["params"])
-  fn = jax.jit(step.make_train_step(gcfg, sm, tx))
+  fn = jax.jit(step.make_train_step(gcfg, method, tx))
   batch = sharding_micro(_batch(gcfg))
   for _ in range(2):
     state, metrics = fn(state, batch)
@@ -122,17 +120,62 @@ def test_g_freeze_updates_only_grown_copies(tiny):
   changed = []
   for path, a in tree_paths.flatten(before).items():
     b = np.asarray(tree_paths.get(state["params"], path))
-    if sm.trainable[path]:
+    if trainable[path]:
       changed.append(path)
       assert not np.array_equal(a, b), f"trainable leaf {path} did not change"
     else:
       np.testing.assert_array_equal(a, b, err_msg=f"frozen leaf {path} changed")
   assert changed and all("/grown_1/" in p for p in changed)
   # Adam moments exist for the trainable leaves only.
-  n_trainable = sum(np.asarray(x).size for p, x in tree_paths.flatten(before).items() if sm.trainable[p])
+  n_trainable = sum(np.asarray(x).size for p, x in tree_paths.flatten(before).items() if trainable[p])
   assert optim.state_bytes(state["opt_state"])["adam_moments"] == 2 * 4 * n_trainable
 
 
 def sharding_micro(local, accum=1):
   from grow_jax.train import sharding
   return sharding.to_microbatches(local, accum)
+
+
+# ---- the output head only where the loss looks -----------------------------------------------------------
+def _rel(a, b):
+  return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / max(np.max(np.abs(np.asarray(b))), 1e-30))
+
+
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_target_only_loss_and_grads_equal_dense(tiny, chunk):
+  """Gathering each row's target positions (static capacity) gives the dense loss and gradients: f32, <= 1e-6
+  relative; with loss chunking too."""
+  cfg, params = tiny
+  b = _batch(cfg, batch_size=4, seq_len=32, packing=True)
+  capacity = step.target_capacity_for([b])
+  assert 0 < capacity < 31, capacity                   # a packed batch: fewer targets than positions
+
+  def loss(p, cap):
+    s, n = step.loss_sums(cfg, p, b, loss_chunk=chunk, target_capacity=cap)
+    return s / n
+
+  grad_fn = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  dense, g_dense = grad_fn(params, 0)
+  sparse, g_sparse = grad_fn(params, capacity)
+  assert _rel(sparse, dense) <= 1e-6
+  for path, a in tree_paths.flatten(g_dense).items():
+    assert _rel(tree_paths.get(g_sparse, path), a) <= 1e-6, path
+
+
+def test_a_row_over_capacity_takes_the_dense_path(tiny):
+  cfg, params = tiny
+  b = _batch(cfg, batch_size=2, seq_len=32, packing=True)
+  too_small = 2                                        # every row has more targets than this
+  fn = jax.jit(lambda p, cap: step.loss_sums(cfg, p, b, target_capacity=cap), static_argnums=1)
+  (s_dense, n_dense), (s_small, n_small) = fn(params, 0), fn(params, too_small)
+  assert float(n_small) == float(n_dense) > 2 * too_small
+  assert _rel(s_small, s_dense) <= 1e-6
+
+
+def test_target_capacity_is_measured_from_batches():
+  mask = np.zeros((2, 65), np.float32)
+  mask[0, 10:30] = 1                                   # 20 targets (19 predicted positions after the shift)
+  mask[1, 40:50] = 1
+  assert step.target_capacity_for([{"loss_mask": mask}]) == 24     # 20 * 1.1 -> 22 -> multiple of 8
+  mask[:, 1:] = 1
+  assert step.target_capacity_for([{"loss_mask": mask}]) == 0      # no saving: dense

@@ -1,6 +1,5 @@
 """Specification of how data tasks are evaluated, in the trainer and in `python -m grow_jax.evaluate`."""
 
-import importlib.util
 import json
 import os
 
@@ -8,23 +7,22 @@ import jax
 import numpy as np
 import pytest
 
+from config_files import load_config
 from grow_jax.errors import ConfigError, TaskError
 
 from grow_jax import evaluate
 from grow_jax.train import checkpointing
 from grow_jax.evaluation import tasks as task_eval
 from grow_jax.train import loop as train
+from grow_jax.train import summary
 from grow_jax.model.transformer import forward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "data")
 
 
-def _tiny_config(arg):
-  spec = importlib.util.spec_from_file_location("tiny_cfg", os.path.join(ROOT, "configs/tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+def _tiny_config(arg=""):
+  return load_config("tiny", arg)
 
 
 def test_each_task_kind_gets_its_evaluations():
@@ -57,7 +55,7 @@ def test_unknown_task_and_split_are_named():
 def test_before_after_table_keeps_measurements_only():
   first = {"eval/capitals/acc": 0.9, "eval/capitals/num_examples": 40, "eval/seconds": 3.0, "loss": 2.0}
   last = {"eval/capitals/acc": 0.8, "eval/capitals/num_examples": 40, "eval/seconds": 2.0, "loss": 1.0}
-  assert train.before_after_table(first, last) == [("capitals/acc", 0.9, 0.8)]
+  assert summary.before_after_table(first, last) == [("capitals/acc", 0.9, 0.8)]
 
 
 def test_trainer_rejects_unknown_eval_task_before_writing(tmp_path):

@@ -77,7 +77,8 @@ def test_save_loads_in_transformers_and_back(tok, tmp_path):
 
 
 def test_save_hf_writes_the_tokenizer_alongside(tok, tmp_path):
-  from grow_jax.formats.sources import load_checkpoint, save_hf, unflatten_params
+  from grow_jax.formats import load_checkpoint, save_hf
+  from grow_jax.tree_paths import unflatten as unflatten_params
   from grow_jax.model.config import get_preset, param_shapes
   config = get_preset("tiny")
   rng = np.random.default_rng(0)

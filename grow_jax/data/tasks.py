@@ -16,7 +16,7 @@ Text conventions (lm-evaluation-harness's, shared with grow_jax.evaluation; test
     for plain-text corpora. Targets, choices and continuations carry no leading space ("Paris").
   * A multiple-choice task has `target == choices[gold]`, so generative exact match and log-likelihood
     scoring judge the same answer.
-  * `Example` also answers to the evaluator's field names: `context` (= prompt) and `references` (= (target,)).
+  * `Example` is the one example type: tasks make them, the batching and every evaluator read them.
 
 A record that a template cannot handle (missing field, wrong type, empty target, gold out of range) raises
 `MalformedRecordError` naming the task, split, record index and id: it never becomes an empty example.
@@ -78,20 +78,16 @@ class Example:
   contexts: tuple[str, ...] | None = None   # partial scoring: one context per choice
   continuation: str | None = None           # partial scoring: shared continuation
   target_delimiter: str = " "               # between prompt (or context) and target / choice / continuation
+  alternatives: tuple[str, ...] = ()        # other acceptable answers (generation metrics score against all)
 
   @property
   def is_multiple_choice(self) -> bool:
     return self.choices is not None
 
   @property
-  def context(self) -> str:
-    """The prompt, under the name grow_jax.evaluation's multiple-choice scoring reads."""
-    return self.prompt
-
-  @property
   def references(self) -> tuple[str, ...]:
-    """The reference answers for generation metrics: (target,)."""
-    return (self.target,)
+    """The reference answers for generation metrics: the target, then the alternatives."""
+    return (self.target,) + tuple(self.alternatives)
 
   @property
   def text(self) -> str:

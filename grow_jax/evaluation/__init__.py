@@ -2,7 +2,7 @@
 
     scoring.py       log-likelihood scoring (lm-eval conventions): requests, multiple choice, partial scoring
     generative.py    greedy completions scored by exact match / BLEU / chrF
-    perplexity.py    perplexity and KL(base ‖ model) on plain text
+    corpus.py        perplexity and KL(base ‖ model) on a text corpus
     text_metrics.py  exact match, BLEU, chrF (sacrebleu), answer post-processing
     evaluator.py     EvalTask (a named evaluation of one kind) and Evaluator (prepared once, scored often)
     tasks.py         which evaluations a `grow_jax.data` task gets
@@ -11,7 +11,7 @@
 
 from grow_jax.evaluation.evaluator import EvalTask, Evaluator, evaluate_all, format_table, write_results
 from grow_jax.evaluation.generative import generate_texts, score_generation
-from grow_jax.evaluation.perplexity import BaseReference, kl_divergence, perplexity
+from grow_jax.evaluation.corpus import BaseReference, kl_divergence, perplexity
 from grow_jax.evaluation.registry import EvalContext, build_all, register
 from grow_jax.evaluation.scoring import loglikelihood, score_multiple_choice, score_partial
 

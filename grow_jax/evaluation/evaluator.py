@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from grow_jax import files, tables
-from grow_jax.evaluation import generative, perplexity as ppl, scoring
+from grow_jax.evaluation import corpus, generative, scoring
 from grow_jax.evaluation.scoring import Metrics, Params
 from grow_jax.model.config import ModelConfig
 
@@ -98,10 +98,10 @@ class Evaluator:
                   else scoring.partial_scoring_requests(task.examples, delimiter))
       prepared = [scoring.request_row(*scoring.encode_pair(tok, c, x), self.max_len) for c, x in requests]
     elif task.kind == "perplexity":
-      prepared = ppl.corpus_rows(tok, task.examples, self.max_len)
+      prepared = corpus.corpus_rows(tok, task.examples, self.max_len)
     elif task.kind == "kl":
       base_config, base_params = self.base
-      prepared = ppl.BaseReference.from_texts(base_config, base_params, tok, task.examples, max_len=self.max_len,
+      prepared = corpus.BaseReference.from_texts(base_config, base_params, tok, task.examples, max_len=self.max_len,
                                           cache_dir=self.cache_dir, base_id=self.base_id, **self.batch)
     else:
       prepared = None
@@ -118,9 +118,9 @@ class Evaluator:
       return scoring.partial_scoring_metrics(task.examples, total)
     if task.kind == "perplexity":
       rows, num_bytes = prepared
-      return ppl.perplexity_from_rows(config, params, rows, num_bytes, **self.batch)
+      return corpus.perplexity_from_rows(config, params, rows, num_bytes, **self.batch)
     if task.kind == "kl":
-      return ppl.kl_divergence(config, params, prepared)
+      return corpus.kl_divergence(config, params, prepared)
     gen_opts = {k: v for k, v in opts.items() if k not in ("metrics", "ignore_case")}
     return generative.score_generation(config, params, self.tokenizer, task.examples,
                             metrics=tuple(opts.get("metrics", ("exact_match",))),

@@ -10,7 +10,7 @@
 
 from grow_jax.methods import builtin, lora, regularizers  # noqa: F401  (registers the methods)
 from grow_jax.methods.base import (Method, TrainMethod, create, from_meta, growth_factor, method_class, names,
-                                   register, setup_method, trainable_count)
+                                   register, select_options, setup_method, trainable_count)
 from grow_jax.methods.partition import FROZEN, TRAINABLE, PartitionError, labels_from_rules, trainable_paths
 
 
@@ -22,5 +22,5 @@ def trainable_labels(config, params, mode_or_rules):
 
 
 __all__ = ["Method", "TrainMethod", "create", "from_meta", "growth_factor", "method_class", "names", "register",
-           "setup_method", "trainable_count", "trainable_labels", "trainable_paths", "labels_from_rules",
+           "select_options", "setup_method", "trainable_count", "trainable_labels", "trainable_paths", "labels_from_rules",
            "PartitionError", "TRAINABLE", "FROZEN"]

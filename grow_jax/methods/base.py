@@ -113,6 +113,11 @@ def register(cls: type[Method]) -> type[Method]:
   return cls
 
 
+def unregister(name: str) -> None:
+  """Removes a registered method (for tests and notebooks that register temporary ones)."""
+  _REGISTRY.pop(name, None)
+
+
 register(Method)
 
 
@@ -144,7 +149,7 @@ def select_options(cls: type[Method], options: Mapping[str, Any] | None) -> dict
   if typos:
     raise ConfigError(f"unknown method option(s) {typos}; known ones are "
                       f"{sorted(k for k in known if k.startswith(_OPTION_PREFIXES))}")
-  return {k: default if options.get(k) is None else options[k] for k, default in cls.options.items()}
+  return {k: options.get(k, default) for k, default in cls.options.items()}
 
 
 def create(name: str, options: Mapping[str, Any] | None, model_config: ModelConfig, params: Params) -> Method:

@@ -1,4 +1,4 @@
-"""Perplexity and KL(base ‖ model) on plain-text corpora.
+"""Scores of a text corpus: perplexity, and KL(base ‖ model) against a base model (drift).
 
 Perplexity: each text is [BOS] + tokens, cut into disjoint windows of `max_len` predictions (lm-eval's rolling
 windows with one token of context); token-level perplexity = exp(total NLL / total tokens).
