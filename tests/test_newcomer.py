@@ -76,7 +76,7 @@ def test_quickstart_from_an_empty_model_cache_without_torch(tmp_path):
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["steps"] == [0, 2]
   metrics = summary["metrics"]
-  for key in ("gettext_en_fr/bleu", "capitals/acc", "stdlib_text/perplexity", "stdlib_text/kl/kl"):
+  for key in ("gettext_en_fr/bleu", "capitals/acc", "stdlib_text/perplexity", "stdlib_text/kl"):
     assert key in metrics, sorted(metrics)
   assert "| metric | before | after |" in proc.stdout
   assert sorted(os.listdir(tmp_path / "cache")) == ["converted", "gemma-3-270m-q4_k_m.gguf", "tokenizers"]

@@ -169,7 +169,7 @@ def test_greedy_continuation_names_paris(ours, reference):
 
 def test_base_model_knows_capitals_well_above_chance(ours, record_property):
   """The offline world-knowledge probe (4-way 'The capital of X is ...'; chance 25%) on the real 270M."""
-  from grow_jax.evaluation import scoring as evaluation
+  from grow_jax.evaluation import evaluator as evaluation
   from grow_jax.evaluation import tasks as task_eval
   config, params, tok = ours
   [probe] = task_eval.eval_tasks("capitals", split="test", limit=48)

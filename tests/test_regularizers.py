@@ -83,7 +83,7 @@ def test_bad_inputs():
   with pytest.raises(ConfigError, match="l2sp_coef=-1"):
     regularizers.l2sp(-1)
   with pytest.raises(ConfigError, match="needs a diagonal Fisher"):
-    regularizers.ewc(1.0, None)
+    regularizers.ewc(1.0, None).init(PARAMS)          # a state is made from a Fisher (updates need none)
   bad_anchor = {**ANCHOR, "final_norm": {"scale": np.zeros(3, np.float32)}}
   with pytest.raises(ConfigError, match="anchor leaf 'final_norm/scale' has shape"):
     regularizers.l2sp(1.0, bad_anchor).init(PARAMS)

@@ -64,6 +64,13 @@ def _final_state(workdir, step):
   return {p: np.asarray(x) for p, x in tree_paths.flatten_items(state)}
 
 
+def _complete_steps(workdir):
+  """Checkpoint steps whose (asynchronous) save has finished."""
+  if not (workdir / "checkpoints").is_dir():
+    return []
+  return checkpointing.Checkpointer(str(workdir / "checkpoints"), read_only=True).all_steps()
+
+
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path, env):
   ref_dir = tmp_path / "reference"
   proc = _run(ref_dir, env)
@@ -87,7 +94,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path, env):
                           text=True)
   try:
     deadline = time.time() + 240
-    while _last_logged_step(workdir) < kill_after:
+    while _last_logged_step(workdir) < kill_after or not _complete_steps(workdir):
       assert proc.poll() is None, f"run ended before the kill (seed {seed}): {proc.stderr.read()[-2000:]}"
       assert time.time() < deadline, "run too slow"
       time.sleep(0.005)

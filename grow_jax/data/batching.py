@@ -34,6 +34,7 @@ from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from grow_jax.errors import DataError
 from grow_jax.data.tasks import Example
 
 Batch = dict[str, np.ndarray]
@@ -52,7 +53,7 @@ class Tokenizer(Protocol):
     """Token ids of `text`, without BOS/EOS."""
 
 
-class SequenceTooLongError(ValueError):
+class SequenceTooLongError(DataError):
   """An example whose target (with BOS/EOS) does not fit `max_len`; the message names it and the lengths."""
 
 

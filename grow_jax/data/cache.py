@@ -109,10 +109,13 @@ def read_split(path: pathlib.Path, split: str) -> list[dict[str, Any]]:
   if not file.exists():
     raise CacheError(f"dataset {path} has no split file {file.name}")
   records = []
-  with open(file, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
+  with open(file, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
       try:
-        records.append(json.loads(line))
+        records.append(json.loads(raw.decode("utf-8")))
+      except UnicodeDecodeError as e:
+        raise CacheError(f"{file}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start}); expected a UTF-8 "
+                         "JSON record per line") from None
       except json.JSONDecodeError as e:
         raise CacheError(f"{file}:{lineno}: not a JSON record ({e})") from None
   return records

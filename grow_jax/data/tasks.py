@@ -97,7 +97,7 @@ class Example:
   def to_dict(self) -> dict[str, Any]:
     """A JSON-able dict (tuples as lists; unset optional fields dropped)."""
     out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-    return {k: v for k, v in out.items() if v is not None}
+    return {k: v for k, v in out.items() if v is not None and not (k == "alternatives" and not v)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,11 +251,12 @@ TaskFactory = Callable[..., Task]
 _REGISTRY: dict[str, TaskFactory] = {}
 
 
-def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
-  """Decorator: registers `factory(**options) -> Task` under `name` (a duplicate name is an error)."""
+def register_task(name: str, *, overwrite: bool = False) -> Callable[[TaskFactory], TaskFactory]:
+  """Decorator: registers `factory(**options) -> Task` under `name` (a duplicate name is an error unless
+  `overwrite`, for tasks defined in notebooks and tests)."""
 
   def wrap(factory: TaskFactory) -> TaskFactory:
-    if name in _REGISTRY and _REGISTRY[name] is not factory:
+    if name in _REGISTRY and _REGISTRY[name] is not factory and not overwrite:
       raise TaskError(f"task {name!r} is already registered (by {_REGISTRY[name].__module__})")
     _REGISTRY[name] = factory
     return factory

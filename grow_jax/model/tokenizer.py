@@ -167,6 +167,9 @@ def _token_text(value) -> str:
 def load_tokenizer(source: str | os.PathLike, *, cache: str | os.PathLike | None = None) -> Tokenizer:
   """The tokenizer of a checkpoint source ('hf:<dir>', 'gguf:<file>', 'gemma3-270m')."""
   src = formats.parse_source(source, cache=cache)
+  if src.kind == "random":
+    raise CheckpointError(f"tokenizer source {src.text!r}: random weights come without a tokenizer; name one "
+                          "(e.g. 'gemma3-270m', or config.data.tokenizer for training on text)")
   if src.kind == "hf":
     if (src.path / TOKENIZER_JSON).is_file():
       return Tokenizer.from_dir(src.path)

@@ -105,7 +105,8 @@ def base_config() -> ml_collections.ConfigDict:
       mode="sft", lora_rank=8, lora_alpha=config_dict.placeholder(float), l2sp_coef=0.01, ewc_coef=0.01,
       ewc_batches=4, ewc_normalize="mean",
       match_params_of=config_dict.placeholder(str),   # lora: pick the rank matching this mode's trainable count
-      reference_task="",              # EWC Fisher data: a task name ('' = config.data.task), its eval split
+      reference_task="",              # EWC Fisher data (a task, its eval split): '' = general English prose
+                                      # (stdlib_text) for text tasks, the training task for synthetic ones
       loss_chunk=0,                   # cross-entropy over T in chunks of this many tokens (0 = all at once)
       target_capacity=-1,             # output head only at target positions: -1 = capacity measured on the
                                       # first training batches, 0 = every position, n = n per row
@@ -282,6 +283,12 @@ def check(config: ml_collections.ConfigDict) -> None:
   for field in ("b1", "b2"):
     _need(_finite_number(opt[field]) and 0 <= opt[field] < 1, f"optimizer.{field}", opt[field], "a number in [0, 1)")
   _need(_finite_number(opt.eps) and opt.eps > 0, "optimizer.eps", opt.eps, "a finite number > 0")
+  from grow_jax import data
+  tasks = ["synthetic"] + data.list_tasks()
+  _need(config.data.task in tasks, "data.task", config.data.task, f"one of {tasks}")
+  if config.train.reference_task:
+    _need(config.train.reference_task in tasks, "train.reference_task", config.train.reference_task,
+          f"'' (the training task) or one of {tasks}")
   registry.check(tuple(config.eval.tasks), field="config.eval.tasks")
   from grow_jax.train import optim
   try:
@@ -299,8 +306,12 @@ def optimizer_config(config) -> dict[str, Any]:
 
 
 def method_options(config) -> dict[str, Any]:
-  """config.train without the trainer's own keys: the options `methods.create` picks its method's keys from."""
-  return {k: v for k, v in config.train.items() if k not in TRAINER_KEYS}
+  """config.train without the trainer's own keys, plus the growth a method may compare itself with (LoRA's
+  match_params_of counts the matched method on the model grown at config.growth.layers): the options
+  `methods.create` picks its method's keys from."""
+  options = {k: v for k, v in config.train.items() if k not in TRAINER_KEYS}
+  options["growth_layers"] = config.growth.layers
+  return options
 
 
 def growth_factor(config) -> int:

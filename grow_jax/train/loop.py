@@ -4,8 +4,9 @@ the module that owns its concept:
   1. checks, with nothing written: config (train/config.py), mesh and batch (sharding.py), where the run starts
      (checkpointing.py: the workdir's newest readable checkpoint -> config.resume_from -> the init source), the
      model (setup.py), the data (data/pipeline.py), the restore target against the stored checkpoint
-  2. workdir: one live run per workdir (workdir.py), config.json, metric writers (writers.py)
-  3. state: restored from a checkpoint, or the init weights grown and the method's state built (setup.py)
+  2. workdir: one live run per workdir (workdir.py); a workdir the run creates is removed if it cannot start
+  3. state: restored from a checkpoint, or the init weights grown and the method's state built (setup.py);
+     then config.json, the checkpointer and the metric writers
   4. jit the step with explicit shardings and a donated state; the evaluations (evaluation/registry.py)
   5. the loop: train, log, diagnose, evaluate, checkpoint; SIGTERM saves and exits; NaN/inf stops the run
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import time
 from typing import Any, Callable, Mapping
@@ -25,7 +27,7 @@ import numpy as np
 
 from grow_jax import files
 from grow_jax.data import pipeline
-from grow_jax.errors import CheckpointMismatchError, ConfigError, DataError, TrainingDivergedError
+from grow_jax.errors import CheckpointMismatchError, ConfigError, DataError, TrainingDivergedError, WorkdirError
 from grow_jax.evaluation import registry
 from grow_jax.growth import operators as growth
 from grow_jax.model.config import abstract_params
@@ -64,19 +66,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpointing.compare_trees(train_setup.abstract_state, resume.checkpointer.stored_tree(resume.step),
                                 what=f"checkpoint {resume.checkpointer.directory}/{resume.step}")
 
-  # ==== 2. Workdir: one live run, writable, config.json, metric writers ====================================
+  # ==== 2. Workdir: one live run at a time, writable; a workdir this run creates is removed if it can't start
   lock = workdir_lib.WorkdirLock(workdir)
+  created = is_main and not files.as_path(workdir).exists()
+  try:
+    if is_main:
+      workdir_lib.check_writable(workdir)
+      lock.acquire()
+      resume = _set_aside_unreadable(resume)
+    # ==== 3. State: restored, or the init weights grown and the method's state built ======================
+    t0 = time.time()
+    state, resume = _restore_or_init(config, mesh, resume, train_setup, train_iter, tokenizer)
+  except BaseException:
+    lock.release()
+    if created:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
   if is_main:
-    lock.acquire()
-    workdir_lib.check_writable(workdir)
-    resume = _set_aside_unreadable(resume)
     files.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                     async_save=config.checkpoint.async_save)
   try:
-    # ==== 3. State: restored, or the init weights grown and the method's state built ======================
-    t0 = time.time()
-    state, resume = _restore_or_init(config, mesh, resume, train_setup, train_iter, tokenizer, ckpt)
     start_step = int(state["step"])
     writer = MetricWriter(workdir, enabled=is_main, total_steps=config.total_steps, initial_step=start_step)
     writer.print(f"resume order -> {resume.describe()}; model ready at step {start_step} in "
@@ -110,7 +120,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if not bool(all_finite(state["params"])):
         raise TrainingDivergedError(f"parameters are not finite at step {step}: not saving. {_kept(ckpt)}")
       meta = checkpointing.make_meta(config, mc, train_setup.method, sharding.describe(mesh), step)
-      ckpt.save(step, state, batches.state(), meta, force=True)
+      try:
+        ckpt.save(step, state, batches.state(), meta, force=True)
+      except OSError as e:     # disk full, unwritable: orbax's temporary directory is never the latest
+        raise WorkdirError(f"checkpoint step {step} could not be written to {ckpt.directory}: "
+                           f"{e.strerror or e}. {_kept(ckpt)}") from None
 
     # ==== 5. The loop ====================================================================================
     stop = _SignalFlag(signal.SIGTERM)
@@ -165,8 +179,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       stop.restore()
       writer.close()
   finally:
-    ckpt.close()
-    lock.release()
+    try:
+      ckpt.close()                             # waits for an asynchronous save to finish
+    except OSError as e:
+      raise WorkdirError(f"the last checkpoint could not be written to {ckpt.directory}: {e.strerror or e}. "
+                         f"{_kept(ckpt)}") from None
+    finally:
+      lock.release()
   last["step"] = step
   last["preempted"] = stop.signum is not None
   rows = summary.before_after_table(first_eval, last) if first_eval and step > start_step else []
@@ -260,10 +279,9 @@ def _set_aside_unreadable(resume: checkpointing.Resume) -> checkpointing.Resume:
   return checkpointing.Resume(resume.origin, resume.checkpointer, resume.step, resume.meta, moved)
 
 
-def _restore_or_init(config, mesh, resume, train_setup, train_iter, tokenizer, ckpt):
+def _restore_or_init(config, mesh, resume, train_setup, train_iter, tokenizer):
   """(state, resume): the checkpoint restored (an unreadable one moved aside and the next older tried), or
   the init weights grown and the method's state built."""
-  ckpt.manager.reload()                      # checkpoints moved aside before this manager saw the directory
   while resume.checkpointer is not None:
     try:
       state, data_state, _ = resume.checkpointer.restore(resume.step, train_setup.abstract_state)
@@ -273,7 +291,6 @@ def _restore_or_init(config, mesh, resume, train_setup, train_iter, tokenizer, c
       if resume.origin != "workdir":
         raise CheckpointMismatchError(f"{resume.describe()} cannot be restored: {checkpointing._one_line(e)}") from e
       moved = resume.set_aside + (resume.checkpointer.set_aside(resume.step, checkpointing._one_line(e)),)
-      ckpt.manager.reload()
       step, meta, more = checkpointing.newest_readable(resume.checkpointer, may_set_aside=True)
       resume = (checkpointing.Resume("workdir", resume.checkpointer, step, meta, moved + tuple(more))
                 if step is not None else _find_resume_elsewhere(config, moved))
@@ -296,11 +313,12 @@ def _find_resume_elsewhere(config, moved) -> checkpointing.Resume:
 
 
 def _reference_batches(config, mc, tokenizer):
-  """EWC's reference text (config.train.reference_task, default the training task), its eval split."""
+  """EWC's reference text: config.train.reference_task (default: general English prose, stdlib_text; the
+  training task itself only for synthetic runs), its eval split — never the new task's text by default."""
+  task = config.train.reference_task or ("synthetic" if config.data.task == "synthetic" else "stdlib_text")
   return list(pipeline.batch_iterator(
       config, config.data.eval_split, batch_size=config.eval.batch_size, model_config=mc, tokenizer=tokenizer,
-      task=config.train.reference_task or config.data.task,
-      max_examples=config.train.ewc_batches * config.eval.batch_size, finite=True))
+      task=task, max_examples=config.train.ewc_batches * config.eval.batch_size, finite=True))
 
 
 # ---- 4. the step's target capacity and the evaluations ----------------------------------------------------

@@ -72,7 +72,7 @@ def describe(mesh: Mesh) -> str:
 # ---- parameter rules ---------------------------------------------------------------------------------
 # Megatron layout: heads and MLP hidden units over 'tensor' (column-parallel in, row-parallel out), the model
 # dim D over 'fsdp'. K (kv heads) is 1 on Gemma 3 270M/1B, so kv stays replicated over 'tensor' (MQA style).
-# LoRA factors: A (.., r) follows the input dim, B (r, ..) the output dim of the weight it adapts.
+# LoRA factors are small (rank r): replicated.
 PARAM_RULES: tuple[tuple[str, P], ...] = (
     (r"embedder/input_embedding", P("tensor", "fsdp")),                        # (V, D)
     (r"layer_\d+/attn/q_einsum/w", P("tensor", "fsdp", None)),                 # (N, D, H)
@@ -90,7 +90,7 @@ def spec_for(path: str, rules: Iterable[tuple[str, P]] = PARAM_RULES) -> P:
     if re.fullmatch(pattern, path):
       return spec
   raise ShardingError(f"no sharding rule matches parameter {path!r}; add a (regex, PartitionSpec) rule "
-                      "to grow_jax.sharding.PARAM_RULES")
+                      "to grow_jax.train.sharding.PARAM_RULES")
 
 
 def check_spec(path: str, shape: Sequence[int], spec: P, mesh: Mesh) -> None:

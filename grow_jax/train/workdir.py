@@ -32,9 +32,12 @@ class WorkdirLock:
   def acquire(self) -> "WorkdirLock":
     if files.is_remote(self.workdir):
       return self
-    os.makedirs(self.workdir, exist_ok=True)
     path = os.path.join(self.workdir, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise WorkdirError(f"workdir {self.workdir} is not writable: {e.strerror or e}") from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
