@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from config_files import ROOT, load_config
-from grow_jax import data, formats
+from grow_jax import formats
 from grow_jax.data import tasks as task_lib
 from grow_jax.errors import GrowJaxError
 from grow_jax.model.config import get_preset

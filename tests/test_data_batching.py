@@ -65,21 +65,6 @@ def test_target_that_cannot_fit_is_an_error_or_skipped_and_counted(caplog):
     batching.tokenize_examples([too_long], TOK, 16)
 
 
-def test_scoring_sequences_score_each_choice_without_eos():
-  ex = Example("q", "Capital of France:", "Paris", choices=("Rome", "Paris"), gold=1)
-  rome, paris = batching.scoring_sequences(ex, TOK, max_len=64)
-  assert TOK.decode(paris.tokens[paris.loss_mask]) == " Paris" and paris.tokens[-1] != TOK.eos_id
-  assert TOK.decode(rome.tokens) == "Capital of France: Rome"
-
-
-def test_partial_scoring_sequences_share_the_scored_continuation():
-  ex = Example("w", "unused", "Sarah", choices=("Sarah", "Maria"), gold=0,
-               contexts=("so Sarah", "so Maria"), continuation="got the harder cases.")
-  a, b = batching.scoring_sequences(ex, TOK, max_len=64)
-  assert TOK.decode(a.tokens[~a.loss_mask]) == "so Sarah" and TOK.decode(b.tokens[~b.loss_mask]) == "so Maria"
-  assert a.tokens[a.loss_mask].tolist() == b.tokens[b.loss_mask].tolist() == TOK.encode(" got the harder cases.")
-
-
 # -- padding and packing ------------------------------------------------------------------------------------
 
 def check_batch_schema(batch, shape):

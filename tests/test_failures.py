@@ -58,7 +58,7 @@ def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_run_resumes_from_t
   out = loop.train_and_evaluate(_config(tiny_config, 8), str(workdir))
   err = capfd.readouterr().err
   assert out["step"] == 8
-  assert "resume order -> workdir checkpoint" in err and f"/checkpoints/4" in err, err[-3000:]
+  assert "resume order -> workdir checkpoint" in err and "/checkpoints/4" in err, err[-3000:]
   moved = [p for p in os.listdir(workdir / "checkpoints") if p.startswith(f"{bad}.unreadable-")]
   assert len(moved) == 1 and "moved aside" in err                   # kept for inspection, never deleted
   assert _steps(workdir) == [2, 4, 6, 8]                             # step 6 trained again and saved

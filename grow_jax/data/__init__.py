@@ -20,7 +20,7 @@ Typical use:
 """
 
 from grow_jax.data.batching import (BATCH_KEYS, BatchIterator, SequenceTooLongError, Tokenizer,
-                                    TokenizedSequence, pack_rows, pad_batch, process_slice, scoring_sequences,
+                                    TokenizedSequence, pack_rows, pad_batch, process_slice,
                                     tokenize_example, tokenize_examples)
 from grow_jax.data.cache import data_dir, hash_split
 from grow_jax.errors import CacheError, TaskError
@@ -29,6 +29,6 @@ from grow_jax.data.tasks import KNOWN_METRICS, Example, MalformedRecordError, Ta
 __all__ = [
     "BATCH_KEYS", "BatchIterator", "CacheError", "Example", "KNOWN_METRICS", "MalformedRecordError",
     "SequenceTooLongError", "Task", "TaskError", "TokenizedSequence", "Tokenizer", "data_dir", "get_task",
-    "hash_split", "list_tasks", "pack_rows", "pad_batch", "process_slice", "register_task", "scoring_sequences",
+    "hash_split", "list_tasks", "pack_rows", "pad_batch", "process_slice", "register_task", 
     "task_options", "tokenize_example", "tokenize_examples",
 ]

@@ -117,23 +117,6 @@ def tokenize_examples(examples: Iterable[Example], tokenizer: Tokenizer, max_len
   return out, skipped
 
 
-def scoring_sequences(example: Example, tokenizer: Tokenizer, max_len: int) -> list[TokenizedSequence]:
-  """One sequence per choice for log-likelihood scoring (no EOS; loss_mask on the scored continuation).
-
-  Ordinary choices: `[BOS] + prompt + (delimiter + choice)`. Partial scoring (`example.contexts`, WinoGrande):
-  `[BOS] + contexts[i] + (delimiter + continuation)`, so every choice scores the same continuation tokens.
-  """
-  if example.choices is None:
-    raise ValueError(f"example {example.id!r} is not multiple choice: it has no choices to score")
-  if example.contexts is not None:
-    pairs = [(c, example.continuation) for c in example.contexts]
-  else:
-    pairs = [(example.prompt, c) for c in example.choices]
-  d = example.target_delimiter
-  return [make_sequence(tokenizer.encode(p) if p else [], tokenizer.encode(d + t), bos_id=tokenizer.bos_id,
-                        eos_id=None, max_len=max_len, id=f"{example.id}/{i}") for i, (p, t) in enumerate(pairs)]
-
-
 # -- batches ----------------------------------------------------------------------------------------------
 
 def _empty(batch_size: int, seq_len: int, pad_id: int) -> Batch:

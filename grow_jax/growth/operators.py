@@ -308,11 +308,4 @@ def clone_divergence(config: ModelConfig, params: Params) -> dict[str, jax.Array
   return out
 
 
-def growth_summary(config: ModelConfig) -> str:
-  """One line per grown layer: its branch widths."""
-  lines = [f"layer_{i}: branches {config.layer_mlp_branches(i)}" for i in grown_layers(config)]
-  return "\n".join(lines) if lines else "(no grown layers)"
-
-
-__all__ = ["grow_mlp", "grow_config", "merge_branches", "grow_attention", "dial", "clone_divergence", "grown_layers",
-           "growth_summary"]
+__all__ = ["grow_mlp", "grow_config", "merge_branches", "grow_attention", "dial", "clone_divergence", "grown_layers"]

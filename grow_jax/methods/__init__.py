@@ -9,7 +9,7 @@
 """
 
 from grow_jax.methods import builtin, lora, regularizers  # noqa: F401  (registers the methods)
-from grow_jax.methods.base import (Method, TrainMethod, create, from_meta, growth_factor, method_class, names,
+from grow_jax.methods.base import (Method, TrainMethod, checked_options, create, from_meta, growth_factor, method_class, names,
                                    register, select_options, setup_method, trainable_count)
 from grow_jax.methods.partition import FROZEN, TRAINABLE, PartitionError, labels_from_rules, trainable_paths
 
@@ -21,6 +21,6 @@ def trainable_labels(config, params, mode_or_rules):
   return labels_from_rules(list(mode_or_rules), params)
 
 
-__all__ = ["Method", "TrainMethod", "create", "from_meta", "growth_factor", "method_class", "names", "register",
+__all__ = ["Method", "TrainMethod", "checked_options", "create", "from_meta", "growth_factor", "method_class", "names", "register",
            "select_options", "setup_method", "trainable_count", "trainable_labels", "trainable_paths", "labels_from_rules",
            "PartitionError", "TRAINABLE", "FROZEN"]

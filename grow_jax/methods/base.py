@@ -57,6 +57,10 @@ class Method:
     self.labels = self._labels(jax.eval_shape(lambda p: self.init_params(p, jax.random.key(0)), params))
 
   # ---- what subclasses override ------------------------------------------------------------------------
+  @classmethod
+  def check_options(cls, options: Mapping[str, Any]) -> None:
+    """Raises ConfigError for an option value this method cannot use (before any model exists)."""
+
   def resolve(self, params: Params) -> None:
     """Static decisions from shapes (e.g. a LoRA rank), stored on self; called once by __init__."""
 
@@ -152,10 +156,17 @@ def select_options(cls: type[Method], options: Mapping[str, Any] | None) -> dict
   return {k: options.get(k, default) for k, default in cls.options.items()}
 
 
+def checked_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+  """Method `name`'s options from a wider mapping, checked by the method (no model needed)."""
+  cls = method_class(name)
+  selected = select_options(cls, options)
+  cls.check_options(selected)
+  return selected
+
+
 def create(name: str, options: Mapping[str, Any] | None, model_config: ModelConfig, params: Params) -> Method:
   """The method `name` bound to this model; `options` may be a whole config.train section."""
-  cls = method_class(name)
-  return cls(model_config, params, **select_options(cls, options))
+  return method_class(name)(model_config, params, **checked_options(name, options))
 
 
 def from_meta(meta: Mapping[str, Any], model_config: ModelConfig, params: Params) -> Method:

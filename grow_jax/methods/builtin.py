@@ -43,8 +43,9 @@ class Custom(Method):
   description = "rules given as the option `rules`: [(path_regex, 'trainable' | 'frozen'), ...]"
   options = {"rules": None}
 
-  def resolve(self, params):
-    if not self.opts["rules"]:
+  @classmethod
+  def check_options(cls, options):
+    if not options["rules"]:
       raise ConfigError("mode 'custom' needs options['rules'] = [(path_regex, 'trainable'|'frozen'), ...]")
 
   def rules(self, config):

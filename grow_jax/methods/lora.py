@@ -191,6 +191,11 @@ class LoRA(Method):
   options = {"lora_rank": 8, "lora_alpha": None, "lora_targets": DEFAULT_TARGETS, "match_params_of": None,
              "growth_factor": 2, "growth_layers": None}
 
+  @classmethod
+  def check_options(cls, options):
+    if options["match_params_of"] is None:
+      _check_rank(options["lora_rank"])
+
   def resolve(self, params):
     base, _ = split(params)
     targets, target = self.opts["lora_targets"], self.opts["match_params_of"]

@@ -232,8 +232,9 @@ class L2SP(Method):
   options = {"l2sp_coef": 0.01}
   regularizer_copies = 1
 
-  def resolve(self, params):
-    _check_coef(self.opts["l2sp_coef"], "l2sp_coef")
+  @classmethod
+  def check_options(cls, options):
+    _check_coef(options["l2sp_coef"], "l2sp_coef")
 
   def optimizer_transforms(self, fisher=None):
     return [l2sp(self.opts["l2sp_coef"])]
@@ -253,10 +254,11 @@ class EWC(Method):
   regularizer_copies = 2
   needs_reference_data = True
 
-  def resolve(self, params):
-    _check_coef(self.opts["ewc_coef"], "ewc_coef")
-    if self.opts["ewc_normalize"] not in (None, "mean", "max"):
-      raise ConfigError(f"ewc_normalize={self.opts['ewc_normalize']!r}: expected None, 'mean' or 'max'")
+  @classmethod
+  def check_options(cls, options):
+    _check_coef(options["ewc_coef"], "ewc_coef")
+    if options["ewc_normalize"] not in (None, "mean", "max"):
+      raise ConfigError(f"ewc_normalize={options['ewc_normalize']!r}: expected None, 'mean' or 'max'")
 
   def estimate_fisher(self, params, batches, loss_fn=None):
     return estimate_fisher(self.model_config, params, batches, loss_fn,

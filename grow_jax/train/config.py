@@ -16,6 +16,7 @@ key is rejected by ml_collections with the key's name.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import ml_collections
@@ -269,9 +270,6 @@ def check(config: ml_collections.ConfigDict) -> None:
     value = config.model[dtype_field]
     _need(value is None or value in ("float32", "bfloat16", "float16"), f"model.{dtype_field}", value,
           "'float32', 'bfloat16' or 'float16'")
-  if config.train.mode == cls.name and "lora_rank" in cls.options:
-    _need(isinstance(config.train.lora_rank, int) and config.train.lora_rank > 0, "train.lora_rank",
-          config.train.lora_rank, "a positive integer")
   opt = config.optimizer
   _need(_finite_number(opt.learning_rate) and opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate,
         "a finite number > 0")
@@ -295,7 +293,10 @@ def check(config: ml_collections.ConfigDict) -> None:
     optim.schedule_fn(optimizer_config(config))
   except ConfigError as e:
     raise ConfigError(f"config.optimizer: {e}") from None
-  methods.select_options(cls, method_options(config))
+  try:
+    methods.checked_options(config.train.mode, method_options(config))
+  except ConfigError as e:          # the method's own message names the option: put it in its config section
+    raise ConfigError(f"config.train.{e}" if re.match(r"\w+=", str(e)) else f"config.train: {e}") from None
 
 
 def optimizer_config(config) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from grow_jax.growth import operators as growth
 from grow_jax.model.config import abstract_params
 from grow_jax.train import checkpointing, config as config_lib, setup as setup_lib, sharding, step as step_lib
 from grow_jax.train import summary, workdir as workdir_lib
+from grow_jax.train import preemption, writers
 from grow_jax.train.writers import MetricWriter
 
 Params = dict[str, Any]
@@ -127,8 +128,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                            f"{e.strerror or e}. {_kept(ckpt)}") from None
 
     # ==== 5. The loop ====================================================================================
-    stop = _SignalFlag(signal.SIGTERM)
-    metrics = _PendingMetrics(writer, config.batch_size * config.data.seq_len, lambda: _kept(ckpt))
+    stop = preemption.SignalFlag(signal.SIGTERM)
+    metrics = writers.StepMetrics(writer, config.batch_size * config.data.seq_len, lambda: _kept(ckpt))
     last: dict[str, Any] = {"step": start_step}
     first_eval: dict[str, Any] = {}
     run_start = time.time()
@@ -370,72 +371,3 @@ def _kept(ckpt: checkpointing.Checkpointer) -> str:
   if latest is None:
     return f"No checkpoint was saved yet in {ckpt.directory}."
   return f"The last good checkpoint (step {latest}) is kept in {ckpt.directory}."
-
-
-class _SignalFlag:
-  """Records a signal (SIGTERM: preemption) instead of dying; the loop saves and exits at the next step.
-  Multi-host: the processes agree at log/checkpoint steps (an all-gather), so they stop at the same step."""
-
-  def __init__(self, signum: int):
-    self.signum: int | None = None
-    self._previous = None
-    try:
-      self._previous = signal.signal(signum, self._handle)
-      self._installed = signum
-    except ValueError:        # not the main thread (e.g. a notebook worker): no preemption handling
-      self._installed = None
-
-  def _handle(self, signum, frame) -> None:
-    self.signum = signum
-    _log.warning("signal %d: saving a checkpoint after this step and exiting", signum)
-
-  def raised(self, *, sync: bool) -> bool:
-    if jax.process_count() == 1:
-      return self.signum is not None
-    if not sync:
-      return False
-    from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.asarray(self.signum is not None))
-    return bool(np.any(flags))
-
-  def restore(self) -> None:
-    if self._installed is not None and self._previous is not None:
-      signal.signal(self._installed, self._previous)
-
-
-class _PendingMetrics:
-  """Step metrics stay on device until logged; `flush` fetches them in one transfer, stops on NaN/inf and
-  writes one metrics.jsonl line per step (steps/s and tokens/s on the last)."""
-
-  def __init__(self, writer: MetricWriter, tokens_per_step: int, kept: Callable[[], str]):
-    self.writer, self.tokens_per_step, self.kept = writer, tokens_per_step, kept
-    self.pending: list[tuple[int, Any]] = []
-    self.restart_clock()
-
-  def restart_clock(self) -> None:
-    self.clock, self.steps = time.time(), 0
-
-  def add(self, step: int, metrics) -> None:
-    self.pending.append((step, metrics))
-    self.steps += 1
-
-  def flush(self, extra: Mapping[str, float] | None = None) -> dict[str, Any]:
-    if not self.pending:
-      return {}
-    host = jax.device_get([m for _, m in self.pending])
-    elapsed = time.time() - self.clock
-    record: dict[str, Any] = {}
-    for (s, _), m in zip(self.pending, host):
-      record = {k: float(v) for k, v in m.items() if k != "finite"}
-      if not bool(m["finite"]):
-        raise TrainingDivergedError(f"loss={record['loss']} grad_norm={record['grad_norm']} at step {s} (not "
-                                    f"finite): stopping. {self.kept()}")
-      if s == self.pending[-1][0]:
-        record.update(extra or {})
-        if self.steps and elapsed > 0:
-          record["steps_per_sec"] = self.steps / elapsed
-          record["tokens_per_sec"] = self.steps * self.tokens_per_step / elapsed
-      self.writer.write_scalars(s, record)
-    self.pending = []
-    self.restart_clock()
-    return record

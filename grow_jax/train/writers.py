@@ -10,11 +10,14 @@ import json
 import math
 import os
 import sys
-from typing import Any, Mapping
+import time
+from typing import Any, Callable, Mapping
 
+import jax
 import numpy as np
 
 from grow_jax import files
+from grow_jax.errors import TrainingDivergedError
 
 
 def _plain(value: Any) -> Any:
@@ -120,3 +123,41 @@ class MetricWriter:
     if self._jsonl is not None:
       self._jsonl.close()
       self._jsonl = None
+
+
+class StepMetrics:
+  """Step metrics stay on device until logged; `flush` fetches them in one transfer, stops on NaN/inf and
+  writes one metrics.jsonl line per step (steps/s and tokens/s on the last)."""
+
+  def __init__(self, writer: MetricWriter, tokens_per_step: int, kept: Callable[[], str]):
+    self.writer, self.tokens_per_step, self.kept = writer, tokens_per_step, kept
+    self.pending: list[tuple[int, Any]] = []
+    self.restart_clock()
+
+  def restart_clock(self) -> None:
+    self.clock, self.steps = time.time(), 0
+
+  def add(self, step: int, metrics) -> None:
+    self.pending.append((step, metrics))
+    self.steps += 1
+
+  def flush(self, extra: Mapping[str, float] | None = None) -> dict[str, Any]:
+    if not self.pending:
+      return {}
+    host = jax.device_get([m for _, m in self.pending])
+    elapsed = time.time() - self.clock
+    record: dict[str, Any] = {}
+    for (s, _), m in zip(self.pending, host):
+      record = {k: float(v) for k, v in m.items() if k != "finite"}
+      if not bool(m["finite"]):
+        raise TrainingDivergedError(f"loss={record['loss']} grad_norm={record['grad_norm']} at step {s} (not "
+                                    f"finite): stopping. {self.kept()}")
+      if s == self.pending[-1][0]:
+        record.update(extra or {})
+        if self.steps and elapsed > 0:
+          record["steps_per_sec"] = self.steps / elapsed
+          record["tokens_per_sec"] = self.steps * self.tokens_per_step / elapsed
+      self.writer.write_scalars(s, record)
+    self.pending = []
+    self.restart_clock()
+    return record
