@@ -24,25 +24,10 @@ Arguments given explicitly always win over what a mode derives from the environm
 address in slurm mode). An unknown mode, or arguments that contradict the mode, raise DistributedConfigError
 (a ValueError) before JAX starts.
 
-How grow_jax/main.py calls it (the lead wires this; this module imports nothing from grow_jax):
-
-    _DISTRIBUTED = flags.DEFINE_enum("distributed", None, ["auto", "off", "explicit", "tpu", "slurm"],
-                                     "How to start jax.distributed; default $GROW_JAX_DISTRIBUTED or auto.")
-
-    def _initialize_distributed() -> None:
-      from grow_jax import distributed
-      try:
-        distributed.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-      except distributed.DistributedConfigError as e:
-        print(f"grow_jax.main: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-  called first thing in main(), before anything touches a JAX device (as today); `_on_tpu_pod` goes away.
-  flag -> argument: --distributed -> mode (None: $GROW_JAX_DISTRIBUTED, else auto); --coordinator_address ->
-  coordinator_address; --num_processes -> num_processes; --process_id -> process_id. Environment read here:
-  GROW_JAX_DISTRIBUTED, SLURM_*, CUDA_VISIBLE_DEVICES, JAX_COORDINATOR_ADDRESS, JAX_COORDINATOR_PORT,
-  JAX_LOCAL_DEVICE_IDS, JAX_FORCE_TPU_INIT, TPU_LIBRARY_PATH.
+grow_jax/main.py calls `initialize(--distributed, --coordinator_address, --num_processes, --process_id)` first
+thing, before anything touches a device; a DistributedConfigError becomes one line and exit status 2.
+Environment read here: GROW_JAX_DISTRIBUTED, SLURM_*, CUDA_VISIBLE_DEVICES, JAX_COORDINATOR_ADDRESS,
+JAX_COORDINATOR_PORT, JAX_LOCAL_DEVICE_IDS, JAX_FORCE_TPU_INIT, TPU_LIBRARY_PATH.
 
 The launchers also set JAX_PLATFORMS (tpu on a TPU VM, cuda on SLURM) so that a process that lost its
 accelerator fails at start instead of training on the CPU.
