@@ -1,6 +1,6 @@
 """Analysis of fine-tuning updates: effective rank of ΔW and the layer ranking behind targeted growth.
 
-The paper grows only the layers a short pilot SFT run says need it. Our reading (PAPER.md): rank layers by
+The paper grows only the layers a short pilot SFT run says need it. Our reading (docs/method.md): rank layers by
 the size of their MLP updates ΔW = W_finetuned − W_pretrained, with a pluggable criterion:
 
   'erank'  effective rank (Roy & Vetterli 2007): exp(H(p)), p_i = σ_i / Σ_j σ_j over the singular values of ΔW
