@@ -29,6 +29,7 @@ def main():
   parser.add_argument("--probes", default="capitals_gen,capitals_lettered")
   parser.add_argument("--checkpoint", default="gemma3-270m")
   parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--max_len", type=int, default=512, help="the trainer evaluates with max_len=seq_len")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
 
@@ -48,13 +49,13 @@ def main():
       lengths = [len(tok.encode(e.prompt, add_bos=True)) for e in task.examples]
       start = time.time()
       predictions = evaluation.generate_texts(config, params, tok, [e.prompt for e in task.examples],
-                                              batch_size=args.batch_size, max_len=512, **opts)
+                                              batch_size=args.batch_size, max_len=args.max_len, **opts)
       seconds = time.time() - start
       references = [e.references for e in task.examples]
       scores = {m: metrics_text.TEXT_METRICS[m](predictions, references) for m in metrics}
       first_words = collections.Counter(p.split(" ")[0] if p else "<empty>" for p in predictions)
-      row = {"probe": probe, "shots": shots, "split": args.split, "n": len(predictions), **scores,
-             "seconds": round(seconds, 1), "prompt_tokens_max": max(lengths),
+      row = {"probe": probe, "shots": shots, "split": args.split, "max_len": args.max_len, "n": len(predictions),
+             **scores, "seconds": round(seconds, 1), "prompt_tokens_max": max(lengths),
              "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1),
              "top_first_words": first_words.most_common(5),
              "predictions": {e.id: [p, list(e.references)] for e, p in zip(task.examples, predictions)}}

