@@ -8,7 +8,8 @@ from grow_jax.data import tasks
 from grow_jax.data.tasks import Example, MalformedRecordError, Task, TaskError, field, get_task, list_tasks
 
 PAPER_TASKS = {"scitail", "sciq", "mathqa", "winogrande", "translation_en_fr"}
-OFFLINE_TASKS = {"gettext_en_fr", "capitals", "capitals_gen", "capitals_lettered", "stdlib_text", "arithmetic"}
+OFFLINE_TASKS = {"gettext_en_fr", "capitals", "capitals_gen", "capitals_lettered", "stdlib_text", "arithmetic",
+                 "arithmetic_cloze"}
 
 
 def qa_task(records, **overrides):

@@ -10,7 +10,7 @@
     knowledge_probe.py  offline capital-city multiple choice from countryinfo: capitals
     capital_probes.py   the same questions answered by generation (can fall to 0): capitals_gen, capitals_lettered
     stdlib_text.py      offline English prose from stdlib docstrings (perplexity / KL): stdlib_text
-    arithmetic.py       offline generated arithmetic word problems, 5 options: arithmetic
+    arithmetic.py       offline generated arithmetic word problems, 5 options: arithmetic, arithmetic_cloze
     batching.py         tokenisation, padding/packing, resumable shuffling iterator, per-process slices
 
 Typical use:
