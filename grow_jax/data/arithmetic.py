@@ -6,11 +6,19 @@ subtracting), distinct and positive; the gold position is random. Problems are u
 split train/validation/test 90/5/5 by a hash of the question, so splits never share a question.
 
 One task serves both uses: style "lettered" (default, MathQA-like: options listed, target "C") or "cloze"
-(choices "42", ...; generative target "42").
+(choices "42", ...; generative target "42"). `arithmetic_cloze` is the cloze style under its own name (the trainer
+names tasks without options).
+
+For fine-tuning experiments prefer the cloze style (experiments/results/arithmetic_base.md): the lettered prompt
+shows all five options, and as the two near misses cluster around the answer, "the option with the most close
+neighbours" is right 60-65% of the time without reading the question; lettered examples are also ~66 Gemma
+tokens long (65% exceed 64). Cloze scoring rates each number alone (no such cue) and fits in 46 tokens. The base
+Gemma 3 270M is at chance on both (validation: lettered 0.204, cloze 0.206; greedy cloze answers 0.000).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pathlib
 import random
@@ -20,6 +28,7 @@ from grow_jax.data import cache, prompts
 from grow_jax.data.tasks import FieldError, Record, Task, field, register_task
 
 NAME = "arithmetic"
+NAME_CLOZE = "arithmetic_cloze"
 VERSION = "v1"
 NUM_OPTIONS = 5
 
@@ -191,3 +200,10 @@ def arithmetic(style: str = "lettered", data_dir: str | None = None, num_problem
               target=lambda r: _item(r, style).target, choices=lambda r: _item(r, style).choices,
               gold=lambda r: _item(r, style).gold, metrics=("acc", "exact_match"),
               description="generated arithmetic word problems, 5 options (offline MathQA stand-in)")
+
+
+@register_task(NAME_CLOZE)
+def arithmetic_cloze(data_dir: str | None = None, num_problems: int = 10_000, seed: int = 0) -> Task:
+  """`arithmetic` with style "cloze" (prompt "Question: ...\nAnswer:", choices the five numbers, target "42")."""
+  return dataclasses.replace(arithmetic("cloze", data_dir, num_problems, seed), name=NAME_CLOZE,
+                             description="generated arithmetic word problems, cloze: the answer's number")

@@ -10,13 +10,19 @@ applies the templates to each:
     partial(record) -> ([context per choice], continuation)
                                    "partial scoring" (lm-eval-harness WinoGrande): each choice is substituted
                                    into its own context and the model scores one shared continuation
+    aliases(record) -> [str, ...]  other answers that generative scoring accepts besides the target
+                                   ("Washington" for "Washington D.C."); `Example.references` lists them
 
 Text conventions (lm-evaluation-harness's, shared with grow_jax.evaluation; tests check them):
   * The training text is `prompt + target_delimiter + target`; the delimiter is " " for prompted tasks and ""
     for plain-text corpora. Targets, choices and continuations carry no leading space ("Paris").
   * A multiple-choice task has `target == choices[gold]`, so generative exact match and log-likelihood
     scoring judge the same answer.
-  * `Example` is the one example type: tasks make them, the batching and every evaluator read them.
+  * `Example` is the one example type: tasks make them, the batching and every evaluator read them;
+    `references` = (target, *aliases) for generation metrics.
+  * A task whose answers are scored by generation with fixed decoding settings (the generative probes) carries
+    them in `Task.generation` (options of grow_jax.evaluation's 'generation' evaluator); grow_jax.task_eval uses
+    them as they are.
 
 A record that a template cannot handle (missing field, wrong type, empty target, gold out of range) raises
 `MalformedRecordError` naming the task, split, record index and id: it never becomes an empty example.
@@ -39,7 +45,7 @@ from grow_jax.errors import TaskError
 Record = Mapping[str, Any]
 
 # Metric names the evaluators understand. A task lists the ones that make sense for it.
-KNOWN_METRICS = ("acc", "acc_norm", "exact_match", "bleu", "chrf", "perplexity", "kl")
+KNOWN_METRICS = ("acc", "acc_norm", "exact_match", "exact_match_norm", "bleu", "chrf", "perplexity", "kl")
 
 _MALFORMED_POLICIES = ("raise", "skip")
 
@@ -78,7 +84,7 @@ class Example:
   contexts: tuple[str, ...] | None = None   # partial scoring: one context per choice
   continuation: str | None = None           # partial scoring: shared continuation
   target_delimiter: str = " "               # between prompt (or context) and target / choice / continuation
-  alternatives: tuple[str, ...] = ()        # other acceptable answers (generation metrics score against all)
+  aliases: tuple[str, ...] | None = None    # other accepted answers for generative scoring
 
   @property
   def is_multiple_choice(self) -> bool:
@@ -86,8 +92,8 @@ class Example:
 
   @property
   def references(self) -> tuple[str, ...]:
-    """The reference answers for generation metrics: the target, then the alternatives."""
-    return (self.target,) + tuple(self.alternatives)
+    """The reference answers for generation metrics: (target, *aliases)."""
+    return (self.target, *(self.aliases or ()))
 
   @property
   def text(self) -> str:
@@ -97,7 +103,7 @@ class Example:
   def to_dict(self) -> dict[str, Any]:
     """A JSON-able dict (tuples as lists; unset optional fields dropped)."""
     out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-    return {k: v for k, v in out.items() if v is not None and not (k == "alternatives" and not v)}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,12 +114,15 @@ class Task:
     name: registry name, used in every error message.
     splits: the splits `source` can serve.
     source: split -> iterable of raw records (dicts).
-    prompt, target, choices, gold, partial: templates (record -> value); raise `FieldError`/`KeyError`/
-      `ValueError` on a bad record.
+    prompt, target, choices, gold, partial, aliases: templates (record -> value); raise `FieldError`/
+      `KeyError`/`ValueError` on a bad record.
     metrics: metric names from `KNOWN_METRICS`, in order of importance.
     record_id: (record, index) -> id string; default "<split>-<index>" (or the record's "id" field).
     target_delimiter: joins prompt and target (" "; "" for plain-text corpora).
     description: one line for listings and logs.
+    generation: for tasks scored by generation with their own decoding settings: the options of
+      grow_jax.evaluation's 'generation' evaluator ({"metrics": (...), "max_new_tokens": n, "stop": (...)});
+      its metrics must be among `metrics`.
   """
 
   name: str
@@ -128,6 +137,8 @@ class Task:
   record_id: Callable[[Record, int], str] | None = None
   target_delimiter: str = " "
   description: str = ""
+  aliases: Callable[[Record], Sequence[str]] | None = None
+  generation: Mapping[str, Any] | None = dataclasses.field(default=None, hash=False)
 
   def __post_init__(self):
     if not self.splits:
@@ -139,6 +150,11 @@ class Task:
       raise TaskError(f"task {self.name!r}: `choices` and `gold` must be given together")
     if self.partial is not None and self.choices is None:
       raise TaskError(f"task {self.name!r}: `partial` scoring needs `choices` and `gold`")
+    if self.generation is not None:
+      scored = tuple(self.generation.get("metrics", ()))
+      if not scored or not set(scored) <= set(self.metrics):
+        raise TaskError(f"task {self.name!r}: generation metrics {list(scored)} must be a non-empty subset of "
+                        f"the task's metrics {list(self.metrics)}")
 
   @property
   def is_multiple_choice(self) -> bool:
@@ -203,7 +219,7 @@ class Task:
       raise FieldError(f"record must be a mapping of fields, got {type(record).__name__}")
     prompt = self.prompt(record)
     _check_text("prompt", prompt, allow_empty=True)
-    choices = gold = contexts = continuation = None
+    choices = gold = contexts = continuation = aliases = None
     if self.choices is not None:   # checked before the target, which usually indexes the choices
       choices = tuple(self.choices(record))
       gold = self.gold(record)
@@ -227,8 +243,13 @@ class Task:
       for j, c in enumerate(contexts):
         _check_text(f"context {j}", c, allow_empty=False)
       self._check_answer("continuation", continuation)
+    if self.aliases is not None:
+      aliases = tuple(self.aliases(record))
+      for j, a in enumerate(aliases):
+        self._check_answer(f"alias {j}", a)
     return Example(id=rid, prompt=prompt, target=target, choices=choices, gold=gold,
-                   contexts=contexts, continuation=continuation, target_delimiter=self.target_delimiter)
+                   contexts=contexts, continuation=continuation, target_delimiter=self.target_delimiter,
+                   aliases=aliases)
 
   def _check_answer(self, what: str, value: Any) -> None:
     """A target/choice/continuation: a non-empty string with no leading space when a delimiter supplies it."""
@@ -299,4 +320,5 @@ def _factory(name: str) -> TaskFactory:
 
 def _ensure_builtin_tasks() -> None:
   """Imports the modules that register the built-in tasks (cheap: they import heavy libraries lazily)."""
-  from grow_jax.data import arithmetic, gettext_catalogs, knowledge_probe, paper_tasks, stdlib_text  # noqa: F401
+  from grow_jax.data import (arithmetic, capital_probes, gettext_catalogs, knowledge_probe,  # noqa: F401
+                             paper_tasks, stdlib_text)

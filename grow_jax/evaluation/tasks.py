@@ -4,6 +4,8 @@ A task's `metrics` decide its evaluations:
   partial-scoring tasks (WinoGrande)          -> 'partial'          acc
   multiple-choice tasks (capitals, SciQ, ...) -> 'multiple_choice'  acc, acc_norm
   'bleu' / 'chrf' (translation)               -> 'generation'       greedy decode, sacrebleu BLEU / chrF
+  tasks with `Task.generation` (generative    -> 'generation'       the task's own options (metrics,
+    probes: capitals_gen, capitals_lettered)                        max_new_tokens, stop); `max_new_tokens` unused
   'perplexity' (plain-text corpora)           -> 'perplexity'
   'kl' (plain-text corpora, with a base model) -> 'kl'              KL(base ‖ model), named '<task>_kl'
 
@@ -38,7 +40,9 @@ def eval_tasks(name: str, *, split: str, limit: int | None = None, with_kl: bool
   elif task.is_multiple_choice:
     out.append(EvalTask(name, "multiple_choice", examples))
   generation_metrics = tuple(m for m in ("bleu", "chrf") if m in metrics)
-  if generation_metrics:
+  if task.generation is not None:
+    out.append(EvalTask(name, "generation", examples, dict(task.generation)))
+  elif generation_metrics:
     out.append(EvalTask(name, "generation", examples,
                         {"metrics": generation_metrics, "max_new_tokens": max_new_tokens}))
   texts = [e.text for e in examples]

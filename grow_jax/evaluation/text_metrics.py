@@ -6,6 +6,7 @@ sacrebleu's own corpus scores (0..100), with its default settings (13a tokenisat
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Sequence
 
 import sacrebleu
@@ -54,6 +55,28 @@ def exact_match(predictions: Sequence[str], references: References, *, ignore_ca
   return hits / len(predictions)
 
 
+def normalize_answer(text: str) -> str:
+  """A short answer with its spelling variants folded: accents removed (NFKD), casefolded, dashes as spaces,
+  other punctuation removed, whitespace collapsed. "Bogotá" -> "bogota", "Washington, D.C." -> "washington dc",
+  "Port-au-Prince" -> "port au prince", "N'Djamena" -> "ndjamena"."""
+  decomposed = unicodedata.normalize("NFKD", text)
+  chars = []
+  for c in decomposed:
+    category = unicodedata.category(c)
+    if unicodedata.combining(c):
+      continue
+    chars.append(" " if category == "Pd" else "" if category.startswith("P") else c)
+  return " ".join("".join(chars).casefold().split())
+
+
+def normalized_exact_match(predictions: Sequence[str], references: References) -> float:
+  """Fraction of predictions equal to one of their references after `normalize_answer` on both."""
+  _check_lengths(predictions, references)
+  hits = sum(normalize_answer(p) in {normalize_answer(r) for r in _alternatives(refs, i)}
+             for i, (p, refs) in enumerate(zip(predictions, references)))
+  return hits / len(predictions)
+
+
 def reference_streams(references: References) -> list[list[str | None]]:
   """Per-example references -> sacrebleu's reference streams (one list per alternative).
 
@@ -78,6 +101,7 @@ def corpus_chrf(predictions: Sequence[str], references: References) -> float:
 
 TEXT_METRICS = {
     "exact_match": exact_match,
+    "exact_match_norm": normalized_exact_match,
     "bleu": corpus_bleu,
     "chrf": corpus_chrf,
 }
