@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np
 
-from grow_jax import data, evaluation
+from grow_jax import data
+from grow_jax.evaluation import generative, scoring
 
 
 def shortcut_rules() -> dict:
@@ -49,8 +50,8 @@ def letter_logprobs(config, params, tok, prompts, letters="ABCDE", batch_size=8,
   (the lettered choices are single tokens, so their log-likelihoods all come from the last position)."""
   import jax
   import jax.numpy as jnp
-  from grow_jax.generation import round_up
-  from grow_jax.model import forward
+  from grow_jax.model.generation import round_up
+  from grow_jax.model import forward, unembed
   ids = []
   for letter in letters:
     [i] = tok.encode(" " + letter, add_bos=False)
@@ -61,7 +62,7 @@ def letter_logprobs(config, params, tok, prompts, letters="ABCDE", batch_size=8,
   def last_logprobs(params, tokens, mask, last):
     hidden = forward(config, params, tokens, input_mask=mask, return_hidden=True)
     h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)
-    logits = evaluation.unembed(params["embedder"]["input_embedding"], h, config.final_logit_softcap)[:, 0]
+    logits = unembed(params["embedder"]["input_embedding"], h, config.final_logit_softcap)[:, 0]
     return jax.nn.log_softmax(logits, axis=-1)[:, ids]
 
   rows = [[int(tok.bos_id)] + [int(t) for t in tok.encode(p, add_bos=False)] for p in prompts]
@@ -97,8 +98,8 @@ def main():
                        for name, rule in shortcut_rules().items()}}
   print(json.dumps(out), flush=True)
 
-  from grow_jax.checkpoints import load_checkpoint
-  from grow_jax.tokenizer import load_tokenizer
+  from grow_jax.formats import load_checkpoint
+  from grow_jax.model.tokenizer import load_tokenizer
   config, params = load_checkpoint(args.checkpoint)
   tok = load_tokenizer(args.checkpoint)
 
@@ -113,11 +114,11 @@ def main():
     start = time.time()
     if style == "lettered":   # one forward per question; checked against the evaluator's path on 8 questions
       scores = letter_logprobs(config, params, tok, [e.prompt for e in examples])
-      check = evaluation.loglikelihood(config, params, tok, evaluation.multiple_choice_requests(examples[:8]),
+      check = scoring.loglikelihood(config, params, tok, scoring.multiple_choice_requests(examples[:8]),
                                        batch_size=8, max_len=512)
       np.testing.assert_allclose(scores[:8].ravel(), [ll.logprob for ll in check], rtol=1e-4, atol=1e-4)
     else:
-      lls = evaluation.loglikelihood(config, params, tok, evaluation.multiple_choice_requests(examples),
+      lls = scoring.loglikelihood(config, params, tok, scoring.multiple_choice_requests(examples),
                                      batch_size=8, max_len=512)
       scores = np.asarray([ll.logprob for ll in lls]).reshape(len(examples), -1)
     seconds = time.time() - start
@@ -132,7 +133,7 @@ def main():
   if not args.skip_generation:
     examples = data.get_task("arithmetic", style="cloze").examples(args.split, limit=args.limit)
     start = time.time()
-    texts = evaluation.generate_texts(config, params, tok, [e.prompt for e in examples],
+    texts = generative.generate_texts(config, params, tok, [e.prompt for e in examples],
                                       max_new_tokens=args.max_new_tokens, batch_size=8, max_len=512)
     seconds = time.time() - start
     exact = [t == e.target for t, e in zip(texts, examples)]

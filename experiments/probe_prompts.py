@@ -4,7 +4,7 @@ r"""Choose the few-shot count of the generative capital probes with the BASE mod
       --out=experiments/results/probe_prompts_validation.json
 
 For each probe (capitals_gen, capitals_lettered) and shot count: greedy f32 generation through
-grow_jax.evaluation.generate_texts with the task's own decoding options (as grow_jax.task_eval scores it), the
+grow_jax.generative.generate_texts with the task's own decoding options (as grow_jax.evaluation.tasks scores it), the
 task's metrics, prompt token counts, wall time, and every prediction (to read the failures).
 """
 
@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # this checkout's grow_jax
 
-from grow_jax import data, evaluation, metrics_text, task_eval
+from grow_jax.evaluation import generative, tasks as task_eval, text_metrics as metrics_text
 
 
 def main():
@@ -33,8 +33,8 @@ def main():
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
 
-  from grow_jax.checkpoints import load_checkpoint
-  from grow_jax.tokenizer import load_tokenizer
+  from grow_jax.formats import load_checkpoint
+  from grow_jax.model.tokenizer import load_tokenizer
   start = time.time()
   config, params = load_checkpoint(args.checkpoint)
   tok = load_tokenizer(args.checkpoint)
@@ -48,7 +48,7 @@ def main():
       metrics = opts.pop("metrics")
       lengths = [len(tok.encode(e.prompt, add_bos=True)) for e in task.examples]
       start = time.time()
-      predictions = evaluation.generate_texts(config, params, tok, [e.prompt for e in task.examples],
+      predictions = generative.generate_texts(config, params, tok, [e.prompt for e in task.examples],
                                               batch_size=args.batch_size, max_len=args.max_len, **opts)
       seconds = time.time() - start
       references = [e.references for e in task.examples]
