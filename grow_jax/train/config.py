@@ -94,7 +94,8 @@ def base_config() -> ml_collections.ConfigDict:
   # For scratch sources any preset field may be overridden here (e.g. num_layers).
   c.model = ml_collections.ConfigDict(dict(
       dtype=config_dict.placeholder(str), param_dtype=config_dict.placeholder(str),
-      num_layers=config_dict.placeholder(int), hidden_dim=config_dict.placeholder(int)))
+      num_layers=config_dict.placeholder(int), hidden_dim=config_dict.placeholder(int),
+      vocab_size=config_dict.placeholder(int)))
 
   # MLP growth applied to the init weights. factor: 0 = the method's default (2 for the growth methods
   # g_freeze / g_train, 1 = no growth otherwise), 1 = no growth, k >= 2 = grow by k. layers: 'all' or '0,3,5'.
@@ -128,8 +129,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (scored as evaluation/tasks.py says: translation BLEU/chrF, multiple-choice acc, perplexity + KL to the init model),
   # as 'task' (split eval.split) or 'task:split', at most max_examples examples each. at_start: also evaluate before the first step
   # (then the run ends with a before/after table, also written to <workdir>/summary.{md,json}).
+  # max_len: the longest scored sequence (longer inputs lose tokens on the left, as in lm-eval).
   c.eval = ml_collections.ConfigDict(dict(tasks=("heldout_loss",), max_examples=32, batch_size=8,
-                                         at_start=False, split="validation", max_new_tokens=48))
+                                         at_start=False, split="validation", max_new_tokens=48, max_len=256))
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=10, keep=3, async_save=True))
   # Costly diagnostics (clone divergence of grown branches) every this many steps (0 = never).
@@ -266,6 +268,8 @@ def check(config: ml_collections.ConfigDict) -> None:
         "-1 (all) or a positive count, not an empty training set")
   _need(config.eval.batch_size > 0, "eval.batch_size", config.eval.batch_size, "a positive integer")
   _need(config.eval.max_new_tokens > 0, "eval.max_new_tokens", config.eval.max_new_tokens, "a positive integer")
+  _need(config.eval.max_len > config.eval.max_new_tokens, "eval.max_len", config.eval.max_len,
+        f"an integer > eval.max_new_tokens={config.eval.max_new_tokens}")
   for dtype_field in ("dtype", "param_dtype"):
     value = config.model[dtype_field]
     _need(value is None or value in ("float32", "bfloat16", "float16"), f"model.{dtype_field}", value,

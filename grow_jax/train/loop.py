@@ -352,7 +352,7 @@ def _evaluations(config, mc, mesh, workdir, tokenizer, capacity, pi, pc) -> dict
 
   limit = config.eval.max_examples if config.eval.max_examples > 0 else None
   ctx = registry.EvalContext(mc, tokenizer=tokenizer, split=config.eval.split, limit=limit,
-                             batch_size=config.eval.batch_size, max_len=config.data.seq_len,
+                             batch_size=config.eval.batch_size, max_len=config.eval.max_len,
                              max_new_tokens=config.eval.max_new_tokens, cache_dir=os.path.join(workdir, "eval_cache"),
                              base_model=base_model, base_id=config.init.source, heldout_batches=heldout_batches,
                              mesh=mesh, loss_chunk=config.train.loss_chunk)

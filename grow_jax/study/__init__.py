@@ -1,0 +1,8 @@
+"""Studies: a declared grid of training runs (tasks x methods x hyperparameters x seeds), run resumably with
+one small JSON per finished run, selected on validation by a rule fixed in advance, and reported on test.
+
+    python -m grow_jax.study --study=experiments/studies/forgetting_270m.py --out=experiments/results/forgetting_270m
+
+    runs.py    the study file, the grid, executing a run, selections, what is pending
+    report.py  results.csv, results.md (mean ± sd, bootstrap intervals, paired differences), plots
+"""

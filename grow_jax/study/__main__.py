@@ -1,0 +1,62 @@
+r"""Run (or continue) a study and regenerate its results.
+
+  python -m grow_jax.study --study=experiments/studies/forgetting_270m.py --out=experiments/results/forgetting_270m
+  python -m grow_jax.study --study=... --out=... --list            # the runs: done, pending, not yet nameable
+  python -m grow_jax.study --study=... --out=... --only='translation/*' --max_runs=3
+  python -m grow_jax.study --study=... --out=... --report_only     # no training: tables and plots from runs/
+
+A run whose JSON exists under <out>/runs/ is skipped, so committing runs/ and running the same command on
+another machine continues the study; with every run done it regenerates identical tables and plots.
+Workdirs (checkpoints) go to --workdir_root and are deleted after each run unless --keep_workdirs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+
+_STUDY = flags.DEFINE_string("study", None, "Study file, path[:arg].")
+_OUT = flags.DEFINE_string("out", None, "Results directory (runs/, results.csv, results.md, plots).")
+_WORKDIRS = flags.DEFINE_string("workdir_root", "/tmp/grow_jax/studies", "Where run workdirs go (not committed).")
+_ONLY = flags.DEFINE_string("only", None, "Glob over run ids: run only these.")
+_MAX_RUNS = flags.DEFINE_integer("max_runs", None, "Stop after this many runs.")
+_LIST = flags.DEFINE_bool("list", False, "List the runs and their state; run nothing.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Regenerate the results from runs/; train nothing.")
+_KEEP = flags.DEFINE_bool("keep_workdirs", False, "Keep each run's workdir (checkpoints) after it is recorded.")
+flags.mark_flags_as_required(["study", "out"])
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.getLogger().setLevel(logging.INFO)
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  from grow_jax.errors import GrowJaxError
+  from grow_jax.study import report, runs
+  try:
+    study = runs.load_study(_STUDY.value)
+    if _LIST.value:
+      records = runs.load_records(_OUT.value)
+      selected = runs.selections(study, records)
+      for run in runs.expand(study, selected):
+        state = "done" if run.id in records else "pending"
+        print(f"{state:8s} {run.phase:6s} {run.id}")
+      print(f"{len(records)} done; selected: {sorted(f'{t}/{m}' for t, m in selected)}")
+      return
+    if not _REPORT_ONLY.value:
+      runs.run_all(study, _OUT.value, _WORKDIRS.value, only=_ONLY.value, max_runs=_MAX_RUNS.value,
+                   keep_workdirs=_KEEP.value,
+                   on_record=lambda r: print(f"recorded {r['id']} ({r['seconds'] / 60:.1f} min)", flush=True))
+    records = runs.load_records(_OUT.value)
+    report.write_report(study, records, runs.selections(study, records), _OUT.value)
+    print(f"wrote {_OUT.value}/results.md ({len(records)} runs)")
+  except GrowJaxError as e:
+    print(f"grow_jax.study: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,208 @@
+"""A study's results from its run records: results.csv, results.md (mean ± sd over seeds, 95% bootstrap
+intervals, paired differences against SFT), and plots (new-task score vs retention; learning curves).
+
+Deterministic: the same records give byte-identical files (a fixed bootstrap seed, sorted rows), so re-running
+the study on a checkout with its committed runs/ regenerates the committed results exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from grow_jax import files, tables
+
+BOOTSTRAP = 10_000
+
+
+def bootstrap_ci(values: Sequence[float], *, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+  """Percentile interval of the mean over resampled values (nan with fewer than 2 values)."""
+  values = np.asarray(values, np.float64)
+  if len(values) < 2:
+    return math.nan, math.nan
+  rng = np.random.default_rng(seed)
+  means = values[rng.integers(0, len(values), (BOOTSTRAP, len(values)))].mean(axis=1)
+  lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+  return float(lo), float(hi)
+
+
+def _metric_keys(records: Sequence[dict]) -> list[str]:
+  return sorted({k for r in records for k in r.get("final", {})})
+
+
+def write_csv(records: Mapping[str, dict], path: str) -> None:
+  """One row per run: identity, cost, and every final metric."""
+  rows = sorted(records.values(), key=lambda r: r["id"])
+  keys = _metric_keys(rows)
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(["id", "task", "method", "hparams", "seed", "phase", "steps", "train_seconds", "eval_seconds"] + keys)
+  for r in rows:
+    hp = ";".join(f"{k}={v}" for k, v in r["hparams"])
+    writer.writerow([r["id"], r["task"], r["method"], hp, r["seed"], r["phase"], r["steps"],
+                     f"{r['train_seconds']:.0f}", f"{r['eval_seconds']:.0f}"]
+                    + [_num(r["final"].get(k)) for k in keys])
+  files.write_text(path, buffer.getvalue())
+
+
+def _num(x) -> str:
+  return "" if x is None else f"{x:.6g}"
+
+
+def groups(records: Mapping[str, dict], selected: Mapping[tuple[str, str], dict]) -> dict[tuple[str, str], list]:
+  """(task, method) -> the records at the method's selected grid point (every seed), plus (task, 'base')."""
+  out: dict[tuple[str, str], list] = {}
+  for r in records.values():
+    if r["method"] == "base":
+      out.setdefault((r["task"], "base"), []).append(r)
+      continue
+    chosen = selected.get((r["task"], r["method"]))
+    if chosen is not None and r["hparams"] == chosen["hparams"]:
+      out.setdefault((r["task"], r["method"]), []).append(r)
+  for rs in out.values():
+    rs.sort(key=lambda r: r["seed"])
+  return out
+
+
+def summary_table(task: str, metrics: Sequence[tuple[str, str]], grouped, methods: Sequence[str],
+                  reference: str = "sft") -> str:
+  """Markdown: per method, mean ± sd [95% CI] over seeds of each metric, and the paired difference against the
+  reference method at the same seeds."""
+  header = ["method", "seeds", "selected"] + [label for label, _ in metrics]
+  rows = []
+  ref = {r["seed"]: r for r in grouped.get((task, reference), [])}
+  for method in ["base"] + list(methods):
+    rs = grouped.get((task, method), [])
+    if not rs:
+      continue
+    cells = [method, str(len(rs)), ", ".join(f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float)
+                                              else f"{k.rsplit('.', 1)[-1]}={v}" for k, v in rs[0]["hparams"])]
+    for _, key in metrics:
+      values = [r["final"][key] for r in rs if key in r["final"]]
+      if not values:
+        cells.append("–")
+        continue
+      mean, sd = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+      lo, hi = bootstrap_ci(values)
+      text = f"{mean:.3g}" + (f" ± {sd:.2g} [{lo:.3g}, {hi:.3g}]" if len(values) > 1 else "")
+      diffs = [r["final"][key] - ref[r["seed"]]["final"][key] for r in rs
+               if r["seed"] in ref and key in ref[r["seed"]]["final"]]
+      if method not in (reference, "base") and diffs:
+        dlo, dhi = bootstrap_ci(diffs)
+        text += f"; Δ {np.mean(diffs):+.3g}" + (f" [{dlo:+.3g}, {dhi:+.3g}]" if len(diffs) > 1 else "")
+      cells.append(text)
+    rows.append(cells)
+  return tables.markdown(header, rows)
+
+
+def pareto_plot(path: str, task: str, grouped, methods: Sequence[str], x: tuple[str, str], y: tuple[str, str],
+                extra_curves: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> None:
+  """New-task score (x) vs retention (y), one point per method (mean, error bars = sd over seeds)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+  for method in ["base"] + list(methods):
+    rs = grouped.get((task, method), [])
+    xs = [r["final"][x[1]] for r in rs if x[1] in r["final"]]
+    ys = [r["final"][y[1]] for r in rs if y[1] in r["final"]]
+    if not xs or not ys:
+      continue
+    ax.errorbar(np.mean(xs), np.mean(ys), xerr=np.std(xs, ddof=1) if len(xs) > 1 else None,
+                yerr=np.std(ys, ddof=1) if len(ys) > 1 else None, fmt="o", capsize=3, label=f"{method} (n={len(rs)})")
+    ax.annotate(method, (np.mean(xs), np.mean(ys)), textcoords="offset points", xytext=(4, 4), fontsize=8)
+  for label, points in (extra_curves or {}).items():
+    px, py = zip(*points)
+    ax.plot(px, py, "--", marker=".", label=label)
+  ax.set_xlabel(f"{x[0]} (new task) →")
+  ax.set_ylabel(f"{y[0]} (original ability) →")
+  ax.set_title(f"{task}: learning vs forgetting")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  files.write_with(path, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": None}))
+  plt.close(fig)
+
+
+def curve_plot(path: str, task: str, grouped, methods: Sequence[str], series: Sequence[tuple[str, str]]) -> None:
+  """Learning curves: each series' periodic evaluation against steps, mean over seeds (band: min..max)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(series), figsize=(5.2 * len(series), 4.2), dpi=120, squeeze=False)
+  for ax, (label, key) in zip(axes[0], series):
+    for method in methods:
+      curves = [r.get("curve", []) for r in grouped.get((task, method), [])]
+      steps = sorted({p["step"] for c in curves for p in c if key in p})
+      if not steps:
+        continue
+      values = np.array([[next((p[key] for p in c if p["step"] == s and key in p), np.nan) for s in steps]
+                         for c in curves])
+      mean = np.nanmean(values, axis=0)
+      ax.plot(steps, mean, marker=".", label=f"{method} (n={len(curves)})")
+      if len(curves) > 1:
+        ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), alpha=0.15)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(f"{task}: learning curves (small validation sets)")
+  fig.tight_layout()
+  files.write_with(path, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": None}))
+  plt.close(fig)
+
+
+def cost_lines(records: Mapping[str, dict]) -> list[str]:
+  """Measured CPU cost per run kind and in total."""
+  rs = list(records.values())
+  total = sum(r["seconds"] for r in rs)
+  lines = [f"Runs: {len(rs)}; wall time in total {total / 3600:.2f} h (training {sum(r['train_seconds'] for r in rs) / 3600:.2f} h, "
+           f"final evaluations {sum(r['eval_seconds'] for r in rs) / 3600:.2f} h)."]
+  by_method: dict[str, list[float]] = {}
+  for r in rs:
+    by_method.setdefault(r["method"], []).append(r["seconds"])
+  lines.append("Mean wall time per run: " + ", ".join(f"{m} {np.mean(v) / 60:.1f} min" for m, v in sorted(by_method.items())) + ".")
+  return lines
+
+
+def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> str:
+  """results.csv, results.md and the plots under `out_dir`; returns the markdown."""
+  spec = study.spec
+  write_csv(records, os.path.join(out_dir, "results.csv"))
+  grouped = groups(records, selected)
+  lines = [f"# Study {spec.name}", "", f"Regenerate: `python -m grow_jax.study --study={study.path}"
+           + (f":{study.arg}" if study.arg else "") + f" --out={out_dir}` (runs with a JSON under runs/ are skipped).",
+           ""]
+  lines += [spec.description.strip(), ""]
+  lines += cost_lines(records) + [""]
+  for task, report in spec.report.items():
+    methods = study.methods(task)
+    lines += [f"## {task}", ""]
+    picks = [(m, selected[(task, m)]) for m in methods if (task, m) in selected]
+    if picks:
+      lines += ["Selected on validation (" + str(report.get("selection", "")) + "): " + "; ".join(
+          f"{m}: " + ", ".join(f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                                for k, v in r["hparams"]) for m, r in picks), ""]
+    metrics = [tuple(m) for m in report["metrics"]]
+    lines += [summary_table(task, metrics, grouped, methods, reference=report.get("reference", "sft")), ""]
+    if report.get("pareto"):
+      x, y = (tuple(a) for a in report["pareto"])
+      name = f"{task}_pareto.png"
+      pareto_plot(os.path.join(out_dir, name), task, grouped, methods, x, y)
+      lines += [f"![{task}: new task vs retention]({name})", ""]
+    if report.get("curves"):
+      name = f"{task}_curves.png"
+      curve_methods = [m for m in spec.curves["methods"] if (task, m) in grouped]
+      curve_plot(os.path.join(out_dir, name), task, grouped, curve_methods, [tuple(s) for s in report["curves"]])
+      lines += [f"![{task}: learning curves]({name})", ""]
+  lines += ["Cells: mean ± sd over seeds [95% bootstrap interval of the mean over seeds]; Δ: the paired "
+            "difference against the reference method at the same seeds [its 95% bootstrap interval]. One seed: the "
+            "value alone.", ""]
+  text = "\n".join(lines)
+  files.write_text(os.path.join(out_dir, "results.md"), text)
+  return text

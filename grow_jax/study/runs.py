@@ -1,0 +1,319 @@
+"""A study's runs: the grid a study file declares, expanded into runs; each run trained, evaluated and written
+as one small JSON under `<out>/runs/`; a run whose JSON exists is skipped (the study resumes anywhere).
+
+A study file (see experiments/studies/) defines
+
+    get_config(arg)   the training config every run starts from (configs/ style)
+    get_study(arg)    a dict of `StudySpec`'s fields: tasks {name: {dotted key: value}}, methods {name: {dotted
+                      key: value}}, grids {method: {dotted key: [values]}} (a value '@<method>' takes the value
+                      selected for that method), seeds, seeded_methods, task_methods, final_eval {task:
+                      [[entry, limit], ...]}, curves {every, max_examples, tasks {task: [entries]}, methods}, report
+    select(task, method, runs, reference) -> run   the rule, fixed in advance, that picks a grid point on
+                      validation (reference: the task's 'base' record and the records selected so far)
+
+Phases: 'sweep' (every grid point, seed = seeds[0]); selection (`select`, validation metrics only); 'seeds'
+(the selected grid point of each seeded method at the other seeds). A 'base' run per task evaluates the
+untrained model on the same sets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib.util
+import itertools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import ml_collections
+
+from grow_jax import files
+from grow_jax.errors import ConfigError
+from grow_jax.train import config as config_lib
+
+_log = logging.getLogger(__name__)
+SEP = "/"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run of a study (or the untrained base model of a task: method 'base')."""
+  task: str
+  method: str
+  hparams: tuple[tuple[str, Any], ...]   # the grid point: ((dotted key, value), ...)
+  seed: int
+  phase: str                             # 'base' | 'sweep' | 'seeds'
+
+  @property
+  def id(self) -> str:
+    point = ",".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in self.hparams) or "default"
+    return SEP.join((self.task, self.method, point, f"seed={self.seed}"))
+
+  @property
+  def file_name(self) -> str:
+    return self.id.replace(SEP, "__") + ".json"
+
+
+def _fmt(value) -> str:
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# ---- the study file ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class StudySpec:
+  """What a study file's get_study() declares (see the module docstring)."""
+  name: str
+  tasks: dict[str, dict[str, Any]]
+  methods: dict[str, dict[str, Any]]
+  grids: dict[str, dict[str, list]]
+  seeds: list[int]
+  final_eval: dict[str, list]
+  seeded_methods: list[str] = dataclasses.field(default_factory=list)
+  task_methods: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+  curves: dict[str, Any] | None = None
+  report: dict[str, dict] = dataclasses.field(default_factory=dict)
+  description: str = ""
+
+
+@dataclasses.dataclass
+class Study:
+  path: str
+  arg: str | None
+  module: Any
+  spec: StudySpec
+
+  @property
+  def name(self) -> str:
+    return self.spec.name
+
+  def base_config(self) -> ml_collections.ConfigDict:
+    return self.module.get_config(self.arg)
+
+  def select(self, task: str, method: str, runs: Sequence[dict], reference: Mapping[str, dict]) -> dict:
+    return self.module.select(task, method, runs, reference)
+
+  def methods(self, task: str) -> list[str]:
+    """The methods a task is studied with (study.task_methods, default all)."""
+    return list(self.spec.task_methods.get(task, list(self.spec.methods)))
+
+
+def load_study(text: str) -> Study:
+  """'path/to/study.py[:arg]' -> Study."""
+  path, _, arg = text.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--study={text!r}: no study file at {path!r}")
+  spec = importlib.util.spec_from_file_location(f"study_{os.path.basename(path)[:-3]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for fn in ("get_config", "get_study", "select"):
+    if not callable(getattr(module, fn, None)):
+      raise ConfigError(f"--study={text!r}: the study file defines no {fn}()")
+  declared = module.get_study(arg or None)
+  fields = {f.name for f in dataclasses.fields(StudySpec)}
+  unknown = sorted(set(declared) - fields)
+  if unknown:
+    raise ConfigError(f"--study={text!r}: get_study() returned unknown keys {unknown}; expected {sorted(fields)}")
+  try:
+    spec = StudySpec(**declared)
+  except TypeError as e:
+    raise ConfigError(f"--study={text!r}: get_study(): {e}") from None
+  return Study(path, arg or None, module, spec)
+
+
+# ---- expanding the grid --------------------------------------------------------------------------------
+def grid_points(study: Study, method: str, selected: Mapping[tuple[str, str], dict], task: str):
+  """The method's grid points as tuples of (key, value); '@m' values take method m's selected value
+  (None while m is not selected yet)."""
+  grid = dict(study.spec.grids.get(method, {}))
+  keys = sorted(grid)
+  for values in itertools.product(*(grid[k] for k in keys)):
+    point = []
+    for key, value in zip(keys, values):
+      if isinstance(value, str) and value.startswith("@"):
+        chosen = selected.get((task, value[1:]))
+        if chosen is None:
+          return
+        value = dict(chosen["hparams"])[key]
+      point.append((key, value))
+    yield tuple(point)
+
+
+def expand(study: Study, selected: Mapping[tuple[str, str], dict]) -> list[Run]:
+  """Every run of the study that can be named now (a grid depending on an unselected method waits)."""
+  spec = study.spec
+  first, others = spec.seeds[0], list(spec.seeds[1:])
+  runs = []
+  for task in spec.tasks:
+    runs.append(Run(task, "base", (), first, "base"))
+    for method in study.methods(task):
+      for point in dict.fromkeys(grid_points(study, method, selected, task)):
+        runs.append(Run(task, method, point, first, "sweep"))
+      chosen = selected.get((task, method))
+      if chosen is not None and method in spec.seeded_methods:
+        point = tuple(tuple(kv) for kv in chosen["hparams"])
+        runs += [Run(task, method, point, seed, "seeds") for seed in others]
+  return runs
+
+
+def run_config(study: Study, run: Run, workdir_root: str) -> tuple[ml_collections.ConfigDict, str]:
+  """The training config of a run and its workdir."""
+  spec = study.spec
+  overrides = {**dict(spec.tasks[run.task]), **dict(spec.methods.get(run.method, {})), **dict(run.hparams),
+               "seed": run.seed}
+  config = config_lib.apply_overrides(study.base_config(), overrides)
+  curves = spec.curves
+  if curves and run.method in curves["methods"] and run.task in curves["tasks"]:
+    config.eval.tasks = tuple(curves["tasks"][run.task])
+    config.eval_every_steps = curves["every"]
+    config.eval.max_examples = curves["max_examples"]
+    config.eval.at_start = False
+  else:
+    config.eval.tasks = ()
+    config.eval_every_steps = 0
+  return config, os.path.join(workdir_root, study.name, run.id.replace(SEP, "__"))
+
+
+# ---- executing a run -------------------------------------------------------------------------------------
+def git_commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def final_evaluation(study: Study, run: Run, config, model_config, params, tokenizer) -> dict[str, float]:
+  """The study's final evaluations of a task on (model_config, params): {'<entry>/<metric>': value}."""
+  from grow_jax import formats
+  from grow_jax.evaluation import registry
+  base_cache = {}
+
+  def base_model():
+    if "model" not in base_cache:
+      base_cache["model"] = formats.load_checkpoint(config.init.source, seed=config.seed,
+                                                    **config_lib.model_overrides(config))
+    return base_cache["model"]
+
+  out = {}
+  for entry, limit in study.spec.final_eval[run.task]:
+    ctx = registry.EvalContext(model_config, tokenizer=tokenizer, limit=limit, batch_size=config.eval.batch_size,
+                               max_len=config.eval.max_len, max_new_tokens=config.eval.max_new_tokens,
+                               base_model=base_model, base_id=config.init.source)
+    metrics = registry.build(entry, ctx)(params)
+    out.update({f"{entry}/{k}": float(v) for k, v in metrics.items()})
+  return out
+
+
+def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_workdir: bool = False) -> dict:
+  """Trains (unless 'base') and evaluates one run; writes and returns its record."""
+  import jax
+  from grow_jax import formats
+  from grow_jax.model.tokenizer import load_tokenizer
+  from grow_jax.train import loop
+  from grow_jax.train.checkpointing import load_trained_params
+  config, workdir = run_config(study, run, workdir_root)
+  record = {"id": run.id, "task": run.task, "method": run.method, "hparams": [list(kv) for kv in run.hparams],
+            "seed": run.seed, "phase": run.phase, "study": study.name, "commit": git_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "steps": 0 if run.method == "base" else config.total_steps,
+            "batch_size": config.batch_size, "seq_len": config.data.seq_len, "mode": config.train.mode,
+            "device": f"{jax.devices()[0].platform} x{jax.device_count()}"}
+  t0 = time.time()
+  if run.method == "base":
+    model_config, params = formats.load_checkpoint(config.init.source, seed=config.seed,
+                                                   **config_lib.model_overrides(config))
+    record["train_seconds"] = 0.0
+  else:
+    loop.train_and_evaluate(config, workdir)
+    record["train_seconds"] = time.time() - t0
+    record["curve"] = read_curve(workdir)
+    model_config, params, _ = load_trained_params(workdir)
+  tokenizer = load_tokenizer(config.data.tokenizer or config.init.source)
+  t1 = time.time()
+  record["final"] = final_evaluation(study, run, config, model_config, params, tokenizer)
+  record["eval_seconds"] = time.time() - t1
+  record["seconds"] = time.time() - t0
+  files.write_text(os.path.join(out_dir, "runs", run.file_name), json.dumps(record, indent=1, sort_keys=True) + "\n")
+  if not keep_workdir and os.path.isdir(workdir):
+    shutil.rmtree(workdir, ignore_errors=True)
+  return record
+
+
+def read_curve(workdir: str) -> list[dict[str, Any]]:
+  """The periodic evaluations of a run: [{'step': s, '<task>/<metric>': v, ...}] from its metrics.jsonl."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  curve = []
+  with open(path) as f:
+    for line in f:
+      record = json.loads(line)
+      evals = {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/") and k != "eval/seconds"}
+      if evals:
+        curve.append({"step": record["step"], **evals})
+  return curve
+
+
+# ---- the records -----------------------------------------------------------------------------------------
+def load_records(out_dir: str) -> dict[str, dict]:
+  """Every finished run's record, by run id."""
+  runs_dir = os.path.join(out_dir, "runs")
+  records = {}
+  if os.path.isdir(runs_dir):
+    for name in sorted(os.listdir(runs_dir)):
+      if name.endswith(".json"):
+        with open(os.path.join(runs_dir, name)) as f:
+          record = json.load(f)
+        records[record["id"]] = record
+  return records
+
+
+def selections(study: Study, records: Mapping[str, dict]) -> dict[tuple[str, str], dict]:
+  """(task, method) -> the selected sweep record, for every method whose sweep is complete."""
+  out = {}
+  changed = True
+  while changed:                           # '@method' grids become nameable as their reference is selected
+    changed = False
+    for run in expand(study, out):
+      key = (run.task, run.method)
+      if run.phase != "sweep" or key in out:
+        continue
+      sweep = [r for r in expand(study, out) if (r.task, r.method) == key and r.phase == "sweep"]
+      done = [records[r.id] for r in sweep if r.id in records]
+      base = records.get(Run(run.task, "base", (), study.spec.seeds[0], "base").id)
+      if sweep and len(done) == len(sweep) and base is not None:
+        reference = {"base": base, **{m: rec for (t, m), rec in out.items() if t == run.task}}
+        out[key] = study.select(run.task, run.method, done, reference)
+        changed = True
+  return out
+
+
+def pending(study: Study, records: Mapping[str, dict], only: str | None = None) -> list[Run]:
+  """The runs to do next, in order (base, sweeps, then seeds), `only` a glob over run ids."""
+  selected = selections(study, records)
+  runs = [r for r in expand(study, selected) if r.id not in records]
+  if only:
+    runs = [r for r in runs if fnmatch.fnmatch(r.id, only)]
+  order = {"base": 0, "sweep": 1, "seeds": 2}
+  return sorted(runs, key=lambda r: order[r.phase])
+
+
+def run_all(study: Study, out_dir: str, workdir_root: str, *, only: str | None = None, max_runs: int | None = None,
+            keep_workdirs: bool = False, on_record: Callable[[dict], None] | None = None) -> int:
+  """Executes pending runs until none is left (selections unlock further runs); returns how many ran."""
+  done = 0
+  while max_runs is None or done < max_runs:
+    todo = pending(study, load_records(out_dir), only)
+    if not todo:
+      break
+    run = todo[0]
+    _log.info("study %s: run %s (%d pending)", study.name, run.id, len(todo))
+    record = execute(study, run, out_dir, workdir_root, keep_workdir=keep_workdirs)
+    done += 1
+    if on_record is not None:
+      on_record(record)
+  return done
