@@ -188,6 +188,9 @@ def main(argv=None):
   p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
   p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="transformers attention kernel")
   p.add_argument("--skip", default="", help="comma list of parts to skip: train,generate")
+  p.add_argument("--decode_baseline", action="store_true",
+                 help="also time grow_jax generation without the pre-transposed decode weights (attention "
+                      "weights copied on every decode step, as before generation.DECODE_PERMUTATIONS)")
   p.add_argument("--out", default=None, help="also write the markdown table to this file")
   args = p.parse_args(argv)
   if args.quick:
@@ -238,6 +241,17 @@ def main(argv=None):
     for b in gen_batches:
       results[("jax", "gen", b)] = jax_generate(config, params, prompts[:b], args.new_tokens, args.gen_repeats)
       print(f"grow_jax generate B={b}: {results[('jax', 'gen', b)][1]:.3f} s", flush=True)
+    if args.decode_baseline:
+      from grow_jax.model import generation
+      saved, generation.DECODE_PERMUTATIONS = generation.DECODE_PERMUTATIONS, {}
+      try:
+        for b in gen_batches:
+          results[("jax-baseline", "gen", b)] = jax_generate(config, params, prompts[:b], args.new_tokens,
+                                                             args.gen_repeats)
+          print(f"grow_jax generate B={b}, weights as stored: {results[('jax-baseline', 'gen', b)][1]:.3f} s",
+                flush=True)
+      finally:
+        generation.DECODE_PERMUTATIONS = saved
   if "train" not in skip:
     results[("jax", "train")] = jax_train(config, params, train_tokens, args.steps)
     print(f"grow_jax train step: {results[('jax', 'train')][1]:.3f} s, losses {results[('jax', 'train')][0]}",
@@ -262,6 +276,11 @@ def main(argv=None):
                (f"greedy generate B={b}: identical rows", f"{same}/{b}",
                 ("other rows differ from new token " + ", ".join(map(str, first))) if first else "all identical",
                 f"(first call incl. compile {jfirst:.1f} s)")]
+      if ("jax-baseline", "gen", b) in results:
+        bt, bs, _ = results[("jax-baseline", "gen", b)]
+        rows.append((f"greedy generate B={b}: tokens/s, grow_jax with attention weights copied every step", "",
+                     f"{n / bs:,.1f} (tokens {'identical' if (bt == jt).all() else 'DIFFERENT'})",
+                     f"{bs / js:.2f}x from the pre-transposed weights"))
   text = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                    + ["| " + " | ".join(r) + " |" for r in rows])
   note = (f"{name}, f32, CPU, {args.threads} threads (torch.set_num_threads; XLA uses the process's CPUs), "

@@ -259,7 +259,9 @@ def test_rows_marked_done_emit_padding(params, prompts):
   np.testing.assert_array_equal(logprobs[done], 0.0)
 
 
-def test_generate_batched_errors(params):
+def test_generate_batched_errors_and_empty_input(params):
+  empty = generation.generate_batched(CONFIG, params, [], batch_size=4, max_new_tokens=3)
+  assert empty.tokens.shape == (0, 3) and empty.lengths.shape == (0,)
   with pytest.raises(ValueError, match="batch_size"):
     generation.generate_batched(CONFIG, params, [[2, 5]], batch_size=0, max_new_tokens=2)
   with pytest.raises(ValueError, match="no tokens"):

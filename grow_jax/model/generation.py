@@ -136,19 +136,24 @@ def generate_batched(config: ModelConfig, params: Params, prompts, *, batch_size
   The prompts are sorted by length (after `max_len` truncation), longest first, and cut into batches of
   `batch_size` consecutive prompts, so each batch pads only to the prompt bucket of its own longest prompt
   and its rows tend to finish together. Every batch has `batch_size` rows (the last one is filled with rows
-  that are finished from the start and cost no decode steps of their own), so there is one compiled program
-  per prompt bucket. Arguments are those of `generate`; with sampling, batch i uses
+  marked finished from the start, which never keep the decode loop running), so there is one compiled
+  program per prompt bucket. Arguments are those of `generate`; with sampling, batch i uses
   `jax.random.fold_in(rng, i)`, so samples depend on the batching (greedy results do not).
 
   Returns:
-    GenerateOutput with len(prompts) rows, row i for prompts[i].
+    GenerateOutput with len(prompts) rows, row i for prompts[i] (no prompts: zero rows).
   """
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
     raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
   options = _check_options(config, max_new_tokens, temperature, top_k, rng, eos_id, pad_id, max_len)
-  rows = _truncate(_check_rows(prompts_to_lists(prompts, input_mask)), max_new_tokens, max_len)
+  rows = prompts_to_lists(prompts, input_mask)
+  n = len(rows)
+  result = GenerateOutput(np.full((n, max_new_tokens), options["pad_id"], np.int32), np.zeros((n,), np.int32),
+                          np.zeros((n,), bool), np.zeros((n, max_new_tokens), np.float32))
+  if not rows:
+    return result
+  rows = _truncate(_check_rows(rows), max_new_tokens, max_len)
   order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))        # stable: ties keep input order
-  parts = []
   for b, start in enumerate(range(0, len(order), batch_size)):
     members = order[start:start + batch_size]
     batch = [rows[i] for i in members]
@@ -157,11 +162,6 @@ def generate_batched(config: ModelConfig, params: Params, prompts, *, batch_size
     done = np.arange(batch_size) >= len(members)
     key = None if rng is None else jax.random.fold_in(rng, b)
     out = _generate_rows(config, params, batch, done, key, prompt_bucket, **options)
-    parts.append((members, out))
-  n = len(rows)
-  result = GenerateOutput(np.zeros((n, max_new_tokens), np.int32), np.zeros((n,), np.int32),
-                          np.zeros((n,), bool), np.zeros((n, max_new_tokens), np.float32))
-  for members, out in parts:
     for field, dest in zip(out, result):
       dest[members] = field[:len(members)]
   return result
