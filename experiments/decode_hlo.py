@@ -50,8 +50,8 @@ def weight_copies(hlo: str, stored_shapes) -> tuple[list[str], list[str]]:
   """(weight copies, other copies) in the loop body, as HLO lines (metadata cut).
 
   A weight value is a get-tuple-element of the loop state with the shape of a stored weight (or a bitcast
-  of one); a weight copy is a copy / transpose / kLoop fusion with a weight operand whose output has as many
-  elements as that operand. Other copies: every other `copy` instruction in the body."""
+  of one); a weight copy is a copy / transpose / non-matmul fusion with a weight operand whose output has
+  as many elements as that operand. Other copies: every other `copy` instruction in the body."""
   stored_shapes = {tuple(s) for s in stored_shapes}
   defs = _definitions(loop_body(hlo))
   weights = {n for n, (_, shape, op, _, _) in defs.items() if op == "get-tuple-element" and shape in stored_shapes}
@@ -62,7 +62,8 @@ def weight_copies(hlo: str, stored_shapes) -> tuple[list[str], list[str]]:
   copies, others = [], []
   for n, (_, shape, op, operands, line) in defs.items():
     sources = [o for o in operands if o in weights]
-    is_copy_like = op in ("copy", "transpose") or (op == "fusion" and "kind=kLoop" in line)
+    # Any non-matmul fusion (XLA:GPU emits transposes as kInput fusions); matmul fusions are kCustom.
+    is_copy_like = op in ("copy", "transpose") or (op == "fusion" and "kind=kCustom" not in line)
     if is_copy_like and any(math.prod(defs[o][1]) == math.prod(shape) for o in sources):
       copies.append(cut(line))
     elif op == "copy":

@@ -11,6 +11,9 @@ r"""Checks on one accelerator (an NVIDIA H200 in mind), as one command that fits
    `jax.default_matmul_precision('highest')`; says which one is exactly 0.
 2. Device vs CPU: the 270M's logits on the device (default and highest precision) against the same forward
    on the host CPU in this process: max |Δ|, max |Δ| / std(logits), share of positions with the same argmax.
+2b. The decode loop of generate() on the device (270M shape, batch 8): weight copies per step in the compiled
+   loop and tokens/s, weights as stored vs transposed as on CPU (should the platform get an entry in
+   generation.DECODE_PERMUTATIONS?).
 3. Train steps of Gemma 3 1B (random weights of the `gemma3_1b` preset, bf16 compute, f32 params and Adam)
    for each mode, each in its own subprocess (so peak memory is per mode): the batch that fills --fill of the
    device's bytes_limit is computed from XLA's memory analysis of four cheap compiles (1- and 2-layer versions
@@ -277,6 +280,51 @@ def run_mode(mode: str, args) -> dict:
           "loss": float(jax.device_get(metrics["loss"])), "wall_s": time.perf_counter() - t0}
 
 
+def check_decode(args) -> dict:
+  """The decode loop of `generate` on this platform, for the 270M shape at batch 8: weight copies per step
+  in the compiled loop and greedy tokens/s, with the weights as stored and with the attention weights
+  transposed as on CPU (generation.DECODE_PERMUTATIONS['cpu']); tells whether this platform should get an
+  entry in DECODE_PERMUTATIONS."""
+  import jax
+  import numpy as np
+  import decode_hlo
+  from grow_jax.model import generation
+  from grow_jax.model.transformer import init_params
+  config = _small_config("gemma3_270m", _dry(args))
+  platform = jax.devices()[0].platform
+  cpu = generation.DECODE_PERMUTATIONS["cpu"]
+  params = jax.jit(lambda k: init_params(config, k))(jax.random.key(0))
+  prompts = [list(map(int, row)) for row in _tokens(config, 8, 32)]
+  new_tokens = 8 if _dry(args) else 64
+  saved = dict(generation.DECODE_PERMUTATIONS)
+  out = {"platform": platform, "batch": 8, "prompt": 32, "new_tokens": new_tokens,
+         "model": "tiny, 1 layer (dry run)" if _dry(args) else "270M shape, random weights"}
+  tokens = {}
+  try:
+    for name, table in (("as stored", {}), ("cpu permutations", {platform: cpu})):
+      generation.DECODE_PERMUTATIONS.clear()
+      generation.DECODE_PERMUTATIONS.update({**{k: v for k, v in saved.items() if k != platform}, **table})
+      perms = generation.decode_permutations(params)
+      hlo, shapes = decode_hlo.compile_decode(config, 8, 32, 8, perms)
+      copies, others = decode_hlo.weight_copies(hlo, shapes)
+      run = lambda: generation.generate(config, params, prompts, max_new_tokens=new_tokens, eos_id=-1).tokens
+      tokens[name] = run()
+      best = min(_timed(run) for _ in range(3))
+      out[name] = {"weight_copies": len(copies), "other_copies": len(others), "tokens_per_s": 8 * new_tokens / best}
+      print(f"decode, {name}: {out[name]}", flush=True)
+  finally:
+    generation.DECODE_PERMUTATIONS.clear()
+    generation.DECODE_PERMUTATIONS.update(saved)
+  out["same_tokens"] = bool(np.array_equal(tokens["as stored"], tokens["cpu permutations"]))
+  return out
+
+
+def _timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
 def run_checks(args) -> dict:
   """Checks 1-2 and the bf16 matmul peak (one process), plus what JAX sees."""
   import jax
@@ -286,6 +334,8 @@ def run_checks(args) -> dict:
   print(out["env"], flush=True)
   if "checks" not in args.skip.split(","):
     out.update(check_growth_and_parity(args))
+  if "decode" not in args.skip.split(","):
+    out["decode"] = check_decode(args)
   if "train" not in args.skip.split(","):
     out["bf16_peak_flops"] = flops_lib.matmul_peak("bfloat16", n=256 if _dry(args) else 16384,
                                                    repeats=2 if _dry(args) else 6)
@@ -349,6 +399,15 @@ def report(args, env: dict, checks: dict | None, peak: float | None, modes: list
     lines += [f"| {p} | {v['max_abs']:.3g} | {v['max_rel_std']:.3g} | {100 * v['argmax_agree']:.2f}% |"
               for p, v in par.items()]
     lines.append("")
+  if checks and "decode" in checks:
+    d = checks["decode"]
+    lines += [f"## Decode loop on {d['platform']} ({d['model']}, batch {d['batch']}, {d['prompt']}-token prompts, "
+              f"{d['new_tokens']} new tokens)", "",
+              "| attention weights | weight copies per step | other copies | tokens/s |", "|---|---|---|---|"]
+    lines += [f"| {name} | {d[name]['weight_copies']} | {d[name]['other_copies']} | {d[name]['tokens_per_s']:,.1f} |"
+              for name in ("as stored", "cpu permutations")]
+    lines += ["", f"Same tokens: {d['same_tokens']}. If 'cpu permutations' has fewer copies and more tokens/s, add "
+              f"'{d['platform']}' to grow_jax.model.generation.DECODE_PERMUTATIONS.", ""]
   if modes:
     lines += [f"## Train step: {'tiny (2 layers)' if _dry(args) else 'Gemma 3 1B (random weights)'}, "
               f"compute {args.dtype}, params {args.param_dtype}, seq_len {args.seq_len}", "",
@@ -375,7 +434,7 @@ def main(argv=None):
   p.add_argument("--real", action="store_true", help="checks 1-2 on the real Gemma 3 270M (needs its package)")
   p.add_argument("--modes", default=None, help=f"default {','.join(MODES)} (dry run: sft,lora, which cover "
                                                 "this script's code paths; the trainer's modes are tested elsewhere)")
-  p.add_argument("--skip", default="", help="comma list of parts to skip: checks,train")
+  p.add_argument("--skip", default="", help="comma list of parts to skip: checks,decode,train")
   p.add_argument("--seq_len", type=int, default=None, help="default 512 (dry run: 16)")
   p.add_argument("--batch", type=int, default=0, help="fixed batch (0: fill the device)")
   p.add_argument("--probe_batch", type=int, default=None, help="batch of the memory probe (default 8)")

@@ -47,3 +47,5 @@ def test_device_check_dry_run(tmp_path):
     assert r["predicted_bytes"] <= 0.98 * (64 << 20), r               # fits the pretend 64 MiB device
   assert modes["lora"]["flops_parts_per_token"]["weight_grad"] < modes["sft"]["flops_parts_per_token"]["weight_grad"]
   assert "| lora |" in (tmp_path / "device_check.md").read_text()
+  decode = result["checks"]["decode"]
+  assert decode["same_tokens"] and decode["cpu permutations"]["weight_copies"] == 0 < decode["as stored"]["weight_copies"]
