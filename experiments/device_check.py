@@ -11,9 +11,9 @@ r"""Checks on one accelerator (an NVIDIA H200 in mind), as one command that fits
    `jax.default_matmul_precision('highest')`; says which one is exactly 0.
 2. Device vs CPU: the 270M's logits on the device (default and highest precision) against the same forward
    on the host CPU in this process: max |Δ|, max |Δ| / std(logits), share of positions with the same argmax.
-2b. The decode loop of generate() on the device (270M shape, batch 8): weight copies per step in the compiled
-   loop and tokens/s, weights as stored vs transposed as on CPU (should the platform get an entry in
-   generation.DECODE_PERMUTATIONS?).
+4. Last, if time is left: the decode loop of generate() on the device (270M shape, batch 8): weight copies
+   per step in the compiled loop and tokens/s, weights as stored vs transposed as on CPU (should the
+   platform get an entry in generation.DECODE_PERMUTATIONS?).
 3. Train steps of Gemma 3 1B (random weights of the `gemma3_1b` preset, bf16 compute, f32 params and Adam)
    for each mode, each in its own subprocess (so peak memory is per mode): the batch that fills --fill of the
    device's bytes_limit is computed from XLA's memory analysis of four cheap compiles (1- and 2-layer versions
@@ -334,13 +334,19 @@ def run_checks(args) -> dict:
   print(out["env"], flush=True)
   if "checks" not in args.skip.split(","):
     out.update(check_growth_and_parity(args))
-  if "decode" not in args.skip.split(","):
-    out["decode"] = check_decode(args)
   if "train" not in args.skip.split(","):
     out["bf16_peak_flops"] = flops_lib.matmul_peak("bfloat16", n=256 if _dry(args) else 16384,
                                                    repeats=2 if _dry(args) else 6)
     print(f"bf16 matmul peak {out['bf16_peak_flops'] / 1e12:.2f} TFLOP/s", flush=True)
   return out
+
+
+def _run(part: str, args) -> dict:
+  if part == "checks":
+    return run_checks(args)
+  if part == "decode":
+    return check_decode(args)
+  return run_mode(part.split(":", 1)[1], args)
 
 
 def _child_argv(args, part: str, result_path: str) -> list[str]:
@@ -356,13 +362,13 @@ def run_part(args, part: str, deadline: float) -> dict:
   and each mode's peak memory is its own; in this process with --in_process."""
   name = part.split(":")[-1]
   remaining = deadline - time.monotonic()
-  if part.startswith("mode:") and remaining < args.mode_budget_s:
-    print(f"[{name}] skipped: {remaining:.0f} s left before the deadline", flush=True)
-    return {"mode": name, "skipped": f"{remaining:.0f} s left before --deadline_s"}
   failed = {"mode": name} if part.startswith("mode:") else {}
+  if part != "checks" and remaining < args.mode_budget_s:
+    print(f"[{name}] skipped: {remaining:.0f} s left before the deadline", flush=True)
+    return {**failed, "skipped": f"{remaining:.0f} s left before --deadline_s"}
   if args.in_process:
     try:
-      return run_checks(args) if part == "checks" else run_mode(name, args)
+      return _run(part, args)
     except Exception as e:  # noqa: BLE001 -- keep going, report
       traceback.print_exc()
       return {**failed, "error": f"{type(e).__name__}: {e}"[:300]}
@@ -387,7 +393,7 @@ def _gib(x):
 def report(args, env: dict, checks: dict | None, peak: float | None, modes: list[dict]) -> str:
   lines = [f"# Device check{' (DRY RUN: tiny model on CPU, numbers mean nothing)' if _dry(args) else ''}", "",
            f"{env['devices']}; jax {env['jax']}; {env['python']}", ""]
-  if checks:
+  if checks and "growth" in checks:
     g, par = checks["growth"], checks["parity"]
     exact = [p for p, v in g.items() if v == 0.0]
     lines += [f"## Growth (grow_mlp x2, all layers) on {checks['device']}: {checks['model']}", "",
@@ -399,7 +405,7 @@ def report(args, env: dict, checks: dict | None, peak: float | None, modes: list
     lines += [f"| {p} | {v['max_abs']:.3g} | {v['max_rel_std']:.3g} | {100 * v['argmax_agree']:.2f}% |"
               for p, v in par.items()]
     lines.append("")
-  if checks and "decode" in checks:
+  if checks and "tokens_per_s" in str(checks.get("decode")):
     d = checks["decode"]
     lines += [f"## Decode loop on {d['platform']} ({d['model']}, batch {d['batch']}, {d['prompt']}-token prompts, "
               f"{d['new_tokens']} new tokens)", "",
@@ -465,7 +471,7 @@ def main(argv=None):
       setattr(args, name, small if dry else big)
 
   if args._part:                                           # a child: one part, result to a JSON file
-    result = run_checks(args) if args._part == "checks" else run_mode(args._part.split(":", 1)[1], args)
+    result = _run(args._part, args)
     with open(args._result, "w") as f:
       json.dump(result, f)
     return result
@@ -479,8 +485,10 @@ def main(argv=None):
   checks = run_part(args, "checks", deadline)
   peak = checks.get("bf16_peak_flops")
   modes = [run_part(args, f"mode:{mode}", deadline) for mode in args.modes.split(",")] if "train" not in skip else []
+  if "decode" not in skip:                                # last: optional, runs only if time is left
+    checks["decode"] = run_part(args, "decode", deadline)
   env = checks.get("env", {"jax": "?", "python": "?", "devices": "? (" + checks.get("error", "") + ")"})
-  text = report(args, env, checks if "growth" in checks else None, peak, modes)
+  text = report(args, env, checks, peak, modes)
   print("\n" + text)
   with open(os.path.join(args.out, "device_check.md"), "w") as f:
     f.write(text + "\n")
