@@ -10,6 +10,16 @@ tokens/s (batch x seq_len per step), trainable parameters, optimizer-state bytes
 (Adam moments + regularizer copies), and XLA's temp-buffer estimate for the step (the activations, incl. the
 (B, T, V) logits unless loss_chunk > 0). Numbers depend on the machine and its load: they are printed, never
 asserted.
+
+Utilisation: the machine's matmul peak is measured through XLA (an f32 2048 x 2048 matmul, best of 6; or
+give --peak_gflops), the model FLOPs of each step come from experiments/flops.py (matmuls only: forward,
+activation-gradient and weight-gradient parts, each computed only where the mode needs it), and
+  MFU        = model FLOPs / step time / peak, the unembedding counted where the step computes it
+               (--unembed=dense: every position, as train/step.py does today; --unembed=targets: only at
+               target positions, for a step that computes logits only there),
+  useful-MFU = the same with the unembedding counted only at target positions (the work the loss needs).
+With --unembed=targets the two are equal. (--unembed only changes the accounting: the step itself is the
+trainer's.)
 """
 
 from __future__ import annotations
@@ -29,7 +39,11 @@ from grow_jax.train import config as config_utils
 from grow_jax.train import optim
 from grow_jax.train import sharding
 from grow_jax.train import loop as train  # noqa: E402
+from grow_jax.train import step as step_lib  # noqa: E402
 from grow_jax.train.writers import format_table  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flops as flops_lib  # noqa: E402  (experiments/flops.py)
 
 MODELS = {
     # name: (init source, growth layers, seq_len)
@@ -55,7 +69,8 @@ def bench_config(model: str, mode: str, *, batch: int, seq_len: int, chunk: int,
   return c
 
 
-def run_one(model: str, mode: str, *, batch: int, seq_len: int, chunk: int, steps: int, real: bool) -> dict:
+def run_one(model: str, mode: str, *, batch: int, seq_len: int, chunk: int, steps: int, real: bool,
+            peak: float, unembed: str = "dense") -> dict:
   config = bench_config(model, mode, batch=batch, seq_len=seq_len, chunk=chunk, real=real)
   mesh = sharding.make_mesh(config.mesh)
   mc, base = train.init_base_params(config, mesh)
@@ -80,14 +95,29 @@ def run_one(model: str, mode: str, *, batch: int, seq_len: int, chunk: int, step
   trainable = sum(x.size for p, x in tree_paths.flatten(state["params"]).items() if flat_labels[p] == "trainable")
   total = sum(x.size for x in jax.tree.leaves(state["params"]))
   opt_bytes = optim.state_bytes(state["opt_state"])
+  # Model FLOPs: this mode's trainable leaves; target positions averaged over the batches used.
+  shapes = {p: tuple(x.shape) for p, x in tree_paths.flatten(state["params"]).items()}
+  trainable_paths, lora = flops_lib.from_labels(mc, setup.step_method.trainable, shapes)
+  targets = statistics.mean(float(jax.device_get(step_lib.target_weights(
+      jax.tree.map(lambda x: x[0], b)).sum())) for b in batches)
+  count = lambda positions: flops_lib.train_step_flops(mc, trainable_paths, batch=batch, seq_len=seq_len,
+                                                       unembed_positions=positions, lora=lora)
+  model_flops = count(round(targets) if unembed == "targets" else None)
+  useful_flops = count(round(targets))
   return {"model": model, "mode": mode, "loss_chunk": chunk, "compile_s": compile_s, "step_s": step_s,
           "tokens_per_s": batch * seq_len / step_s, "params": total, "trainable": trainable,
           "opt_state_bytes": opt_bytes["total"], "adam_bytes": opt_bytes["adam_moments"],
-          "reg_bytes": opt_bytes["regularizer"], "temp_bytes": temp}
+          "reg_bytes": opt_bytes["regularizer"], "temp_bytes": temp,
+          "flops": model_flops, "useful_flops": useful_flops, "target_fraction": targets / (batch * seq_len),
+          "mfu": model_flops.total / step_s / peak, "useful_mfu": useful_flops.total / step_s / peak}
 
 
 def _num(x, fmt):
   return "-" if x != x else format(x, fmt)     # nan (compile only) -> '-'
+
+
+def _pct(x):
+  return "-" if x != x else f"{100 * x:.1f}"
 
 
 def _mib(n):
@@ -104,31 +134,46 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step (0: compile only)")
   p.add_argument("--real", action="store_true", help="load the real Gemma 3 270M weights (same shapes)")
   p.add_argument("--out", default=None, help="also write the table (markdown) to this file")
+  p.add_argument("--unembed", choices=("dense", "targets"), default="dense",
+                 help="where the MFU's FLOP count has the unembedding: every position (what train/step.py "
+                      "computes today) or only target positions")
+  p.add_argument("--peak_gflops", type=float, default=None,
+                 help="matmul peak in GFLOP/s (default: measured, f32 2048x2048 matmul, best of 6)")
   args = p.parse_args(argv)
+  peak = args.peak_gflops * 1e9 if args.peak_gflops else flops_lib.matmul_peak("float32")
+  print(f"matmul peak {peak / 1e9:.1f} GFLOP/s ({'given' if args.peak_gflops else 'measured: f32 2048^2, best of 6'})",
+        flush=True)
   rows = []
   for model in args.models.split(","):
     for chunk in (int(c) for c in args.chunks.split(",")):
       for mode in args.modes.split(","):
         r = run_one(model, mode, batch=args.batch, seq_len=args.seq_len, chunk=chunk, steps=args.steps,
-                    real=args.real)
+                    real=args.real, peak=peak, unembed=args.unembed)
         rows.append(r)
         print(f"{model:5s} {mode:9s} chunk={chunk:<4d} compile {r['compile_s']:6.1f} s  step {r['step_s']:7.3f} s  "
               f"{r['tokens_per_s']:9.1f} tok/s  opt state {_mib(r['opt_state_bytes'])} MiB  "
-              f"temp {_mib(r['temp_bytes'])} MiB", flush=True)
+              f"temp {_mib(r['temp_bytes'])} MiB  {r['flops'].per_token / 1e9:.3f} GFLOP/token  "
+              f"MFU {_pct(r['mfu'])}  useful-MFU {_pct(r['useful_mfu'])}", flush=True)
   header = ("model", "mode", "loss_chunk", "params", "trainable", "opt state MiB", "Adam MiB", "reg MiB",
-            "step temp MiB", "compile s", "step s", "tokens/s")
+            "step temp MiB", "compile s", "step s", "tokens/s", "GFLOP/token fwd", "act grad", "wgt grad",
+            "MFU %", "useful-MFU %")
   table = [(r["model"], r["mode"], r["loss_chunk"], f"{r['params'] / 1e6:.2f}M", f"{r['trainable'] / 1e6:.2f}M",
             _mib(r["opt_state_bytes"]), _mib(r["adam_bytes"]), _mib(r["reg_bytes"]), _mib(r["temp_bytes"]),
-            f"{r['compile_s']:.1f}", _num(r["step_s"], ".3f"), _num(r["tokens_per_s"], ".0f")) for r in rows]
+            f"{r['compile_s']:.1f}", _num(r["step_s"], ".3f"), _num(r["tokens_per_s"], ".0f"),
+            *(f"{getattr(r['flops'], part) / r['flops'].tokens / 1e9:.3g}" for part in ("forward", "act_grad", "weight_grad")),
+            _pct(r["mfu"]), _pct(r["useful_mfu"])) for r in rows]
   text = format_table(table, header)
   device = f"{jax.devices()[0].platform} x{jax.device_count()}"
-  print(f"\nbatch {args.batch} x {args.seq_len} tokens, f32, {device}\n{text}")
+  fractions = sorted({f"{r['target_fraction']:.0%}" for r in rows})
+  note = (f"matmul peak {peak / 1e9:.1f} GFLOP/s; MFU unembedding: {args.unembed}; useful-MFU: at target "
+          f"positions ({', '.join(fractions)} of tokens)")
+  print(f"\nbatch {args.batch} x {args.seq_len} tokens, f32, {device}; {note}\n{text}")
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(str(c) for c in row) + " |" for row in table]
     with open(args.out, "w") as f:
-      f.write(f"Train step, batch {args.batch} x {args.seq_len} tokens, f32, {device} "
+      f.write(f"Train step, batch {args.batch} x {args.seq_len} tokens, f32, {device}; {note} "
               f"(`python experiments/bench_step.py {' '.join(argv or sys.argv[1:])}`)\n\n" + "\n".join(md) + "\n")
 
 
