@@ -37,9 +37,8 @@ import jax  # noqa: E402
 from grow_jax import tree_paths
 from grow_jax.train import config as config_utils
 from grow_jax.train import optim
-from grow_jax.train import sharding
-from grow_jax.train import loop as train  # noqa: E402
-from grow_jax.train import step as step_lib  # noqa: E402
+from grow_jax.train import setup as setup_lib, sharding, step as step_lib
+from grow_jax.data import pipeline
 from grow_jax.train.writers import format_table  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -73,12 +72,14 @@ def run_one(model: str, mode: str, *, batch: int, seq_len: int, chunk: int, step
             peak: float, unembed: str = "dense") -> dict:
   config = bench_config(model, mode, batch=batch, seq_len=seq_len, chunk=chunk, real=real)
   mesh = sharding.make_mesh(config.mesh)
-  mc, base = train.init_base_params(config, mesh)
-  setup, state = train.build_setup(config, mc, base, mesh)
+  mc, base = setup_lib.init_params(config, mesh)
+  setup, state = setup_lib.build(config, mc, base, mesh)
   del base
-  fn = train.jit_train_step(config, setup, mesh)
-  it = train.make_batch_iterator(config, "train", batch_size=batch, model_config=mc)
-  batches = [sharding.global_batch(next(it), mesh, 1) for _ in range(steps + 1)]
+  it = pipeline.batch_iterator(config, "train", batch_size=batch, model_config=mc)
+  host = [next(it) for _ in range(steps + 1)]
+  capacity = step_lib.target_capacity_for(host) if unembed == "targets" else 0
+  fn = setup_lib.jit_train_step(config, setup, mesh, capacity)
+  batches = [sharding.global_batch(b, mesh, 1) for b in host]
   t = time.perf_counter()
   compiled = fn.lower(state, batches[0]).compile()
   compile_s = time.perf_counter() - t
@@ -97,7 +98,7 @@ def run_one(model: str, mode: str, *, batch: int, seq_len: int, chunk: int, step
   opt_bytes = optim.state_bytes(state["opt_state"])
   # Model FLOPs: this mode's trainable leaves; target positions averaged over the batches used.
   shapes = {p: tuple(x.shape) for p, x in tree_paths.flatten(state["params"]).items()}
-  trainable_paths, lora = flops_lib.from_labels(mc, setup.step_method.trainable, shapes)
+  trainable_paths, lora = flops_lib.from_labels(mc, step_lib.trainable_map(setup.method.labels), shapes)
   targets = statistics.mean(float(jax.device_get(step_lib.target_weights(
       jax.tree.map(lambda x: x[0], b)).sum())) for b in batches)
   count = lambda positions: flops_lib.train_step_flops(mc, trainable_paths, batch=batch, seq_len=seq_len,

@@ -10,7 +10,7 @@ One process, one framework after the other (transformers first, its model freed 
     docstrings), the same loss (mean next-token cross-entropy over every position), the same AdamW (lr,
     betas, eps, weight decay 0.01 except on norm scales and the embedding, global-norm clipping at 1.0).
     transformers: `model(input_ids, labels=input_ids).loss.backward()`, `clip_grad_norm_`,
-    `torch.optim.AdamW.step()`; grow_jax: the trainer's jitted step (train.loop.build_setup +
+    `torch.optim.AdamW.step()`; grow_jax: the trainer's jitted step (train.setup.build +
     jit_train_step, mode sft). Median of --steps steps after one warm-up step; compile time apart. The
     first-step losses of both are printed side by side (same weights and batch: they agree to ~1e-5).
   * greedy generation at batch 1 and --gen_batch: the same prompts (--prompt_len tokens each, no padding),
@@ -37,7 +37,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 LR, B1, B2, EPS, WEIGHT_DECAY, CLIP = 1e-5, 0.9, 0.999, 1e-8, 0.01, 1.0
@@ -137,7 +136,7 @@ def jax_generate(config, params, prompts: np.ndarray, new_tokens: int, repeats: 
 
 def jax_train(config, params, tokens: np.ndarray, steps: int):
   from grow_jax.train import config as config_utils
-  from grow_jax.train import loop as train
+  from grow_jax.train import setup as setup_lib
   from grow_jax.train import sharding
   c = config_utils.base_config()
   c.batch_size = tokens.shape[0]
@@ -148,8 +147,8 @@ def jax_train(config, params, tokens: np.ndarray, steps: int):
                           grad_clip_norm=CLIP, b1=B1, b2=B2, eps=EPS))
   c.mesh.data = -1
   mesh = sharding.make_mesh(c.mesh)
-  setup, state = train.build_setup(c, config, params, mesh)
-  fn = train.jit_train_step(c, setup, mesh)
+  setup, state = setup_lib.build(c, config, params, mesh)
+  fn = setup_lib.jit_train_step(c, setup, mesh, target_capacity=0)     # every position is a target here
   B, T = tokens.shape
   local = {"tokens": tokens, "loss_mask": np.ones((B, T), np.float32), "positions": np.tile(np.arange(T, dtype=np.int32), (B, 1)),
            "segment_ids": np.ones((B, T), np.int32), "input_mask": np.ones((B, T), bool)}
@@ -201,7 +200,7 @@ def main(argv=None):
   import torch
   import transformers
   torch.set_num_threads(args.threads)
-  from grow_jax.formats.sources import save_hf
+  from grow_jax.formats import save_hf
 
   if args.quick:
     from grow_jax.model.config import get_preset
@@ -210,7 +209,7 @@ def main(argv=None):
     params = jax.device_get(init_params(config, jax.random.key(0)))
     tokenizer, name = None, "tiny, 2 layers (random weights)"
   else:
-    from grow_jax.formats.sources import load_checkpoint
+    from grow_jax.formats import load_checkpoint
     from grow_jax.model.tokenizer import load_tokenizer
     config, params = load_checkpoint("gemma3-270m")
     tokenizer, name = load_tokenizer("gemma3-270m"), "Gemma 3 270M (gemma3-270m)"

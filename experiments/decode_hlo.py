@@ -73,7 +73,7 @@ def weight_copies(hlo: str, stored_shapes) -> tuple[list[str], list[str]]:
 
 def compile_decode(config, batch: int, prompt_len: int, new_tokens: int, permutations):
   from grow_jax.model import generation
-  from grow_jax.model.transformer import abstract_params
+  from grow_jax.model.config import abstract_params
   params = abstract_params(config)
   args = (np.zeros((batch, prompt_len), np.int32), np.ones((batch, prompt_len), bool), jax.random.key(0),
           np.float32(1e-6), np.zeros((4,), np.int32), np.int32(0), np.int32(0), np.zeros((batch,), bool))

@@ -67,7 +67,7 @@ def _params_270m(args):
   dry = _dry(args)
   if args.real and not dry:
     try:
-      from grow_jax.formats.sources import load_checkpoint
+      from grow_jax.formats import load_checkpoint
       config, params = load_checkpoint("gemma3-270m")
       return config.replace(dtype="float32", param_dtype="float32"), params, "Gemma 3 270M (real weights)"
     except Exception as e:  # noqa: BLE001 -- report and fall back
@@ -134,7 +134,7 @@ class _null:
 def train_config(mode: str, args, batch: int, layers: int | None = None):
   from grow_jax.train import config as config_utils
   c = config_utils.base_config()
-  c.init.source = "scratch:tiny" if _dry(args) else "scratch:gemma3_1b"
+  c.init.source = "random:tiny" if _dry(args) else "random:gemma3_1b"
   if _dry(args):
     c.model.num_layers = 2
   if layers is not None:
@@ -188,11 +188,11 @@ def _device_bytes(args) -> int:
 
 def _compile_abstract(config, args, mesh):
   """(model config, setup, compiled step) of a train config, from shapes only (nothing allocated)."""
-  from grow_jax.model.transformer import abstract_params
-  from grow_jax.train import loop as train
-  mc = train.grown_model_config(config, train.source_model_config(config))
-  setup, _ = train.build_setup(config, mc, abstract_params(mc), mesh, abstract=True)
-  fn = train.jit_train_step(config, setup, mesh)
+  from grow_jax.model.config import abstract_params
+  from grow_jax.train import setup as setup_lib
+  mc = setup_lib.grown_model_config(config, setup_lib.base_model_config(config))
+  setup, _ = setup_lib.build(config, mc, abstract_params(mc), mesh, abstract=True)
+  fn = setup_lib.jit_train_step(config, setup, mesh, target_capacity=0)
   compiled = fn.lower(setup.abstract_state, _abstract_batch(config.batch_size, args.seq_len, mesh)).compile()
   return mc, setup, compiled
 
@@ -203,8 +203,6 @@ def choose_batch(mode: str, args, mesh, layers: int, limit: int) -> tuple[int, d
   temp(L, B) = c0 + c1 L + B (d0 + d1 L) (weight-sized temporaries per layer, activations per row and
   layer, the logits per row), plus the state (params, optimizer) of the full model."""
   import jax
-  from grow_jax.model.transformer import abstract_params
-  from grow_jax.train import loop as train
   b0 = args.probe_batch
   temp = {}
   t = time.perf_counter()
@@ -217,8 +215,10 @@ def choose_batch(mode: str, args, mesh, layers: int, limit: int) -> tuple[int, d
   row = per_row[1] + (per_row[2] - per_row[1]) * (layers - 1)
   const = base[1] + (base[2] - base[1]) * (layers - 1)
   config = train_config(mode, args, b0)
-  mc = train.grown_model_config(config, train.source_model_config(config))
-  setup, _ = train.build_setup(config, mc, abstract_params(mc), mesh, abstract=True)
+  from grow_jax.model.config import abstract_params
+  from grow_jax.train import setup as setup_lib
+  mc = setup_lib.grown_model_config(config, setup_lib.base_model_config(config))
+  setup, _ = setup_lib.build(config, mc, abstract_params(mc), mesh, abstract=True)
   state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(setup.abstract_state))
   multiple = args.batch_multiple
   batch = int((args.fill * limit - state - const) / max(row, 1.0)) // multiple * multiple
@@ -234,12 +234,12 @@ def run_mode(mode: str, args) -> dict:
   import jax
   import flops as flops_lib
   from grow_jax import tree_paths
-  from grow_jax.train import loop as train
-  from grow_jax.train import sharding
+  from grow_jax.train import setup as setup_lib
+  from grow_jax.train import sharding, step as step_lib
 
   t0 = time.perf_counter()
   mesh = sharding.make_mesh(train_config(mode, args, 1).mesh)
-  full_layers = train.source_model_config(train_config(mode, args, 1)).num_layers
+  full_layers = setup_lib.base_model_config(train_config(mode, args, 1)).num_layers
   limit = _device_bytes(args)
   probe = {}
   if args.batch:
@@ -257,8 +257,8 @@ def run_mode(mode: str, args) -> dict:
     print(f"[{mode}] batch {batch} needs {(fixed + temp) / 2**30:.1f} GiB: smaller", flush=True)
     batch = max(args.batch_multiple, int(batch * 0.8) // args.batch_multiple * args.batch_multiple)
 
-  mc, params = train.init_base_params(config, mesh)
-  setup, state = train.build_setup(config, mc, params, mesh)
+  mc, params = setup_lib.init_params(config, mesh)
+  setup, state = setup_lib.build(config, mc, params, mesh)
   del params
   data = _batch(mc, batch, args.seq_len, mesh)
   times = []
@@ -269,7 +269,7 @@ def run_mode(mode: str, args) -> dict:
     times.append(time.perf_counter() - t)
   step_s = statistics.median(times[1:]) if len(times) > 1 else times[0]
   shapes = {p: tuple(x.shape) for p, x in tree_paths.flatten(state["params"]).items()}
-  trainable, lora = flops_lib.from_labels(mc, setup.step_method.trainable, shapes)
+  trainable, lora = flops_lib.from_labels(mc, step_lib.trainable_map(setup.method.labels), shapes)
   f = flops_lib.train_step_flops(mc, trainable, batch=batch, seq_len=args.seq_len, lora=lora)
   stats = jax.devices()[0].memory_stats() or {}
   return {"mode": mode, "batch": batch, "seq_len": args.seq_len, "compile_s": compile_s, "step_s": step_s,

@@ -162,24 +162,17 @@ def from_labels(config, labels: Mapping[str, bool], shapes: Mapping[str, tuple[i
 
 
 def mode_flops(config, mode: str, *, batch: int, seq_len: int, lora_rank: int = 8, **kwargs) -> StepFlops:
-  """`train_step_flops` for a training mode's preset partition (abstract params: no memory used)."""
+  """`train_step_flops` for a training method's labels (abstract params: no memory used). A regularizer's
+  penalty is optimizer (elementwise) work: L2-SP / EWC count as SFT."""
   import jax
-  from grow_jax import tree_paths
-  from grow_jax.methods import registry
-  from grow_jax.model.transformer import abstract_params
+  from grow_jax import methods, tree_paths
+  from grow_jax.model.config import abstract_params
 
   params = abstract_params(config)
-  if mode in ("l2sp", "ewc"):
-    mode = "sft"                     # same gradients; the regularizer is optimizer (elementwise) work
-  captured = {}
-
-  def build():
-    m = registry.setup_method(mode, config, params, {"lora_rank": lora_rank}, rng=jax.random.key(0))
-    captured["labels"] = m.labels
-    return m.params
-
-  shapes = {p: tuple(x.shape) for p, x in tree_paths.flatten(jax.eval_shape(build)).items()}
-  labels = {p: label == "trainable" for p, label in tree_paths.flatten(captured["labels"]).items()}
+  method = methods.create(mode, {"lora_rank": lora_rank}, config, params)
+  trained = jax.eval_shape(lambda p: method.init_params(p, jax.random.key(0)), params)
+  shapes = {p: tuple(x.shape) for p, x in tree_paths.flatten(trained).items()}
+  labels = {p: label == "trainable" for p, label in tree_paths.flatten(method.labels).items()}
   trainable, lora = from_labels(config, labels, shapes)
   return train_step_flops(config, trainable, batch=batch, seq_len=seq_len, lora=lora, **kwargs)
 

@@ -7,31 +7,23 @@ from typing import Any, Sequence
 from grow_jax.evaluation import text_metrics
 from grow_jax.evaluation.scoring import Metrics, Params, encode_text, example_field
 from grow_jax.model.config import ModelConfig
-from grow_jax.model.generation import generate
+from grow_jax.model.generation import generate_batched
 
 
 def generate_texts(config: ModelConfig, params: Params, tokenizer, prompts: Sequence[str], *,
                    max_new_tokens: int = 32, batch_size: int = 8, max_len: int | None = None,
                    stop: Sequence[str] = ("\n",), stop_ids: Sequence[int] = (),
                    prompt_bucket: int = 32) -> list[str]:
-  """Greedy completions of string prompts ([BOS] + prompt), decoded and post-processed
-  (cut at the first stop string, stripped). Decoding ends at the tokenizer's EOS, its `stop_ids` if it
-  has them (Gemma: <end_of_turn>), or any of `stop_ids`."""
+  """Greedy completions of string prompts ([BOS] + prompt), batched by prompt length, decoded and
+  post-processed (cut at the first stop string, stripped). Decoding ends at the tokenizer's EOS, its
+  `stop_ids` if it has them (Gemma: <end_of_turn>), or any of `stop_ids`."""
   eos = list(dict.fromkeys([int(tokenizer.eos_id), *map(int, getattr(tokenizer, "stop_ids", ())),
                             *map(int, stop_ids)]))
   encoded = [[int(tokenizer.bos_id)] + encode_text(tokenizer, p) for p in prompts]
-  order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-  texts: list[str] = [""] * len(encoded)
-  for start in range(0, len(order), batch_size):
-    members = order[start:start + batch_size]
-    batch = [encoded[i] for i in members]
-    batch += [[int(tokenizer.bos_id)]] * (batch_size - len(batch))   # fill: one program per bucket
-    out = generate(config, params, batch, max_new_tokens=max_new_tokens, eos_id=eos,
-                   pad_id=int(tokenizer.pad_id), max_len=max_len, prompt_bucket=prompt_bucket)
-    for b, i in enumerate(members):
-      text = tokenizer.decode([int(t) for t in out.tokens[b, :out.lengths[b]]])
-      texts[i] = text_metrics.postprocess(text, stop)
-  return texts
+  out = generate_batched(config, params, encoded, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                         eos_id=eos, pad_id=int(tokenizer.pad_id), max_len=max_len, prompt_bucket=prompt_bucket)
+  return [text_metrics.postprocess(tokenizer.decode([int(t) for t in out.tokens[i, :out.lengths[i]]]), stop)
+          for i in range(len(encoded))]
 
 
 def score_generation(config: ModelConfig, params: Params, tokenizer, examples: Sequence[Any], *,
