@@ -1,6 +1,7 @@
 r"""Quickstart, the main job on the embedded default: grow the real Gemma 3 270M (PyPI GGUF) x2, fine-tune
 the new MLP copies only (G-Freeze) on offline English->French translation, and compare before/after:
-translation BLEU/chrF (new task), capital-city multiple choice (world knowledge), perplexity of and
+translation BLEU/chrF (new task), capital-city questions answered by generation and by multiple choice
+(world knowledge), perplexity of and
 KL(base ‖ model) on Python-stdlib English prose (drift). About 15 minutes on 2 CPU cores.
 
   python -m grow_jax.main --config=configs/quickstart.py --workdir=/tmp/grow_jax/quickstart
@@ -37,7 +38,7 @@ def get_config(arg=None):
   c.optimizer.min_lr_ratio = 0.1
   c.optimizer.weight_decay = 0.0
   c.eval.at_start = True
-  c.eval.tasks = ("gettext_en_fr:test", "capitals:test", "stdlib_text:test")
+  c.eval.tasks = ("gettext_en_fr:test", "capitals_gen:test", "capitals:test", "stdlib_text:test")
   c.eval.max_examples = arg.eval_n
   c.eval.batch_size = 8
   c.eval.max_new_tokens = 40

