@@ -147,11 +147,11 @@ def test_target_only_loss_and_grads_equal_dense(tiny, chunk):
   relative; with loss chunking too."""
   cfg, params = tiny
   b = _batch(cfg, batch_size=4, seq_len=32, packing=True)
-  capacity = step.target_capacity_for([b])
-  assert 0 < capacity < 31, capacity                   # a packed batch: fewer targets than positions
+  capacity = step.target_capacity_for([b], groups=2)
+  assert 0 < capacity < 2 * 31, capacity               # a packed batch: fewer targets than positions
 
   def loss(p, cap):
-    s, n = step.loss_sums(cfg, p, b, loss_chunk=chunk, target_capacity=cap)
+    s, n = step.loss_sums(cfg, p, b, loss_chunk=chunk, target_capacity=cap, groups=2)
     return s / n
 
   grad_fn = jax.jit(jax.value_and_grad(loss), static_argnums=1)
@@ -162,7 +162,7 @@ def test_target_only_loss_and_grads_equal_dense(tiny, chunk):
     assert _rel(tree_paths.get(g_sparse, path), a) <= 1e-6, path
 
 
-def test_a_row_over_capacity_takes_the_dense_path(tiny):
+def test_a_group_over_capacity_takes_the_dense_path(tiny):
   cfg, params = tiny
   b = _batch(cfg, batch_size=2, seq_len=32, packing=True)
   too_small = 2                                        # every row has more targets than this
@@ -173,9 +173,13 @@ def test_a_row_over_capacity_takes_the_dense_path(tiny):
 
 
 def test_target_capacity_is_measured_from_batches():
-  mask = np.zeros((2, 65), np.float32)
-  mask[0, 10:30] = 1                                   # 20 targets (19 predicted positions after the shift)
+  mask = np.zeros((4, 65), np.float32)
+  mask[0, 10:30] = 1                                   # group 0 (rows 0, 1): 20 + 10 targets
   mask[1, 40:50] = 1
-  assert step.target_capacity_for([{"loss_mask": mask}]) == 24     # 20 * 1.1 -> 22 -> multiple of 8
+  mask[2, 1:6] = 1                                     # group 1: 5
+  batch = {"loss_mask": mask}
+  assert step.target_capacity_for([batch], groups=2) == 48        # 30 * 1.1 = 33 -> a multiple of 16
+  assert step.target_capacity_for([batch], groups=1) == 48        # 35 * 1.1 = 38.5 -> 48
+  assert step.target_capacity_for([{"loss_mask": mask[None]}], groups=2) == 48   # (A, B, T) microbatches
   mask[:, 1:] = 1
-  assert step.target_capacity_for([{"loss_mask": mask}]) == 0      # no saving: dense
+  assert step.target_capacity_for([batch], groups=2) == 0         # nothing to save: dense

@@ -136,13 +136,20 @@ def heldout_loss(ctx: EvalContext, split: str | None) -> EvalFn:
                       "task's held-out split); use it in config.eval.tasks")
   import jax
   from grow_jax.train import sharding, step
-  eval_step = jax.jit(step.make_eval_step(ctx.model_config, loss_chunk=ctx.loss_chunk),
-                      out_shardings=sharding.replicated(ctx.mesh))
+  groups = sharding.data_parallel_size(ctx.mesh)
+  compiled = {}
 
   def eval_fn(params):
+    batches = [sharding.to_microbatches(b, 1) for b in ctx.heldout_batches(split, ctx.batch_size, ctx.limit)]
+    capacity = step.target_capacity_for(batches, groups=groups // jax.process_count() or 1)
+    if capacity not in compiled:     # the output head only at target positions, as in training
+      compiled[capacity] = jax.jit(step.make_eval_step(ctx.model_config, loss_chunk=ctx.loss_chunk,
+                                                       target_capacity=capacity, groups=groups),
+                                   out_shardings=sharding.replicated(ctx.mesh))
     total, count = 0.0, 0.0
-    for local in ctx.heldout_batches(split, ctx.batch_size, ctx.limit):
-      s, n = eval_step(params, sharding.global_batch(local, ctx.mesh, 1))
+    for micro in batches:
+      s, n = compiled[capacity](params, sharding.global_batch(
+          {k: v[0] for k, v in micro.items()}, ctx.mesh, 1))
       total, count = total + float(s), count + float(n)
     if count == 0:
       raise DataError(f"heldout_loss: split {split!r} gave no target tokens")

@@ -97,7 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.print(summary.accounting_table(train_setup))
 
     # ==== 4. Jit the step (explicit shardings, donated state); the evaluations ==========================
-    capacity = _target_capacity(config, train_iter)
+    capacity = _target_capacity(config, train_iter, mesh)
     train_step = setup_lib.jit_train_step(config, train_setup, mesh, capacity)
     rep = sharding.replicated(mesh)
     all_finite = jax.jit(_all_finite, out_shardings=rep)
@@ -323,15 +323,16 @@ def _reference_batches(config, mc, tokenizer):
 
 
 # ---- 4. the step's target capacity and the evaluations ----------------------------------------------------
-def _target_capacity(config, train_iter) -> int:
-  """config.train.target_capacity, with -1 measured on the next few training batches (not consumed), the same
-  on every process (a static shape)."""
+def _target_capacity(config, train_iter, mesh) -> int:
+  """config.train.target_capacity, with -1 measured on the next few training batches (not consumed; per
+  group of microbatch rows on one data shard), the same on every process (a static shape)."""
   if config.train.target_capacity >= 0:
     return config.train.target_capacity
   position = train_iter.state()
-  sample = [next(train_iter) for _ in range(4)]
+  sample = [sharding.to_microbatches(next(train_iter), config.grad_accum_steps) for _ in range(8)]
   train_iter.restore(position)
-  capacity = step_lib.target_capacity_for(sample)
+  groups = sharding.data_parallel_size(mesh) // jax.process_count()      # this process's shards
+  capacity = step_lib.target_capacity_for(sample, groups=max(groups, 1))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     every = multihost_utils.process_allgather(np.asarray(capacity if capacity else 1 << 30))

@@ -146,6 +146,7 @@ def jit_train_step(config, setup: TrainSetup, mesh, target_capacity: int):
   """`train_step(state, batch) -> (state, metrics)` jitted with explicit shardings and a donated state."""
   step_fn = step_lib.make_train_step(setup.model_config, setup.method, setup.tx,
                                      schedule=optim.schedule_fn(config_lib.optimizer_config(config)),
-                                     loss_chunk=config.train.loss_chunk, target_capacity=target_capacity)
+                                     loss_chunk=config.train.loss_chunk, target_capacity=target_capacity,
+                                     groups=sharding.data_parallel_size(mesh))
   return jax.jit(step_fn, in_shardings=(setup.state_shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(setup.state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))

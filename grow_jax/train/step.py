@@ -2,7 +2,7 @@
 
 Loss: mean next-token cross-entropy over target tokens only. `loss_mask[b, t] = 1` marks `tokens[b, t]` as a
 target, predicted from position t - 1 of the same packed segment. With `target_capacity > 0` the output head
-runs only at target positions (gathered per row into a static block, dense fallback for a row with more);
+runs only at target positions (gathered per group of rows into a static block, dense fallback for more);
 with `loss_chunk > 0` the logits are made `loss_chunk` positions at a time inside a rematerialised scan, so
 the (B, T, V) float32 logits (V = 262144 on Gemma 3) never exist at once, in the forward or the backward pass.
 
@@ -81,13 +81,14 @@ def token_nll(config: ModelConfig, params: Params, batch: Batch, *, loss_chunk: 
 
 
 def loss_sums(config: ModelConfig, params: Params, batch: Batch, *, loss_chunk: int = 0,
-              target_capacity: int = 0):
+              target_capacity: int = 0, groups: int = 1):
   """(sum of target-token NLL, number of target tokens), both float32 scalars.
 
-  target_capacity > 0 unembeds only the positions with a nonzero loss weight: each row's target positions are
-  gathered into a static (B, target_capacity) block (Gemma 3's 262k-entry output head is ~60% of the
-  270M's forward FLOPs, and only ~30% of a packed translation batch are targets), and the logits and their
-  backward are computed there alone. A batch with a row of more targets than the capacity takes the dense
+  target_capacity > 0 unembeds only the positions with a nonzero loss weight: the rows are taken in `groups`
+  contiguous groups (one per data shard, so the gather stays on its device), each group's target positions
+  are gathered into a static block of `target_capacity`, and the logits and their backward are computed
+  there alone (Gemma 3's 262k-entry output head is ~60% of the 270M's forward FLOPs, and ~30% of a packed
+  translation batch are targets). A batch with a group of more targets than the capacity takes the dense
   path instead (`lax.cond`), so the result is always the dense one (to float rounding).
   """
   w = target_weights(batch)
@@ -95,37 +96,41 @@ def loss_sums(config: ModelConfig, params: Params, batch: Batch, *, loss_chunk: 
   targets = batch["tokens"][:, 1:]
   embedding, softcap = params["embedder"]["input_embedding"], config.final_logit_softcap
   dense = lambda: jnp.sum(chunked_nll(hidden, embedding, targets, softcap, loss_chunk) * w)
-  positions = w.shape[1]
-  if target_capacity <= 0 or target_capacity >= positions:
+  B, positions = w.shape
+  if target_capacity <= 0 or target_capacity >= B // groups * positions:
     return dense(), jnp.sum(w)
-  is_target = w > 0
+  flat = lambda x: x.reshape(groups, B // groups * positions, *x.shape[2:])
+  w_g, t_g, h_g = flat(w), flat(targets), flat(hidden)
+  is_target = w_g > 0
   counts = jnp.sum(is_target, axis=1)
 
   def sparse():
-    index = jax.vmap(lambda m: jnp.nonzero(m, size=target_capacity, fill_value=0)[0])(is_target)   # (B, C)
+    index = jax.vmap(lambda m: jnp.nonzero(m, size=target_capacity, fill_value=0)[0])(is_target)   # (G, C)
     valid = jnp.arange(target_capacity)[None, :] < counts[:, None]
-    h = jnp.take_along_axis(hidden, index[..., None], axis=1)
-    t = jnp.take_along_axis(targets, index, axis=1)
-    weight = jnp.take_along_axis(w, index, axis=1) * valid
+    h = jnp.take_along_axis(h_g, index[..., None], axis=1)
+    t = jnp.take_along_axis(t_g, index, axis=1)
+    weight = jnp.take_along_axis(w_g, index, axis=1) * valid
     return jnp.sum(chunked_nll(h, embedding, t, softcap, loss_chunk) * weight)
 
   total = jax.lax.cond(jnp.all(counts <= target_capacity), sparse, dense)
   return total, jnp.sum(w)
 
 
-def target_capacity_for(batches, *, multiple: int = 8, margin: float = 1.1) -> int:
-  """A static per-row target capacity for `loss_sums` from sample host batches (each (..., B, T)): the
-  largest per-row count of target positions seen, times `margin`, rounded up to `multiple`; 0 (dense) when
-  that would not be smaller than the row length."""
+def target_capacity_for(batches, *, groups: int = 1, multiple: int = 16, margin: float = 1.1) -> int:
+  """A static target capacity per group of rows for `loss_sums` from sample host batches (each (..., B, T)):
+  the largest group count of target positions seen, times `margin`, rounded up to `multiple`; 0 (dense)
+  when that saves less than a tenth of the group's positions."""
   most, positions = 0, 0
   for batch in batches:
     loss_mask = np.asarray(batch["loss_mask"])
-    positions = loss_mask.shape[-1] - 1
-    most = max(most, int((loss_mask[..., 1:] > 0).sum(-1).max()))
+    for rows in loss_mask.reshape(-1, *loss_mask.shape[-2:])[..., 1:] > 0:   # each (micro)batch: (B, T-1)
+      per_group = rows.reshape(groups, -1).sum(axis=1)
+      positions = rows.shape[0] // groups * rows.shape[1]
+      most = max(most, int(per_group.max()))
   if positions == 0:
     return 0
   capacity = -(-int(np.ceil(most * margin)) // multiple) * multiple
-  return capacity if capacity < positions else 0
+  return capacity if capacity <= 0.9 * positions else 0
 
 
 def mean_loss(config: ModelConfig, params: Params, batch: Batch, *, loss_chunk: int = 0) -> jax.Array:
@@ -161,7 +166,7 @@ def merge_trainable(train: Mapping[str, Any], frozen: Mapping[str, Any], structu
 # ---- train step --------------------------------------------------------------------------------------
 def make_train_step(config: ModelConfig, method: Method, tx: optax.GradientTransformation, *,
                     schedule: Callable[[jax.Array], jax.Array] | None = None, loss_chunk: int = 0,
-                    target_capacity: int = 0):
+                    target_capacity: int = 0, groups: int = 1):
   """Returns `train_step(state, batch) -> (state, metrics)`.
 
   state:  {'step': int32 scalar, 'params': method params, 'opt_state': ..., 'rng': uint32 key data}
@@ -175,7 +180,7 @@ def make_train_step(config: ModelConfig, method: Method, tx: optax.GradientTrans
   def micro_sums(train, frozen, structure, micro):
     params = merge_trainable(train, frozen, structure)
     return loss_sums(config, method.model_params(params), micro, loss_chunk=loss_chunk,
-                     target_capacity=target_capacity)
+                     target_capacity=target_capacity, groups=groups)
 
   def train_step(state, batch):
     params = state["params"]
@@ -228,13 +233,13 @@ def make_train_step(config: ModelConfig, method: Method, tx: optax.GradientTrans
 
 
 def make_eval_step(config: ModelConfig, model_params: Callable[[Params], Params] = lambda p: p, *,
-                   loss_chunk: int = 0, target_capacity: int = 0):
+                   loss_chunk: int = 0, target_capacity: int = 0, groups: int = 1):
   """Returns `eval_step(params, batch) -> (nll_sum, target_count)` on (A, B, T) batches."""
 
   def eval_step(params, batch):
     mp = model_params(params)
     def body(carry, micro):
-      s, n = loss_sums(config, mp, micro, loss_chunk=loss_chunk, target_capacity=target_capacity)
+      s, n = loss_sums(config, mp, micro, loss_chunk=loss_chunk, target_capacity=target_capacity, groups=groups)
       return (carry[0] + s, carry[1] + n), None
     (s, n), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), batch)
     return s, n
