@@ -23,7 +23,7 @@ def _record(run, **final):
 def test_grid_selection_and_dependent_runs_without_training():
   study = runs.load_study(SMOKE)
   first = runs.pending(study, {})
-  assert [r.id for r in first] == ["translation/base/default/seed=0",
+  assert [r.key for r in first] == ["translation/base/default/seed=0",
                                    "translation/sft/learning_rate=0.001/seed=0",
                                    "translation/sft/learning_rate=0.003/seed=0"]      # l2sp waits for sft's pick
   records = {}
@@ -34,8 +34,9 @@ def test_grid_selection_and_dependent_runs_without_training():
     records[run.id] = _record(run, **final)
   selected = runs.selections(study, records)
   assert dict(selected[("translation", "sft")]["hparams"])["optimizer.learning_rate"] == 0.003   # max val chrF
-  nxt = [r.id for r in runs.pending(study, records)]
-  assert nxt == ["translation/l2sp/learning_rate=0.003,l2sp_coef=0.1/seed=0",   # '@sft' took the selected rate
+  nxt = [r.key for r in runs.pending(study, records)]
+  assert nxt == ["translation/l2sp/learning_rate=0.003,l2sp_coef=0.1/seed=0",       # '@sft' took the selected rate
+                 "translation/sft/learning_rate=0.003/seed=0#test",                 # the selected run, on test
                  "translation/sft/learning_rate=0.003/seed=1"]                      # the selected point, seed 1
   assert runs.pending(study, records, only="*/l2sp/*")[0].method == "l2sp"
 
@@ -57,12 +58,15 @@ def test_smoke_study_end_to_end_then_a_rerun_trains_nothing(tmp_path):
   out, workdirs = str(tmp_path / "out"), str(tmp_path / "wd")
   ran = runs.run_all(study, out, workdirs)
   records = runs.load_records(out)
-  assert ran == len(records) == 5 and not os.listdir(os.path.join(workdirs, study.name))   # workdirs removed
+  assert len(records) == 5 and ran == 7                                    # + the two selected runs' tests
+  assert os.listdir(os.path.join(workdirs, study.name)) == ["params"]      # workdirs removed ...
+  assert not os.listdir(os.path.join(workdirs, study.name, "params"))      # ... and the kept params once tested
   seeds = sorted((r["method"], r["seed"]) for r in records.values())
   assert seeds == [("base", 0), ("l2sp", 0), ("sft", 0), ("sft", 0), ("sft", 1)]
   sft = [r for r in records.values() if r["method"] == "sft" and r["phase"] == "sweep"]
-  assert all({"gettext_en_fr:test_heldout/chrf", "stdlib_text:test/kl", "capitals_gen:validation/exact_match_norm"}
-             <= set(r["final"]) for r in sft)
+  tested = [r for r in sft if "gettext_en_fr:test_heldout/chrf" in r["final"]]
+  assert len(tested) == 1 and {"stdlib_text:test/kl", "capitals_gen:validation/exact_match_norm"} <= set(
+      tested[0]["final"])                                                  # only the selected point saw test
   assert any(r.get("curve") for r in sft)                                  # periodic evaluations, every 2 steps
   report.write_report(study, records, runs.selections(study, records), out)
   first = _digest(out)

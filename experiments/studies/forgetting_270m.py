@@ -22,7 +22,9 @@ Protocol (fixed before any run; variant 'cpu', the default):
   * Learning rate (and the regularizers' coefficient): a grid of 3 per method, one seed; the `select` rule below
     picks on the VALIDATION splits only; then the selected point runs with the other seeds (SFT, G-Freeze,
     G-Train: 3 seeds in all; the other baselines: 1). A seed sets the data order and the LoRA / noise draws.
-  * Test sets, scored once per run at its end: translation BLEU/chrF on 300 in-distribution test pairs and on
+  * Validation sets (selection): 150 translation pairs / 200 arithmetic problems, and capitals_gen's 58
+    validation countries (the regularizers' rule). Test sets, scored once for the selected runs only (the other
+    grid points never see them): translation BLEU/chrF on 300 in-distribution test pairs and on
     300 pairs of the held-out packages; capitals_gen (159 countries, 2-shot generation, exact match
     after normalising case/accents/punctuation — a model that stops answering in the format scores 0); the
     log-likelihood capitals probe (227); stdlib prose perplexity and KL(base ‖ model) on 100 paragraphs.
@@ -36,12 +38,11 @@ import types
 from grow_jax.train import config as cu
 
 STEPS = {"cpu": 120, "full": 2000, "smoke": 3}
-TRANSLATION_EVAL = [["gettext_en_fr:validation", 200], ["capitals_gen:validation", 58],
-                    ["gettext_en_fr:test", 300], ["gettext_en_fr:test_heldout", 300], ["capitals_gen:test", 159],
-                    ["capitals:test", 227], ["stdlib_text:test", 100]]
-ARITHMETIC_EVAL = [["arithmetic_cloze:validation", 200], ["capitals_gen:validation", 58],
-                   ["arithmetic_cloze:test", 400], ["capitals_gen:test", 159], ["capitals:test", 227],
-                   ["stdlib_text:test", 100]]
+VALIDATION_EVAL = {"translation": [["gettext_en_fr:validation", 150], ["capitals_gen:validation", 58]],
+                   "arithmetic": [["arithmetic_cloze:validation", 200], ["capitals_gen:validation", 58]]}
+RETENTION_TEST = [["capitals_gen:test", 159], ["capitals:test", 227], ["stdlib_text:test", 100]]
+TEST_EVAL = {"translation": [["gettext_en_fr:test", 300], ["gettext_en_fr:test_heldout", 300]] + RETENTION_TEST,
+             "arithmetic": [["arithmetic_cloze:test", 400]] + RETENTION_TEST}
 NEW_TASK_VALIDATION = {"translation": "gettext_en_fr:validation/chrf", "arithmetic": "arithmetic_cloze:validation/acc"}
 RETENTION_VALIDATION = "capitals_gen:validation/exact_match_norm"
 
@@ -117,7 +118,10 @@ def get_study(arg=None):
   s.seeds = [0, 1, 2]
   s.seeded_methods = ["sft", "g_freeze", "g_train"]
   s.task_methods = {"translation": list(s.methods), "arithmetic": ["sft", "g_freeze", "g_train"]}
-  s.final_eval = {"translation": TRANSLATION_EVAL, "arithmetic": ARITHMETIC_EVAL}
+  s.validation_eval, s.test_eval = VALIDATION_EVAL, TEST_EVAL
+  # The questions first: C1/C2 (translation: SFT, G-Freeze, G-Train), then C3 (arithmetic), then C4's baselines.
+  s.order = [["translation", ["sft", "g_freeze", "g_train"]], ["arithmetic", ["sft", "g_freeze", "g_train"]],
+             ["translation", ["lora_matched", "lora_r8", "mlp_only", "l2sp", "ewc"]]]
   s.curves = {"every": 40, "max_examples": 32, "methods": ["sft", "g_freeze", "g_train"],
               "tasks": {"translation": ["gettext_en_fr:validation", "capitals_gen:validation"],
                         "arithmetic": ["arithmetic_cloze:validation", "capitals_gen:validation"]}}
@@ -149,8 +153,9 @@ def get_study(arg=None):
     s.seeds = [0, 1]
     s.seeded_methods = ["sft"]
     s.task_methods = {"translation": ["sft", "l2sp"]}
-    s.final_eval = {"translation": [["gettext_en_fr:validation", 4], ["capitals_gen:validation", 4],
-                                    ["gettext_en_fr:test_heldout", 4], ["stdlib_text:test", 2]]}
+    s.validation_eval = {"translation": [["gettext_en_fr:validation", 4], ["capitals_gen:validation", 4]]}
+    s.test_eval = {"translation": [["gettext_en_fr:test_heldout", 4], ["stdlib_text:test", 2]]}
+    s.order = [["translation", ["sft", "l2sp"]]]
     s.curves = {"every": 2, "max_examples": 2, "methods": ["sft"],
                 "tasks": {"translation": ["gettext_en_fr:validation"]}}
     s.report = {"translation": {"selection": "max validation chrF", "reference": "sft",
@@ -162,10 +167,12 @@ def get_study(arg=None):
   if variant == "full":
     s.tasks = {"translation": {"data.task": "translation_en_fr"}, "mathqa": {"data.task": "mathqa"}}
     s.task_methods = {"translation": list(s.methods), "mathqa": ["sft", "g_freeze", "g_train"]}
-    s.final_eval = {"translation": [["translation_en_fr:validation", 500], ["winogrande:validation", 500],
-                                    ["translation_en_fr:test", 1000], ["winogrande:validation", 1267],
-                                    ["stdlib_text:test", 300]],
-                    "mathqa": [["mathqa:validation", 500], ["mathqa:test", 2985], ["winogrande:validation", 1267]]}
+    s.validation_eval = {"translation": [["translation_en_fr:validation", 500], ["winogrande:validation", 500]],
+                         "mathqa": [["mathqa:validation", 500], ["winogrande:validation", 500]]}
+    s.test_eval = {"translation": [["translation_en_fr:test", 1000], ["winogrande:validation", 1267],
+                                   ["stdlib_text:test", 300]],
+                   "mathqa": [["mathqa:test", 2985], ["winogrande:validation", 1267], ["stdlib_text:test", 300]]}
+    s.order = [["translation", ["sft", "g_freeze", "g_train"]], ["mathqa", ["sft", "g_freeze", "g_train"]]]
     s.report = {}
   return vars(s)
 

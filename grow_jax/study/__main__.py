@@ -41,8 +41,8 @@ def main(argv) -> None:
     if _LIST.value:
       records = runs.load_records(_OUT.value)
       selected = runs.selections(study, records)
-      for run in runs.expand(study, selected):
-        state = "done" if run.id in records else "pending"
+      for run in sorted(runs.expand(study, selected), key=lambda r: (runs.block(study, r), r.phase)):
+        state = "done" if runs.is_done(run, records, study) else "pending"
         print(f"{state:8s} {run.phase:6s} {run.id}")
       print(f"{len(records)} done; selected: {sorted(f'{t}/{m}' for t, m in selected)}")
       return

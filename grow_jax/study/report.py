@@ -41,11 +41,12 @@ def write_csv(records: Mapping[str, dict], path: str) -> None:
   keys = _metric_keys(rows)
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(["id", "task", "method", "hparams", "seed", "phase", "steps", "train_seconds", "eval_seconds"] + keys)
+  writer.writerow(["id", "task", "method", "hparams", "seed", "phase", "steps", "train_seconds", "eval_seconds",
+                   "test_seconds"] + keys)
   for r in rows:
     hp = ";".join(f"{k}={v}" for k, v in r["hparams"])
     writer.writerow([r["id"], r["task"], r["method"], hp, r["seed"], r["phase"], r["steps"],
-                     f"{r['train_seconds']:.0f}", f"{r['eval_seconds']:.0f}"]
+                     f"{r['train_seconds']:.0f}", f"{r['eval_seconds']:.0f}", f"{r.get('test_seconds', 0):.0f}"]
                     + [_num(r["final"].get(k)) for k in keys])
   files.write_text(path, buffer.getvalue())
 
@@ -161,8 +162,10 @@ def cost_lines(records: Mapping[str, dict]) -> list[str]:
   """Measured CPU cost per run kind and in total."""
   rs = list(records.values())
   total = sum(r["seconds"] for r in rs)
-  lines = [f"Runs: {len(rs)}; wall time in total {total / 3600:.2f} h (training {sum(r['train_seconds'] for r in rs) / 3600:.2f} h, "
-           f"final evaluations {sum(r['eval_seconds'] for r in rs) / 3600:.2f} h)."]
+  train = sum(r["train_seconds"] for r in rs)
+  evals = sum(r["eval_seconds"] + r.get("test_seconds", 0.0) for r in rs)
+  lines = [f"Runs: {len(rs)}; wall time in total {total / 3600:.2f} h (training {train / 3600:.2f} h, final "
+           f"evaluations {evals / 3600:.2f} h)."]
   by_method: dict[str, list[float]] = {}
   for r in rs:
     by_method.setdefault(r["method"], []).append(r["seconds"])

@@ -11,9 +11,11 @@ A study file (see experiments/studies/) defines
     select(task, method, runs, reference) -> run   the rule, fixed in advance, that picks a grid point on
                       validation (reference: the task's 'base' record and the records selected so far)
 
-Phases: 'sweep' (every grid point, seed = seeds[0]); selection (`select`, validation metrics only); 'seeds'
-(the selected grid point of each seeded method at the other seeds). A 'base' run per task evaluates the
-untrained model on the same sets.
+Phases: 'sweep' (every grid point, seed = seeds[0], scored on the validation sets only; its trained params are
+kept as a params file until the method's selection); selection (`select`, validation metrics only); 'test'
+(the selected sweep run scored on the test sets, once); 'seeds' (the selected grid point of each seeded method
+at the other seeds, validation and test). A 'base' run per task scores the untrained model on both. Runs go in
+the study's `order` (blocks of (task, methods)), so the questions that matter most are answered first.
 """
 
 from __future__ import annotations
@@ -51,8 +53,13 @@ class Run:
 
   @property
   def id(self) -> str:
+    """The run's name; a 'test' run scores a sweep run, and records into that run's id."""
     point = ",".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in self.hparams) or "default"
     return SEP.join((self.task, self.method, point, f"seed={self.seed}"))
+
+  @property
+  def key(self) -> str:
+    return self.id + ("#test" if self.phase == "test" else "")
 
   @property
   def file_name(self) -> str:
@@ -72,12 +79,14 @@ class StudySpec:
   methods: dict[str, dict[str, Any]]
   grids: dict[str, dict[str, list]]
   seeds: list[int]
-  final_eval: dict[str, list]
+  validation_eval: dict[str, list]       # task -> [[entry, limit], ...]: what selection reads
+  test_eval: dict[str, list]             # task -> [[entry, limit], ...]: what the report reads
   seeded_methods: list[str] = dataclasses.field(default_factory=list)
   task_methods: dict[str, list[str]] = dataclasses.field(default_factory=dict)
   curves: dict[str, Any] | None = None
   report: dict[str, dict] = dataclasses.field(default_factory=dict)
   description: str = ""
+  order: list = dataclasses.field(default_factory=list)    # [[task, [methods]], ...]: run these blocks first
 
 
 @dataclasses.dataclass
@@ -154,9 +163,11 @@ def expand(study: Study, selected: Mapping[tuple[str, str], dict]) -> list[Run]:
       for point in dict.fromkeys(grid_points(study, method, selected, task)):
         runs.append(Run(task, method, point, first, "sweep"))
       chosen = selected.get((task, method))
-      if chosen is not None and method in spec.seeded_methods:
+      if chosen is not None:
         point = tuple(tuple(kv) for kv in chosen["hparams"])
-        runs += [Run(task, method, point, seed, "seeds") for seed in others]
+        runs.append(Run(task, method, point, first, "test"))
+        if method in spec.seeded_methods:
+          runs += [Run(task, method, point, seed, "seeds") for seed in others]
   return runs
 
 
@@ -187,8 +198,8 @@ def git_commit() -> str:
     return "unknown"
 
 
-def final_evaluation(study: Study, run: Run, config, model_config, params, tokenizer) -> dict[str, float]:
-  """The study's final evaluations of a task on (model_config, params): {'<entry>/<metric>': value}."""
+def evaluate(entries, config, model_config, params, tokenizer) -> dict[str, float]:
+  """Evaluations [[entry, limit], ...] of (model_config, params): {'<entry>/<metric>': value}."""
   from grow_jax import formats
   from grow_jax.evaluation import registry
   base_cache = {}
@@ -200,7 +211,7 @@ def final_evaluation(study: Study, run: Run, config, model_config, params, token
     return base_cache["model"]
 
   out = {}
-  for entry, limit in study.spec.final_eval[run.task]:
+  for entry, limit in entries:
     ctx = registry.EvalContext(model_config, tokenizer=tokenizer, limit=limit, batch_size=config.eval.batch_size,
                                max_len=config.eval.max_len, max_new_tokens=config.eval.max_new_tokens,
                                base_model=base_model, base_id=config.init.source)
@@ -209,20 +220,46 @@ def final_evaluation(study: Study, run: Run, config, model_config, params, token
   return out
 
 
+def params_path(workdir_root: str, study: Study, run: Run) -> str:
+  """Where a sweep run's trained params wait for the test phase (grow_jax's params file; not committed)."""
+  return os.path.join(workdir_root, study.name, "params", run.id.replace(SEP, "__") + ".safetensors")
+
+
+def _write(out_dir: str, run: Run, record: dict) -> None:
+  files.write_text(os.path.join(out_dir, "runs", run.file_name), json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
 def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_workdir: bool = False) -> dict:
-  """Trains (unless 'base') and evaluates one run; writes and returns its record."""
+  """Trains (unless 'base' or 'test') and evaluates one run; writes and returns its record."""
   import jax
   from grow_jax import formats
+  from grow_jax.formats import params_file
   from grow_jax.model.tokenizer import load_tokenizer
   from grow_jax.train import loop
   from grow_jax.train.checkpointing import load_trained_params
   config, workdir = run_config(study, run, workdir_root)
+  tokenizer = load_tokenizer(config.data.tokenizer or config.init.source)
+  spec = study.spec
+  t0 = time.time()
+  if run.phase == "test":
+    record = load_records(out_dir)[run.id]
+    stored = params_path(workdir_root, study, run)
+    if not os.path.exists(stored):                # another machine: train the sweep run again (deterministic)
+      loop.train_and_evaluate(config, workdir)
+      params_file.save_params_file(stored, *load_trained_params(workdir)[:2])
+      shutil.rmtree(workdir, ignore_errors=True)
+    model_config, params = params_file.load_params_file(stored)
+    record["final"].update(evaluate(spec.test_eval[run.task], config, model_config, params, tokenizer))
+    record["test_seconds"] = time.time() - t0
+    record["seconds"] += record["test_seconds"]
+    _write(out_dir, run, record)
+    _drop_unselected_params(study, run, workdir_root, out_dir)
+    return record
   record = {"id": run.id, "task": run.task, "method": run.method, "hparams": [list(kv) for kv in run.hparams],
             "seed": run.seed, "phase": run.phase, "study": study.name, "commit": git_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "steps": 0 if run.method == "base" else config.total_steps,
             "batch_size": config.batch_size, "seq_len": config.data.seq_len, "mode": config.train.mode,
             "device": f"{jax.devices()[0].platform} x{jax.device_count()}"}
-  t0 = time.time()
   if run.method == "base":
     model_config, params = formats.load_checkpoint(config.init.source, seed=config.seed,
                                                    **config_lib.model_overrides(config))
@@ -232,15 +269,31 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
     record["train_seconds"] = time.time() - t0
     record["curve"] = read_curve(workdir)
     model_config, params, _ = load_trained_params(workdir)
-  tokenizer = load_tokenizer(config.data.tokenizer or config.init.source)
   t1 = time.time()
-  record["final"] = final_evaluation(study, run, config, model_config, params, tokenizer)
+  entries = list(spec.validation_eval[run.task])
+  if run.phase != "sweep":
+    entries += list(spec.test_eval[run.task])
+  record["final"] = evaluate(entries, config, model_config, params, tokenizer)
   record["eval_seconds"] = time.time() - t1
   record["seconds"] = time.time() - t0
-  files.write_text(os.path.join(out_dir, "runs", run.file_name), json.dumps(record, indent=1, sort_keys=True) + "\n")
+  if run.phase == "sweep":
+    params_file.save_params_file(params_path(workdir_root, study, run), model_config, params)
+  _write(out_dir, run, record)
   if not keep_workdir and os.path.isdir(workdir):
     shutil.rmtree(workdir, ignore_errors=True)
   return record
+
+
+def _drop_unselected_params(study: Study, tested: Run, workdir_root: str, out_dir: str) -> None:
+  """Once a method's selected run is tested, the other grid points' params files are not needed."""
+  for run in expand(study, selections(study, load_records(out_dir))):
+    if (run.task, run.method, run.phase) == (tested.task, tested.method, "sweep") and run.id != tested.id:
+      path = params_path(workdir_root, study, run)
+      if os.path.exists(path):
+        os.remove(path)
+  path = params_path(workdir_root, study, tested)
+  if os.path.exists(path):
+    os.remove(path)
 
 
 def read_curve(workdir: str) -> list[dict[str, Any]]:
@@ -292,14 +345,33 @@ def selections(study: Study, records: Mapping[str, dict]) -> dict[tuple[str, str
   return out
 
 
+def is_done(run: Run, records: Mapping[str, dict], study: Study) -> bool:
+  record = records.get(run.id)
+  if record is None:
+    return False
+  if run.phase == "test":                 # the sweep record holds the test metrics once scored
+    return all(any(k.startswith(entry + "/") for k in record["final"]) for entry, _ in study.spec.test_eval[run.task])
+  return True
+
+
+def block(study: Study, run: Run) -> int:
+  """The index of the first `order` block naming the run's (task, method) (a base run belongs to its task's
+  first block); unnamed runs come last."""
+  for i, (task, methods) in enumerate(study.spec.order):
+    if task == run.task and (run.method in methods or run.method == "base"):
+      return i
+  return len(study.spec.order)
+
+
 def pending(study: Study, records: Mapping[str, dict], only: str | None = None) -> list[Run]:
-  """The runs to do next, in order (base, sweeps, then seeds), `only` a glob over run ids."""
+  """The runs to do next, in order (by block; within a block base, sweeps, tests, seeds), `only` a glob over
+  run ids."""
   selected = selections(study, records)
-  runs = [r for r in expand(study, selected) if r.id not in records]
+  runs = [r for r in expand(study, selected) if not is_done(r, records, study)]
   if only:
     runs = [r for r in runs if fnmatch.fnmatch(r.id, only)]
-  order = {"base": 0, "sweep": 1, "seeds": 2}
-  return sorted(runs, key=lambda r: order[r.phase])
+  phase = {"base": 0, "sweep": 1, "test": 2, "seeds": 3}
+  return sorted(runs, key=lambda r: (block(study, r), phase[r.phase]))
 
 
 def run_all(study: Study, out_dir: str, workdir_root: str, *, only: str | None = None, max_runs: int | None = None,
@@ -311,7 +383,7 @@ def run_all(study: Study, out_dir: str, workdir_root: str, *, only: str | None =
     if not todo:
       break
     run = todo[0]
-    _log.info("study %s: run %s (%d pending)", study.name, run.id, len(todo))
+    _log.info("study %s: %s run %s (%d pending)", study.name, run.phase, run.id, len(todo))
     record = execute(study, run, out_dir, workdir_root, keep_workdir=keep_workdirs)
     done += 1
     if on_record is not None:
