@@ -101,6 +101,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
+  from grow_jax import runtime
+  runtime.enable_compilation_cache()
   try:
     run(f.checkpoint, f.tasks, out=f.out, tokenizer=f.tokenizer, base=f.base, limit=f.limit,
         batch_size=f.batch_size, max_len=f.max_len, cache_dir=f.cache_dir)

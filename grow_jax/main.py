@@ -77,6 +77,8 @@ def main(argv) -> None:
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)
   _initialize_distributed()
+  from grow_jax import runtime
+  runtime.enable_compilation_cache()
   from grow_jax.errors import GrowJaxError
   from grow_jax.train import loop
   try:

@@ -139,7 +139,7 @@ def test_arithmetic_task_lettered_and_cloze(data_dir):
 
 
 def test_arithmetic_cloze_is_the_cloze_style_under_its_own_name(data_dir):
-  from grow_jax import task_eval
+  from grow_jax.evaluation import tasks as task_eval
   named = get_task("arithmetic_cloze", data_dir=data_dir, num_problems=400)
   styled = get_task("arithmetic", style="cloze", data_dir=data_dir, num_problems=400)
   assert named.name == "arithmetic_cloze" and named.examples("validation") == styled.examples("validation")

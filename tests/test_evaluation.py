@@ -255,6 +255,10 @@ def test_kl_is_zero_against_itself_and_matches_a_hand_computation(lively, tmp_pa
   assert kl["kl"] > 1e-3
   assert kl["kl"] == pytest.approx(expected, rel=1e-4)
   assert kl["num_tokens"] == len(ids) - 1
+  # The same pass scores the model's perplexity: equal to the perplexity evaluator's on the same tokens.
+  alone = ppl.perplexity(CONFIG, perturbed, TOK, TEXTS[:1], max_len=16, batch_size=4)
+  assert kl["perplexity"] == pytest.approx(alone["perplexity"], rel=1e-6)
+  assert kl["bits_per_byte"] == pytest.approx(alone["bits_per_byte"], rel=1e-6)
   # The base side was stored on disk and is read back, not recomputed.
   [stored] = list(tmp_path.glob("kl_base_*.npz"))
   monkeypatch.setattr(ppl, "_final_hidden", None)     # recomputing would now fail

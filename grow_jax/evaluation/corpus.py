@@ -40,18 +40,20 @@ def _final_hidden(params, inputs, input_mask, score_positions, *, config: ModelC
 
 
 @functools.partial(jax.jit, static_argnames=("config", "base_softcap", "chunk"))
-def _kl_per_position(params, inputs, input_mask, score_positions, base_hidden, base_embedding, *,
-                     config: ModelConfig, base_softcap: float | None, chunk: int):
-  """KL(base ‖ model) of the next-token distributions at the scored positions, (B, W)."""
+def _nll_and_kl(params, inputs, input_mask, score_positions, targets, base_hidden, base_embedding, *,
+                config: ModelConfig, base_softcap: float | None, chunk: int):
+  """Per scored position (B, W): the model's NLL of the next token and KL(base ‖ model) of the next-token
+  distributions, from one forward pass."""
   hidden = scored_hidden(config, params, inputs, input_mask, score_positions)
   embedding = params["embedder"]["input_embedding"]
 
-  def one(h, hb):
+  def one(h, hb, t):
     logp = jax.nn.log_softmax(unembed(embedding, h, config.final_logit_softcap), axis=-1)
     logq = jax.nn.log_softmax(unembed(base_embedding, hb, base_softcap), axis=-1)
-    return jnp.sum(jnp.exp(logq) * (logq - logp), axis=-1)
+    nll = -jnp.take_along_axis(logp, t[..., None], axis=-1)[..., 0]
+    return nll, jnp.sum(jnp.exp(logq) * (logq - logp), axis=-1)
 
-  return map_chunks(one, chunk, hidden, base_hidden.astype(hidden.dtype))
+  return map_chunks(one, chunk, hidden, base_hidden.astype(hidden.dtype), targets)
 
 
 def rolling_rows(tokens: Sequence[int], max_len: int) -> list[Row]:
@@ -121,8 +123,9 @@ class BaseReference:
 
   def __init__(self, base_config: ModelConfig, base_params: Params, rows: Sequence[Row], *,
                batch_size: int = 8, bucket: int = 32, logits_chunk: int = 64, cache_dir: str | None = None,
-               base_id: str | None = None):
+               base_id: str | None = None, num_bytes: int | None = None):
     self.base_config = base_config
+    self.num_bytes = num_bytes
     self.logits_chunk = logits_chunk
     self.batches = make_batches(rows, batch_size=batch_size, bucket=bucket, chunk=logits_chunk,
                                 pad_id=base_config.pad_token_id)
@@ -155,8 +158,8 @@ class BaseReference:
   @classmethod
   def from_texts(cls, base_config: ModelConfig, base_params: Params, tokenizer, texts: Sequence[str], *,
                  max_len: int = 512, **kwargs) -> "BaseReference":
-    rows, _ = corpus_rows(tokenizer, texts, max_len)
-    return cls(base_config, base_params, rows, **kwargs)
+    rows, num_bytes = corpus_rows(tokenizer, texts, max_len)
+    return cls(base_config, base_params, rows, num_bytes=num_bytes, **kwargs)
 
   @property
   def nbytes(self) -> int:
@@ -164,21 +167,27 @@ class BaseReference:
 
 
 def kl_divergence(config: ModelConfig, params: Params, reference: BaseReference) -> Metrics:
-  """Mean per-token KL(base ‖ model) in nats over the reference corpus's predicted positions."""
+  """Mean per-token KL(base ‖ model) in nats over the reference corpus's predicted positions, and the model's
+  perplexity on the same tokens (one forward pass serves both)."""
   if config.vocab_size != reference.base_config.vocab_size:
     raise ValueError(f"KL needs one vocabulary: model vocab_size={config.vocab_size}, base "
                      f"vocab_size={reference.base_config.vocab_size}")
-  total, count, worst = 0.0, 0, 0.0
+  kl_total, nll_total, count, worst = 0.0, 0.0, 0, 0.0
   for batch, hidden in zip(reference.batches, reference.hidden):
-    kl = np.asarray(jax.device_get(_kl_per_position(
-        params, batch.inputs, batch.input_mask, batch.score_positions, hidden, reference.embedding,
-        config=config, base_softcap=reference.base_config.final_logit_softcap,
-        chunk=min(reference.logits_chunk, batch.targets.shape[1]))))
-    values = kl[batch.score_mask]
-    total += float(values.sum(dtype=np.float64))
+    nll, kl = jax.device_get(_nll_and_kl(
+        params, batch.inputs, batch.input_mask, batch.score_positions, batch.targets, hidden,
+        reference.embedding, config=config, base_softcap=reference.base_config.final_logit_softcap,
+        chunk=min(reference.logits_chunk, batch.targets.shape[1])))
+    values = np.asarray(kl)[batch.score_mask]
+    kl_total += float(values.sum(dtype=np.float64))
+    nll_total += float(np.asarray(nll)[batch.score_mask].sum(dtype=np.float64))
     count += values.size
     worst = max(worst, float(values.max(initial=0.0)))
-  return {"kl": total / count, "kl_max": worst, "num_tokens": float(count)}
+  out = {"kl": kl_total / count, "kl_max": worst, "perplexity": math.exp(nll_total / count),
+         "nll_per_token": nll_total / count, "num_tokens": float(count)}
+  if reference.num_bytes:
+    out["bits_per_byte"] = nll_total / (math.log(2) * reference.num_bytes)
+  return out
 
 
 def _savez(path, arrays) -> None:

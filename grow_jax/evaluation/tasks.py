@@ -7,7 +7,7 @@ A task's `metrics` decide its evaluations:
   tasks with `Task.generation` (generative    -> 'generation'       the task's own options (metrics,
     probes: capitals_gen, capitals_lettered)                        max_new_tokens, stop); `max_new_tokens` unused
   'perplexity' (plain-text corpora)           -> 'perplexity'
-  'kl' (plain-text corpora, with a base model) -> 'kl'              KL(base ‖ model), named '<task>_kl'
+  'kl' (plain-text corpora, with a base model) -> 'kl'              KL(base ‖ model) and perplexity, one pass
 
 The trainer (`config.eval.tasks`) and `python -m grow_jax.evaluate --tasks=...` both build their
 evaluations here, so a task is scored the same way everywhere.
@@ -46,10 +46,10 @@ def eval_tasks(name: str, *, split: str, limit: int | None = None, with_kl: bool
     out.append(EvalTask(name, "generation", examples,
                         {"metrics": generation_metrics, "max_new_tokens": max_new_tokens}))
   texts = [e.text for e in examples]
-  if "perplexity" in metrics:
+  if "kl" in metrics and with_kl:                 # KL(base ‖ model) and perplexity from one forward pass
+    out.append(EvalTask(name, "kl", texts))
+  elif "perplexity" in metrics:
     out.append(EvalTask(name, "perplexity", texts))
-  if "kl" in metrics and with_kl:
-    out.append(EvalTask(f"{name}_kl", "kl", texts))
   if not out:
     raise TaskError(f"task {name!r} has metrics {sorted(metrics)}, none of which grow_jax.evaluation "
                          "scores")

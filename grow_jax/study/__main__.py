@@ -34,6 +34,8 @@ def main(argv) -> None:
   logging.getLogger().setLevel(logging.INFO)
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)
+  from grow_jax import runtime
+  runtime.enable_compilation_cache()
   from grow_jax.errors import GrowJaxError
   from grow_jax.study import report, runs
   try:
