@@ -175,3 +175,22 @@ def test_save_hf_of_head_grown_model_loads_with_from_pretrained(small, tmp_path)
   delta = max_delta(hf_logits(hf_model, toks), FORWARD(config, grown, toks))
   print(f"\n[attention growth] heads x2 (layer 0) + MLP x2 (layer 1) -> save_hf -> from_pretrained: {delta:.3g}")
   assert hf_model.config.num_attention_heads == 8 and delta <= 1e-4
+
+
+def test_trainer_runs_g_freeze_attn_and_moves_only_the_new_heads(tiny_config, tmp_path):
+  from grow_jax.train import loop
+  from grow_jax.train.checkpointing import load_trained_params
+  config = tiny_config("mode=g_freeze_attn,steps=2,layers_n=2,layers=1,seq_len=16,lr=0.03")
+  config.eval.tasks = ()
+  loop.train_and_evaluate(config, str(tmp_path / "wd"))
+  mc, trained, meta = load_trained_params(str(tmp_path / "wd"))
+  assert meta["method"]["name"] == "g_freeze_attn" and mc.attn_branches == (((4, 2),), ((4, 2), (4, 0)))
+  from grow_jax import formats
+  _, base = formats.load_checkpoint("random:tiny", num_layers=2)
+  flat, flat0 = tree_paths.flatten(trained), tree_paths.flatten(base)
+  moved = {p for p in flat if p not in flat0 or not np.array_equal(flat[p], flat0[p])}
+  assert moved == {"layer_1/attn/attn_vec_einsum/w",                          # halved by growth, then frozen
+                   "layer_1/attn/grown_1/q_einsum/w", "layer_1/attn/grown_1/attn_vec_einsum/w"}
+  o0 = np.asarray(flat0["layer_1/attn/attn_vec_einsum/w"])
+  assert np.array_equal(flat["layer_1/attn/attn_vec_einsum/w"], o0 / 2)
+  assert not np.array_equal(flat["layer_1/attn/grown_1/attn_vec_einsum/w"], o0 / 2)   # trained
