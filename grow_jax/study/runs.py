@@ -14,6 +14,8 @@ A study file (see experiments/studies/) defines
 Phases: 'sweep' (every grid point, seed = seeds[0]); selection (`select`, validation metrics only); 'seeds'
 (the selected grid point of each seeded method at the other seeds). A 'base' run per task evaluates the
 untrained model on the same sets.
+
+--out and the run workdirs may be local or gs:// (every read and write goes through grow_jax/files.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import subprocess
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -237,37 +238,40 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   record["final"] = final_evaluation(study, run, config, model_config, params, tokenizer)
   record["eval_seconds"] = time.time() - t1
   record["seconds"] = time.time() - t0
-  files.write_text(os.path.join(out_dir, "runs", run.file_name), json.dumps(record, indent=1, sort_keys=True) + "\n")
-  if not keep_workdir and os.path.isdir(workdir):
-    shutil.rmtree(workdir, ignore_errors=True)
+  write_record(out_dir, run, record)
+  if not keep_workdir:
+    files.remove_tree(workdir)
   return record
+
+
+def write_record(out_dir: str, run: Run, record: Mapping[str, Any]) -> None:
+  """`<out_dir>/runs/<run file name>`: the run's record, which marks it done."""
+  files.write_text(os.path.join(out_dir, "runs", run.file_name), json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 def read_curve(workdir: str) -> list[dict[str, Any]]:
   """The periodic evaluations of a run: [{'step': s, '<task>/<metric>': v, ...}] from its metrics.jsonl."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = files.as_path(workdir) / "metrics.jsonl"
+  if not path.exists():
     return []
   curve = []
-  with open(path) as f:
-    for line in f:
-      record = json.loads(line)
-      evals = {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/") and k != "eval/seconds"}
-      if evals:
-        curve.append({"step": record["step"], **evals})
+  for line in path.read_text().splitlines():
+    record = json.loads(line)
+    evals = {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/") and k != "eval/seconds"}
+    if evals:
+      curve.append({"step": record["step"], **evals})
   return curve
 
 
 # ---- the records -----------------------------------------------------------------------------------------
 def load_records(out_dir: str) -> dict[str, dict]:
   """Every finished run's record, by run id."""
-  runs_dir = os.path.join(out_dir, "runs")
+  runs_dir = files.as_path(out_dir) / "runs"
   records = {}
-  if os.path.isdir(runs_dir):
-    for name in sorted(os.listdir(runs_dir)):
-      if name.endswith(".json"):
-        with open(os.path.join(runs_dir, name)) as f:
-          record = json.load(f)
+  if runs_dir.is_dir():
+    for path in sorted(runs_dir.iterdir(), key=lambda p: p.name):
+      if path.name.endswith(".json"):
+        record = json.loads(path.read_text())
         records[record["id"]] = record
   return records
 
