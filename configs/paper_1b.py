@@ -3,27 +3,37 @@ new task; compare with SFT and LoRA. For TPU / GPU: bf16 compute, f32 weights, F
 
   python -m grow_jax.main --config=configs/paper_1b.py:mode=g_freeze,task=scitail \
       --config.init.source=hf:$HOME/models/gemma-3-1b-pt --workdir=$HOME/runs/1b_gfreeze_scitail
-  python -m grow_jax.main --config=configs/paper_1b.py:mode=g_freeze,layers=targeted --workdir=...
+  python -m grow_jax.main --config=configs/paper_1b.py:mode=g_freeze,plan=$HOME/runs/plan_1b_scitail.json \
+      --workdir=$HOME/runs/1b_gfreeze_scitail_targeted
   python -m grow_jax.main --config=configs/paper_1b.py:mode=sft,task=mathqa --workdir=...
 
-Args: mode (g_freeze|g_train|sft|lora|l2sp|ewc), task (translation_en_fr|scitail|sciq|mathqa|...), layers
-('all', 'targeted' = TARGETED_LAYERS below, or '0,3,5'), steps, batch, seq_len, lr (0 = the mode's default),
-tensor (tensor-parallel size), ckpt (init source), accum. Evaluates before and after on the task,
-WinoGrande and stdlib prose. Hyperparameters are our choice: the paper does not publish them.
+Args: mode (g_freeze|g_train|g_freeze_norms|g_freeze_attn|sft|lora|l2sp|ewc), task
+(translation_en_fr|scitail|sciq|mathqa|...), layers ('all' or '0,3,5'), plan (a growth-plan JSON: its layers
+grow; layers must stay 'all'), steps, batch, seq_len, lr (0 = the mode's default), tensor (tensor-parallel
+size), ckpt (init source), accum. Evaluates before and after on the task, WinoGrande and stdlib prose.
+Hyperparameters are our choice: the paper does not publish them.
+
+Targeted growth (the paper grows ~9-10 of 26 layers), per task:
+  1. a pilot SFT run on the task, short (here 200 steps), checkpoints kept for the pilot-length check:
+       python -m grow_jax.main --config=configs/paper_1b.py:mode=sft,task=scitail,steps=200 \
+           --config.checkpoint.every_steps=50 --config.checkpoint.keep=8 --workdir=$HOME/runs/1b_pilot_scitail
+  2. the plan: layers ranked by the size of their MLP update (criterion 'update'), budget a third of all-layer
+     G-Freeze's trainable count (8 of 26 layers; --num_layers=10 for the paper's count):
+       python -m grow_jax.growth.plan --pilot=$HOME/runs/1b_pilot_scitail --fraction=0.34 \
+           --out=$HOME/runs/plan_1b_scitail.json
+  3. train with plan=<that file> (above). Check the ranking is stable before relying on it: a second pilot
+     seed (--config.seed=1) and an earlier checkpoint (--step=100), then
+       python -m grow_jax.growth.plan --compare=plan_a.json,plan_b.json     (Spearman, top-k overlap)
 """
 
 from grow_jax.train import config as cu
 
-# Targeted growth grows ~9-10 of 26 layers (paper). Placeholder ranking: replace with the layers ranked by
-# experiments/rank_layers.py (largest MLP updates of a pilot SFT run on the task).
-TARGETED_LAYERS = "1,3,5,7,9,11,13,15,17,19"
 DEFAULT_LR = {"sft": 1e-5, "l2sp": 1e-5, "ewc": 1e-5, "g_freeze": 1e-4, "g_train": 5e-5, "lora": 2e-4,
-              "mlp_only": 1e-5}
+              "mlp_only": 1e-5, "g_freeze_norms": 1e-4, "g_freeze_attn": 1e-4}
 
 
 def get_config(arg=None):
-  return cu.paper_config(arg, targeted_layers=TARGETED_LAYERS, default_lr=DEFAULT_LR,
-                         ckpt="hf:~/models/gemma-3-1b-pt")
+  return cu.paper_config(arg, default_lr=DEFAULT_LR, ckpt="hf:~/models/gemma-3-1b-pt")
 
 
 def sweep():

@@ -2,21 +2,27 @@ r"""Gemma 3 4B (pretrained, text decoder) in the paper's setting: bf16 compute, 
 
   python -m grow_jax.main --config=configs/paper_4b.py:mode=g_freeze,task=scitail,tensor=4 \
       --config.init.source=hf:$HOME/models/gemma-3-4b-pt --workdir=$HOME/runs/4b_gfreeze_scitail
+  python -m grow_jax.main --config=configs/paper_4b.py:mode=g_freeze,plan=$HOME/runs/plan_4b_scitail.json \
+      --workdir=$HOME/runs/4b_gfreeze_scitail_targeted
 
-Args as configs/paper_1b.py (mode, task, layers: 'all' | 'targeted' | '0,3,5', steps, batch, seq_len, lr,
-tensor, ckpt, accum). tensor must divide the 8 query heads and the MLP width; the 4 kv heads stay replicated.
+Args as configs/paper_1b.py (mode, task, layers: 'all' | '0,3,5', plan: a growth-plan JSON, steps, batch,
+seq_len, lr, tensor, ckpt, accum). tensor must divide the 8 query heads and the MLP width; the 4 kv heads stay
+replicated.
+
+Targeted growth: as configs/paper_1b.py's docstring says, with this config: a pilot SFT run
+(`configs/paper_4b.py:mode=sft,task=...,steps=200`), then
+`python -m grow_jax.growth.plan --pilot=<its workdir> --fraction=0.34 --out=plan_4b_<task>.json` (11 of 34
+layers), then `plan=plan_4b_<task>.json`.
 """
 
 from grow_jax.train import config as cu
 
-TARGETED_LAYERS = "2,5,8,11,14,17,20,23,26,29,32,33"   # placeholder: ~1/3 of 34 layers, rank with rank_layers.py
 DEFAULT_LR = {"sft": 5e-6, "l2sp": 5e-6, "ewc": 5e-6, "g_freeze": 5e-5, "g_train": 2e-5, "lora": 1e-4,
-              "mlp_only": 5e-6}
+              "mlp_only": 5e-6, "g_freeze_norms": 5e-5, "g_freeze_attn": 5e-5}
 
 
 def get_config(arg=None):
-  return cu.paper_config(arg, targeted_layers=TARGETED_LAYERS, default_lr=DEFAULT_LR,
-                         ckpt="hf:~/models/gemma-3-4b-pt", tensor=4, accum=2)
+  return cu.paper_config(arg, default_lr=DEFAULT_LR, ckpt="hf:~/models/gemma-3-4b-pt", tensor=4, accum=2)
 
 
 def sweep():

@@ -47,7 +47,8 @@ class CacheError(GrowJaxError, ValueError):
 
 
 class WorkdirError(GrowJaxError, RuntimeError):
-  """A workdir that cannot be used: held by another live run, or not writable."""
+  """A workdir (or an output directory) that cannot be used: held by another live run, not writable, or on object
+  storage that cannot be reached (no such endpoint, credentials refused, the gcs extra not installed)."""
 
 
 class TrainingDivergedError(GrowJaxError, RuntimeError):

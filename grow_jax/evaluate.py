@@ -9,10 +9,13 @@ sees them, e.g. LoRA merged) or a model source (`grow_jax.formats.load_checkpoin
 'gguf:<file>', 'random:<preset>'). --tasks are entries of the one evaluation registry the trainer uses too
 (grow_jax/evaluation/registry.py): the smoke_* sanity tasks or any grow_jax.data task as 'task' or 'task:split'.
 Tasks that compute KL(base ‖ model) need --base. Bad input ends with one line on stderr and exit status 1.
+--checkpoint, --base, --out and --cache_dir may be gs:// paths; one that cannot be reached or written is such a
+line, before any work.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Sequence
 
@@ -62,6 +65,7 @@ def run(checkpoint: str, tasks: Sequence[str], *, out: str | None = None, tokeni
   if not tasks:
     raise ConfigError(f"--tasks is empty; known: {registry.names()}")
   registry.check(list(tasks), field="--tasks")                   # before loading anything
+  _check_remote_paths(checkpoint=checkpoint, base=base, out=out, cache_dir=cache_dir)
   is_workdir = files.as_path(checkpoint).is_dir() and not checkpoint.startswith(("hf:", "gguf:"))
   if tokenizer is None:
     if is_workdir or checkpoint.startswith("random:"):
@@ -78,6 +82,16 @@ def run(checkpoint: str, tasks: Sequence[str], *, out: str | None = None, tokeni
     evaluator.write_results(results, out)
     logging.info("wrote %s", out)
   return results
+
+
+def _check_remote_paths(*, checkpoint, base, out, cache_dir) -> None:
+  """gs:// inputs are reachable and gs:// outputs writable, or one line naming the flag and the path."""
+  for flag, path in (("--checkpoint", checkpoint), ("--base", base)):
+    if path and files.is_remote(path):
+      files.check_reachable(path, flag)
+  for flag, directory in (("--out", out and os.path.dirname(out)), ("--cache_dir", cache_dir)):
+    if directory and files.is_remote(directory):
+      files.check_writable(directory, flag)
 
 
 def define_flags():

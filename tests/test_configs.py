@@ -66,8 +66,13 @@ def test_parse_arg_types_and_errors():
 
 def test_paper_variants():
   m = _load(os.path.join(ROOT, "configs", "paper_1b.py"))
-  c = m.get_config("mode=g_freeze,layers=targeted,task=scitail")
-  assert config_utils.growth_factor(c) == 2 and c.growth.layers == m.TARGETED_LAYERS and c.data.task == "scitail"
+  c = m.get_config("mode=g_freeze,plan=/tmp/plan.json,task=scitail")
+  assert config_utils.growth_factor(c) == 2 and c.growth.plan == "/tmp/plan.json" and c.growth.layers == "all"
+  assert c.data.task == "scitail"
+  with pytest.raises(ConfigError, match="layers='targeted'.*plan=<plan.json>"):
+    m.get_config("layers=targeted")
+  with pytest.raises(ConfigError, match="config.growth.layers='3'.*'all' when growth.plan"):
+    config_utils.check(m.get_config("layers=3,plan=/tmp/plan.json"))
   assert c.model.dtype == "bfloat16" and c.mesh.fsdp == -1
   assert config_utils.growth_factor(m.get_config("mode=sft")) == 1
   assert m.get_config("mode=lora").train.mode == "lora"

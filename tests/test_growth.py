@@ -144,9 +144,6 @@ def test_growth_under_eval_shape_needs_no_weights():
 def test_bad_growth_arguments(small, kwargs, message):
   with pytest.raises(ConfigError, match=message):
     growth.grow_mlp(SMALL, small[0], **kwargs)
-  if "factor" in kwargs:
-    with pytest.raises(ConfigError, match="expected an integer >= 2"):
-      growth.grow_attention(SMALL, small[0], factor=kwargs["factor"])
 
 
 def test_config_params_mismatch_is_named(small):
@@ -208,9 +205,9 @@ def test_merged_padded_export_loads_in_transformers(small, regrown):
 
 
 def test_save_hf_of_a_grown_model_loads_with_from_pretrained(small, regrown, tmp_path):
-  """checkpoints.save_hf merges and pads a grown model itself (merge_branches(uniform=True))."""
+  """formats.save_hf merges and pads a grown model itself (merge_branches(uniform=True))."""
   pytest.importorskip("torch")
-  checkpoints = pytest.importorskip("grow_jax.checkpoints")
+  from grow_jax import formats as checkpoints
   import transformers
   from tests.hf_reference import hf_logits
   config, grown = regrown
@@ -219,29 +216,6 @@ def test_save_hf_of_a_grown_model_loads_with_from_pretrained(small, regrown, tmp
   delta = max_delta(hf_logits(hf_model, small[1]), FORWARD(config, grown, small[1]))
   print(f"\n[growth] grown model -> save_hf -> from_pretrained: max|Δlogit| = {delta:.3g}")
   assert hf_model.config.intermediate_size == 768 and delta <= 1e-4
-
-
-# ---- attention-head growth ---------------------------------------------------------------------------
-@pytest.mark.parametrize("grow_kv", [False, True])
-def test_attention_growth_preserves(small, grow_kv):
-  params, toks, base = small
-  config, grown = growth.grow_attention(SMALL, params, factor=2, grow_kv=grow_kv)
-  assert (config.num_heads, config.num_kv_heads) == ((8, 4) if grow_kv else (8, 2))
-  assert grown["layer_0"]["attn"]["q_einsum"]["w"].shape == (8, 64, 16)
-  delta = max_delta(FORWARD(config, grown, toks), base)
-  print(f"\n[growth] attention heads x2 grow_kv={grow_kv}: max|Δlogit| = {delta:.3g}")
-  assert delta <= 1e-4 * float(jnp.max(jnp.abs(base)))
-
-
-def test_attention_copies_must_sit_in_their_kv_group(small):
-  """The test above can fail: block-concatenating the copies (ignoring GQA groups) changes the function."""
-  params, toks, base = small
-  config, grown = growth.grow_attention(SMALL, params, factor=2)
-  attn = grown["layer_0"]["attn"]
-  q0 = params["layer_0"]["attn"]["q_einsum"]["w"]
-  wrong = {**attn, "q_einsum": {"w": jnp.concatenate([q0, q0])}}
-  broken = {**grown, "layer_0": {**grown["layer_0"], "attn": wrong}}
-  assert max_delta(FORWARD(config, broken, toks), base) > 1e-2
 
 
 # ---- dial ----------------------------------------------------------------------------------------------

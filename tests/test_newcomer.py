@@ -42,6 +42,7 @@ def test_blocker_blocks_torch():
 def test_import_and_every_cli_without_torch():
   code = """
       import grow_jax, grow_jax.main, grow_jax.evaluate, grow_jax.convert, grow_jax.methods.accounting
+      import grow_jax.growth.plan, grow_jax.growth.heatmaps
       import sys
       assert "torch" not in sys.modules
   """

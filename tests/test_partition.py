@@ -29,6 +29,10 @@ def test_methods_label_exactly_the_documented_leaves():
   assert trainable(GROWN_CFG, GROWN, "g_train") == copies | {"layer_2/mlp/gating_einsum",
                                                              "layer_5/mlp/gating_einsum"}
   assert trainable(GROWN_CFG, GROWN, "mlp_only") == {p for p in ALL if "/mlp/" in p}
+  # G-Freeze + the grown layers' post-feed-forward norm scales (which rescale original and copies together).
+  assert trainable(GROWN_CFG, GROWN, "g_freeze_norms") == copies | {"layer_2/post_ffw_norm/scale",
+                                                                    "layer_5/post_ffw_norm/scale"}
+  assert methods.growth_factor("g_freeze_norms") == 2
   labels = methods.trainable_labels(GROWN_CFG, GROWN, "g_freeze")
   assert jax.tree.structure(labels) == jax.tree.structure(jax.tree.map(lambda _: 0, GROWN))
   assert set(jax.tree.leaves(labels)) == {"trainable", "frozen"}
@@ -91,24 +95,23 @@ def test_setup_method_options_are_the_methods_own():
 
 
 def test_a_new_method_is_one_registered_class():
-  class GFreezeNorms(methods.builtin.GFreeze):
-    name = "g_freeze_norms_test"
+  class GFreezeDown(methods.builtin.GFreeze):
+    name = "g_freeze_down_test"
 
     def rules(self, config):
       grown = methods.builtin.layers_regex(self.grown(config))
-      return [(rf"layer_{grown}/post_ffw_norm/scale", "trainable")] + list(super().rules(config))
+      return [(rf"layer_{grown}/mlp/grown_\d+/gating_einsum", "frozen")] + list(super().rules(config))
 
-  methods.register(GFreezeNorms)
+  methods.register(GFreezeDown)
   try:
-    assert "g_freeze_norms_test" in methods.names()
-    assert methods.growth_factor("g_freeze_norms_test") == 2
-    got = trainable(GROWN_CFG, GROWN, "g_freeze_norms_test")
-    assert got - trainable(GROWN_CFG, GROWN, "g_freeze") == {"layer_2/post_ffw_norm/scale",
-                                                             "layer_5/post_ffw_norm/scale"}
-    assert methods.from_meta(methods.create("g_freeze_norms_test", {}, GROWN_CFG, GROWN).meta(), GROWN_CFG,
-                             GROWN).name == "g_freeze_norms_test"
+    assert "g_freeze_down_test" in methods.names()
+    assert methods.growth_factor("g_freeze_down_test") == 2
+    got = trainable(GROWN_CFG, GROWN, "g_freeze_down_test")
+    assert got == {"layer_2/mlp/grown_1/linear", "layer_5/mlp/grown_1/linear"}
+    assert methods.from_meta(methods.create("g_freeze_down_test", {}, GROWN_CFG, GROWN).meta(), GROWN_CFG,
+                             GROWN).name == "g_freeze_down_test"
   finally:
-    methods.base.unregister("g_freeze_norms_test")
+    methods.base.unregister("g_freeze_down_test")
 
 
 def test_count():

@@ -7,7 +7,7 @@ KL(base ‖ model) caches the base model's final hidden states (B, T, D) per bat
 Gemma 3 270M that is 640 floats per token instead of 262,144. Each evaluation recomputes the base logits
 from the cached hidden states and the base's (kept) embedding matrix, chunk by chunk next to the
 model's, so the KL is exact in float32 and memory stays O(batch * chunk * V). The cache lives in memory
-and optionally on disk (`cache_dir`), keyed by a hash of the base config, base parameters (or a given
+and optionally on disk or gs:// (`cache_dir`), keyed by a hash of the base config, base parameters (or a given
 `base_id`) and the corpus tokens.
 """
 
@@ -138,9 +138,9 @@ class BaseReference:
         key.update(array.tobytes())
     self.key = key.hexdigest()[:24]
     start = time.time()
-    path = os.path.join(cache_dir, f"kl_base_{self.key}.npz") if cache_dir else None
-    if path and os.path.exists(path):
-      with np.load(path) as stored:
+    path = os.path.join(cache_dir, f"kl_base_{self.key}.npz") if cache_dir else None     # local or gs://
+    if path and files.as_path(path).exists():
+      with files.as_path(path).open("rb") as f, np.load(f) as stored:
         self.hidden = [stored[f"batch_{i}"] for i in range(len(self.batches))]
       source = f"loaded from {path}"
     else:

@@ -2,7 +2,7 @@
 
 Reading uses safetensors' numpy API (no torch), lazily: a tensor is read from disk only when the conversion
 asks for it. Writing converts our params with hf_format.py, merges a grown model's MLP branches into one
-wider MLP per layer (the same function, standard shapes), and builds the directory in a temporary sibling that
+wider MLP per layer and its head branches into wider heads (the same function, standard shapes), and builds the directory in a temporary sibling that
 is renamed into place.
 """
 
@@ -118,7 +118,9 @@ def save_hf(config: ModelConfig, params: Params, out_dir: str | os.PathLike, *, 
 
   config.json + model.safetensors, or model-0000i-of-0000n.safetensors shards + model.safetensors.index.json
   when the weights exceed `max_shard_bytes`. Tensors keep the params' dtype. A grown model is first merged
-  into one wide MLP per layer (`growth.merge_branches(..., uniform=True)`: same function, standard shapes).
+  into one wide MLP per layer (`growth.merge_branches(..., uniform=True)`: same function, standard shapes) and
+  its grown attention heads into wider heads (`growth.merge_attention`: copies interleaved in their kv groups,
+  layers zero-padded to one head count).
   `tokenizer` (a grow_jax.tokenizer.Tokenizer) is saved alongside. Everything is written to a temporary
   directory and renamed into place; an existing non-empty `out_dir` is refused unless `overwrite=True`.
   Returns the directory.
@@ -128,6 +130,9 @@ def save_hf(config: ModelConfig, params: Params, out_dir: str | os.PathLike, *, 
     raise CheckpointError(f"save_hf: {str(out_dir)!r} exists and is not a directory")
   if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
     raise CheckpointError(f"save_hf: {str(out_dir)!r} exists and is not empty; pass overwrite=True to replace it")
+  if config.attn_grown:
+    from grow_jax.growth.attention import merge_attention
+    config, params = merge_attention(config, params)
   if config.is_grown:
     from grow_jax.growth import operators as growth
     config, params = growth.merge_branches(config, params, uniform=True)

@@ -29,10 +29,10 @@ def save_params_file(path: str | os.PathLike, config: ModelConfig, params: Param
 
 
 def load_params_file(path: str | os.PathLike) -> tuple[ModelConfig, Params]:
-  """Inverse of save_params_file (memory-mapped read, a second or two for the 270M)."""
+  """Inverse of save_params_file (memory-mapped read, a second or two for the 270M; gs:// via a local copy)."""
   from safetensors import safe_open
   try:
-    with safe_open(str(path), framework="numpy") as f:
+    with files.local_copy(path) as local, safe_open(str(local), framework="numpy") as f:
       config = _config_from_metadata(path, f.metadata())
       flat = {k: f.get_tensor(k) for k in f.keys()}
   except CheckpointError:

@@ -1,11 +1,14 @@
 """Growth: function-preserving operators over the param tree, and the analysis of what fine-tuning changed.
 
-    operators.py  grow_mlp (bit-exact copy-and-halve), merge_branches, grow_attention, dial, clone_divergence
-    analysis.py   ΔW = W_finetuned - W_pretrained statistics per layer (effective rank, norms), layer ranking
+    operators.py  grow_mlp (bit-exact copy-and-halve), merge_branches, dial, clone_divergence
+    attention.py  grow_attention (copied heads as their own head branches), merge_attention (HF export)
+    analysis.py   ΔW = W_finetuned - W_pretrained statistics per layer and matrix (norms, effective/stable rank)
+    plan.py       targeted growth: criteria, budgets, the growth-plan JSON, ranking agreement; a CLI
+    heatmaps.py   ΔW heat-maps (layer x gate/up/down) from a plan, and the localisation of the update
 """
 
-from grow_jax.growth.operators import (clone_divergence, dial, grow_attention, grow_config, grow_mlp, grown_layers,
-                                       merge_branches)
+from grow_jax.growth.attention import attention_config, grow_attention, grown_head_layers, merge_attention
+from grow_jax.growth.operators import clone_divergence, dial, grow_config, grow_mlp, grown_layers, merge_branches
 
-__all__ = ["clone_divergence", "dial", "grow_attention", "grow_config", "grow_mlp", "grown_layers",
-           "merge_branches"]
+__all__ = ["attention_config", "clone_divergence", "dial", "grow_attention", "grow_config", "grow_mlp",
+           "grown_head_layers", "grown_layers", "merge_attention", "merge_branches"]

@@ -29,8 +29,8 @@ MLP growth (the paper's operator; GeGLU `y = (gelu_tanh(x Wg) * (x Wu)) Wd`, lea
   branch receives +N too (as in `Wd/2 + N`): `dial(alpha=0)` then needs `base_params` to be exact.
 
 Other operators: `merge_branches` (fold branches into one wider MLP, zero-pad to one width for HF export),
-`grow_attention` (copy query heads / kv heads, attn_vec_einsum rows scaled 1/k), `dial` (move continuously
-between the original and the trained grown model), `clone_divergence` (symmetry-trap metric for logging).
+`dial` (move continuously between the original and the trained grown model), `clone_divergence`
+(symmetry-trap metric for logging). Attention-head growth is growth/attention.py.
 """
 
 from __future__ import annotations
@@ -203,46 +203,6 @@ def merge_branches(config: ModelConfig, params: Params, *, uniform: bool = False
   return new_config, _with_layer_mlps(params, new_mlps)
 
 
-# ---- attention-head growth ---------------------------------------------------------------------------
-def grow_attention(config: ModelConfig, params: Params, *, factor: int = 2,
-                   grow_kv: bool = False) -> tuple[ModelConfig, Params]:
-  """Copy attention heads in every layer, function-preserving (the paper's appendix ablation).
-
-  Each query head is copied `factor - 1` times and every head's attn_vec_einsum rows are divided by factor:
-  copies produce the same attention output, and k copies of O/k sum to O. Grouped-query attention: query
-  head n uses kv head n // G (G = N / K), so
-    * grow_kv=False (K kept, G -> k*G): copies are interleaved within their kv group: new head
-      kk * (k*G) + c * G + g is copy c of original head kk * G + g;
-    * grow_kv=True (K -> k*K, G kept): kv heads are copied too, block-wise: new kv head c * K + kk is copy c
-      of kv head kk, and new query head c * N + n is copy c of head n (it uses kv head c * K + n // G).
-  Preserved to float rounding (the N*H contraction of attn_vec_einsum sums more terms).
-  """
-  factor = _check_factor(factor)
-  N, K, H, D = config.num_heads, config.num_kv_heads, config.head_dim, config.embed_dim
-  G = N // K
-  out = dict(params)
-  for i in range(config.num_layers):
-    layer = dict(params[f"layer_{i}"])
-    attn = dict(layer["attn"])
-    q, kv, o = attn["q_einsum"]["w"], attn["kv_einsum"]["w"], attn["attn_vec_einsum"]["w"]
-    o = o / jnp.asarray(factor, o.dtype)
-    if grow_kv:
-      q = jnp.concatenate([q] * factor, axis=0)
-      o = jnp.concatenate([o] * factor, axis=0)
-      kv = jnp.concatenate([kv] * factor, axis=1)
-    else:
-      q = jnp.concatenate([q.reshape(K, G, D, H)] * factor, axis=1).reshape(factor * N, D, H)
-      o = jnp.concatenate([o.reshape(K, G, H, D)] * factor, axis=1).reshape(factor * N, H, D)
-      kv = _copy(kv)
-    attn["q_einsum"] = {**attn["q_einsum"], "w": q}
-    attn["kv_einsum"] = {**attn["kv_einsum"], "w": kv}
-    attn["attn_vec_einsum"] = {**attn["attn_vec_einsum"], "w": o}
-    layer["attn"] = attn
-    out[f"layer_{i}"] = layer
-  new_config = config.replace(num_heads=factor * N, num_kv_heads=factor * K if grow_kv else K)
-  return new_config, out
-
-
 # ---- dial --------------------------------------------------------------------------------------------
 def dial(config: ModelConfig, params: Params, alpha: float, base_params: Params | None = None) -> Params:
   """Move each grown layer continuously between the original model (alpha=0) and the trained one.
@@ -308,4 +268,4 @@ def clone_divergence(config: ModelConfig, params: Params) -> dict[str, jax.Array
   return out
 
 
-__all__ = ["grow_mlp", "grow_config", "merge_branches", "grow_attention", "dial", "clone_divergence", "grown_layers"]
+__all__ = ["grow_mlp", "grow_config", "merge_branches", "dial", "clone_divergence", "grown_layers"]

@@ -6,14 +6,17 @@ Gemma 3 1B / 4B accounting runs in milliseconds).
 Definitions (per model, embeddings tied so counted once):
   total            every leaf of params (incl. grown branches and LoRA adapters)
   embedding        embedder/input_embedding (V * D)
-  base             the ungrown model: `base_config` if given, else config with only branch 0 of each MLP
+  base             the ungrown model: `base_config` if given, else config with only branch 0 of each MLP and
+                   of each layer's attention heads
+  grown            the grown MLP branches and grown attention-head branches
   trainable        leaves labelled 'trainable'
   trainable/base   the paper's "share of parameters": G-Freeze on all 26 layers of Gemma 3 1B = 62%
   optimizer bytes  Adam: 2 moments in the param dtype per trainable scalar (+ a 4-byte step count), plus the
                    method's `regularizer_copies` (L2-SP: the anchor; EWC: anchor and Fisher)
   flops/token      forward matmul FLOPs per token, 2 per multiply-add:
                    base = Σ_layers 2 * D * H * (2N + 2K) + 6 * D * F_layer + 2 * D * V (the logits),
-                   added by growth = Σ_grown branches 6 * D * F_j (gate, up and down of the copy);
+                   added by growth = Σ_grown branches 6 * D * F_j (gate, up and down of the copy)
+                   + Σ_grown head branches 2 * D * H * (2 N_j + 2 K_j) (q, own k/v, output);
                    attention scores/values (4 * T * N * H per token at context T) are left out.
 """
 
@@ -28,13 +31,14 @@ import jax.numpy as jnp
 
 from grow_jax import tables, tree_paths
 from grow_jax.model.config import ModelConfig, abstract_params, count_params
-from grow_jax.methods.partition import GROWN_BRANCH, TRAINABLE
+from grow_jax.methods.partition import GROWN_BRANCH, GROWN_HEADS, TRAINABLE
 
 ADAM_MOMENTS = 2
 
 
 def base_config_of(config: ModelConfig) -> ModelConfig:
-  """The config before MLP growth: only branch 0 of every layer."""
+  """The config before growth: only branch 0 of every layer's MLP and attention heads."""
+  config = config.replace(attn_branches=None)
   if config.mlp_branches is None:
     return config
   widths = [config.layer_mlp_branches(i)[0] for i in range(config.num_layers)]
@@ -44,11 +48,12 @@ def base_config_of(config: ModelConfig) -> ModelConfig:
 
 
 def forward_flops_per_token(config: ModelConfig) -> int:
-  """Forward matmul FLOPs per token (see module docstring), all MLP branches included."""
+  """Forward matmul FLOPs per token (see module docstring), all MLP and head branches included."""
   D, N, K, H, V = config.embed_dim, config.num_heads, config.num_kv_heads, config.head_dim, config.vocab_size
   total = 2 * D * V
   for i in range(config.num_layers):
-    total += 2 * D * H * (2 * N + 2 * K) + 6 * D * config.layer_mlp_width(i)
+    total += sum(2 * D * H * (2 * n + 2 * k) for n, k in config.layer_attn_branches(i))
+    total += 6 * D * config.layer_mlp_width(i)
   return total
 
 
@@ -68,7 +73,7 @@ def account(config: ModelConfig, params: Any, labels: Any, base_config: ModelCon
   size = {p: math.prod(x.shape) for p, x in flat.items()}
   nbytes = {p: size[p] * jnp.dtype(x.dtype).itemsize for p, x in flat.items()}
   trainable = [p for p in flat if flat_labels[p] == TRAINABLE]
-  grown = [p for p in flat if re.fullmatch(GROWN_BRANCH, p)]
+  grown = [p for p in flat if re.fullmatch(GROWN_BRANCH, p) or re.fullmatch(GROWN_HEADS, p)]
   total = sum(size.values())
   embedding = size.get("embedder/input_embedding", 0)
   base_total = count_params(base_config)

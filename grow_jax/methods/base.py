@@ -44,6 +44,8 @@ class Method:
   options: ClassVar[Mapping[str, Any]] = {}
   # trains grown MLP copies: the trainer grows the model by 2 unless config.growth.factor says otherwise
   grows: ClassVar[bool] = False
+  # trains grown attention heads: the trainer grows the heads x2 unless config.growth.attention_factor says otherwise
+  grows_attention: ClassVar[bool] = False
   # the optimizer keeps this many extra copies of every trainable leaf (L2-SP anchor, EWC anchor + Fisher)
   regularizer_copies: ClassVar[int] = 0
   # needs original-domain reference batches at setup (EWC's Fisher)
@@ -191,6 +193,11 @@ def trainable_count(name: str, config: ModelConfig, params: Params, factor: int 
 def growth_factor(name: str) -> int:
   """The growth factor a method trains by default: 2 for the growth methods, 1 (no growth) otherwise."""
   return 2 if method_class(name).grows else 1
+
+
+def attention_growth_factor(name: str) -> int:
+  """The attention-head growth factor a method trains by default: 2 for `grows_attention` methods, else 1."""
+  return 2 if method_class(name).grows_attention else 1
 
 
 # ---- the README API: a method and its initial state in one call ---------------------------------------

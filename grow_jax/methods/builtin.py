@@ -11,15 +11,24 @@ its leaves at `layer_i/mlp/*` (down projection halved) and each copy is `layer_i
             paper's "entire up-projection is trainable"); the original down projection stays frozen
   custom    rules given as an option: [(path_regex, 'trainable' | 'frozen'), ...]
 
+Ablations:
+  g_freeze_norms  G-Freeze plus the grown layers' post-feed-forward norm scales (`post_ffw_norm/scale`), which
+                  rescale the whole MLP output (original + copies); everything else as G-Freeze
+  g_freeze_attn   attention-head growth instead of MLP growth (the paper's appendix ablation): only the grown
+                  heads train (`attn/grown_j/{q_einsum,kv_einsum,attn_vec_einsum}/w`, growth/attention.py);
+                  the original heads, incl. their halved output projection, are frozen. The trainer grows the
+                  heads x2 (config.growth.attention_factor, .attention_kv) and no MLP (growth.factor 0 -> 1)
+
 LoRA is in lora.py, L2-SP and EWC in regularizers.py.
 """
 
 from __future__ import annotations
 
 from grow_jax.errors import ConfigError
+from grow_jax.growth.attention import grown_head_layers
 from grow_jax.growth.operators import grown_layers
 from grow_jax.methods.base import Method, register
-from grow_jax.methods.partition import FROZEN, GROWN_BRANCH, TRAINABLE, PartitionError
+from grow_jax.methods.partition import FROZEN, GROWN_BRANCH, GROWN_HEADS, TRAINABLE, PartitionError
 from grow_jax.model.config import ModelConfig
 
 
@@ -82,4 +91,28 @@ class GTrain(GFreeze):
             (".*", FROZEN)]
 
 
-__all__ = ["MLPOnly", "Custom", "GFreeze", "GTrain", "layers_regex"]
+@register
+class GFreezeNorms(GFreeze):
+  name = "g_freeze_norms"
+  description = "G-Freeze plus the grown layers' post-feed-forward norm scales"
+
+  def rules(self, config):
+    grown = layers_regex(self.grown(config))
+    return [(rf"layer_{grown}/post_ffw_norm/scale", TRAINABLE)] + list(super().rules(config))
+
+
+@register
+class GFreezeAttn(Method):
+  name = "g_freeze_attn"
+  description = "only the grown attention heads train (attention-head growth); every original parameter is frozen"
+  grows_attention = True
+
+  def rules(self, config):
+    if not grown_head_layers(config):
+      raise PartitionError(f"mode {self.name!r} trains grown attention heads, but the model has none "
+                           "(config.attn_branches is unset): grow them first with "
+                           "growth.grow_attention(config, params, layers=...) or config.growth.attention_factor")
+    return [(GROWN_HEADS, TRAINABLE), (".*", FROZEN)]
+
+
+__all__ = ["MLPOnly", "Custom", "GFreeze", "GTrain", "GFreezeNorms", "GFreezeAttn", "layers_regex"]

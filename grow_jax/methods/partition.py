@@ -23,6 +23,7 @@ FROZEN = "frozen"
 Rules = Sequence[tuple[str, Hashable]]
 
 GROWN_BRANCH = r"layer_\d+/mlp/grown_\d+/(gating_einsum|linear)"
+GROWN_HEADS = r"layer_\d+/attn/grown_\d+/(q_einsum|kv_einsum|attn_vec_einsum)/w"
 
 
 class PartitionError(ConfigError):

@@ -9,6 +9,9 @@ Parameter layout (DeepMind names, plain nested dicts; `'/'.join(keys)` gives a l
     layer_{i}/attn/attn_vec_einsum/w         (N, H, D)
     layer_{i}/attn/_query_norm/scale         (H,)
     layer_{i}/attn/_key_norm/scale           (H,)
+    layer_{i}/attn/grown_{j}/q_einsum/w      (N_j, D, H)   head branch j >= 1: added by attention growth
+    layer_{i}/attn/grown_{j}/kv_einsum/w     (2, K_j, D, H)  only when the branch has its own kv heads
+    layer_{i}/attn/grown_{j}/attn_vec_einsum/w  (N_j, H, D)
     layer_{i}/post_attention_norm/scale      (D,)
     layer_{i}/pre_ffw_norm/scale             (D,)
     layer_{i}/mlp/gating_einsum              (2, F, D)     branch 0: the original MLP
@@ -58,6 +61,11 @@ class ModelConfig:
   # Per-layer MLP branch widths: mlp_branches[i] = (F_0, F_1, ...), branch 0 the original MLP of layer i
   # (width may differ per layer), branches j >= 1 added by growth. None = every layer ((hidden_dim,)).
   mlp_branches: tuple[tuple[int, ...], ...] | None = None
+  # Per-layer attention head branches: attn_branches[i] = ((N, K), (N_1, K_1), ...), branch 0 the original
+  # heads (num_heads, num_kv_heads), branch j >= 1 added by attention growth with N_j query heads and K_j kv
+  # heads of its own, or K_j = 0: its queries read branch 0's kv heads (query head n of the branch uses kv
+  # head n // (N_j / K)). None = no head branches anywhere.
+  attn_branches: tuple[tuple[tuple[int, int], ...], ...] | None = None
   param_dtype: str = "float32"
   dtype: str = "float32"                    # compute dtype of activations
   max_position_embeddings: int = 32_768
@@ -90,10 +98,27 @@ class ModelConfig:
       for i, layer in enumerate(branches):
         if not layer or any(f <= 0 for f in layer):
           raise ConfigError(f"ModelConfig.mlp_branches[{i}]={layer!r}: expected one or more positive widths")
+    if self.attn_branches is not None:
+      self._check_attn_branches()
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"ModelConfig.{name}={getattr(self, name)!r}: expected 'float32', 'bfloat16' "
                           "or 'float16'")
+
+  def _check_attn_branches(self) -> None:
+    branches = tuple(tuple((int(n), int(k)) for n, k in layer) for layer in self.attn_branches)
+    object.__setattr__(self, "attn_branches", branches)
+    if len(branches) != self.num_layers:
+      raise ConfigError(f"ModelConfig.attn_branches has {len(branches)} layers, expected num_layers={self.num_layers}")
+    for i, layer in enumerate(branches):
+      if not layer or layer[0] != (self.num_heads, self.num_kv_heads):
+        raise ConfigError(f"ModelConfig.attn_branches[{i}]={layer!r}: branch 0 must be (num_heads, num_kv_heads)="
+                          f"{(self.num_heads, self.num_kv_heads)}")
+      for j, (n, k) in enumerate(layer[1:], start=1):
+        readers = k or self.num_kv_heads
+        if n <= 0 or k < 0 or n % readers:
+          raise ConfigError(f"ModelConfig.attn_branches[{i}][{j}]=({n}, {k}): expected N_j > 0 query heads, "
+                            f"K_j >= 0 kv heads (0 = branch 0's {self.num_kv_heads}) dividing N_j")
 
   # ---- derived per-layer facts -------------------------------------------------------------------
   def attention_type(self, layer: int) -> str:
@@ -110,9 +135,21 @@ class ModelConfig:
     """Total MLP width of a layer (all branches merged)."""
     return sum(self.layer_mlp_branches(layer))
 
+  def layer_attn_branches(self, layer: int) -> tuple[tuple[int, int], ...]:
+    """((N, K), (N_1, K_1), ...): the layer's head branches, branch 0 the original heads."""
+    if self.attn_branches is None:
+      return ((self.num_heads, self.num_kv_heads),)
+    return self.attn_branches[layer]
+
   @property
   def is_grown(self) -> bool:
+    """Some layer's MLP has grown branches (attention growth: `attn_grown`)."""
     return any(len(self.layer_mlp_branches(i)) > 1 for i in range(self.num_layers))
+
+  @property
+  def attn_grown(self) -> bool:
+    """Some layer has grown attention-head branches."""
+    return any(len(self.layer_attn_branches(i)) > 1 for i in range(self.num_layers))
 
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)
@@ -123,6 +160,8 @@ class ModelConfig:
     for key in ("attention_types", "mlp_branches"):
       if d[key] is not None:
         d[key] = [list(x) if isinstance(x, (tuple, list)) else x for x in d[key]]
+    if d["attn_branches"] is not None:
+      d["attn_branches"] = [[list(b) for b in layer] for layer in d["attn_branches"]]
     return d
 
   @classmethod
@@ -136,6 +175,8 @@ class ModelConfig:
       d["attention_types"] = tuple(d["attention_types"])
     if d.get("mlp_branches") is not None:
       d["mlp_branches"] = tuple(tuple(x) for x in d["mlp_branches"])
+    if d.get("attn_branches") is not None:
+      d["attn_branches"] = tuple(tuple(tuple(b) for b in layer) for layer in d["attn_branches"])
     return cls(**d)
 
   def to_json(self) -> str:
@@ -192,6 +233,11 @@ def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         f"{p}/pre_ffw_norm/scale": (D,),
         f"{p}/post_ffw_norm/scale": (D,),
     })
+    for j, (n, k) in enumerate(config.layer_attn_branches(i)[1:], start=1):
+      shapes[f"{p}/attn/grown_{j}/q_einsum/w"] = (n, D, H)
+      if k:
+        shapes[f"{p}/attn/grown_{j}/kv_einsum/w"] = (2, k, D, H)
+      shapes[f"{p}/attn/grown_{j}/attn_vec_einsum/w"] = (n, H, D)
     for j, width in enumerate(config.layer_mlp_branches(i)):
       prefix = f"{p}/mlp" if j == 0 else f"{p}/mlp/grown_{j}"
       shapes[f"{prefix}/gating_einsum"] = (2, width, D)

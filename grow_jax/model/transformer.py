@@ -10,7 +10,8 @@ The computation follows Hugging Face `Gemma3ForCausalLM` (see tests/test_parity.
 Attention: q/k RMSNorm per head, RoPE (local layers base 10k with a sliding window; global layers base 1M,
 optionally linearly scaled), grouped-query attention, scaling query_pre_attn_scalar**-0.5.
 MLP: GeGLU with tanh-gelu, one branch per entry of `config.layer_mlp_branches(i)`, branch outputs summed
-in order ((b0 + b1) + b2) + ... — this is what makes growth bit-exact (see growth.py).
+in order ((b0 + b1) + b2) + ... — this is what makes growth bit-exact (see growth/operators.py). Attention
+likewise: one head branch per entry of `config.layer_attn_branches(i)` (grown heads), outputs summed in order.
 """
 
 from __future__ import annotations
@@ -76,7 +77,42 @@ def apply_rope(x, positions, base_frequency: float, scale_factor: float = 1.0):
   return out.astype(x.dtype)
 
 
+class HeadBranch(nn.Module):
+  """A grown attention-head branch's own weights (leaves at attn/grown_j/): q_einsum, attn_vec_einsum, and
+  kv_einsum when it has kv heads of its own (num_kv_heads > 0; 0 = its queries read branch 0's kv heads)."""
+
+  config: ModelConfig
+  num_heads: int
+  num_kv_heads: int
+
+  def setup(self):
+    cfg, pd = self.config, self.config.param_dtype
+    D, H = cfg.embed_dim, cfg.head_dim
+    self.q_einsum = Einsum((self.num_heads, D, H), pd)
+    if self.num_kv_heads:
+      self.kv_einsum = Einsum((2, self.num_kv_heads, D, H), pd)
+    self.attn_vec_einsum = Einsum((self.num_heads, H, D), pd)
+
+
+def attend(q, k, v, mask, softcap=None):
+  """Grouped-query attention of q (B, T, N, H) over k, v (B, S, K, H): query head n reads kv head n // (N/K).
+  mask (B, T, S) bool. Returns (B, T, N, H)."""
+  B, T, N, H = q.shape
+  K = k.shape[2]
+  qg = q.reshape(B, T, K, N // K, H)
+  logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k).astype(jnp.float32)
+  if softcap is not None:
+    logits = jnp.tanh(logits / softcap) * softcap
+  logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+
+
 class Attention(nn.Module):
+  """Branch 0 (the original heads, leaves at attn/) plus grown head branches (attn/grown_j/, one entry of
+  `config.layer_attn_branches(i)` each): every branch attends on its own and the branch outputs are summed
+  in order ((o0 + o1) + o2) + ..., as the MLP branches are. The branches share the q/k norm scales."""
+
   config: ModelConfig
   layer: int
 
@@ -85,44 +121,47 @@ class Attention(nn.Module):
     cfg = self.config
     N, K, D, H = cfg.num_heads, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim
     pd = cfg.param_dtype
-    q = Einsum((N, D, H), pd, name="q_einsum")("BTD,NDH->BTNH", x)
-    k, v = Einsum((2, K, D, H), pd, name="kv_einsum")("BSD,CKDH->CBSKH", x)
-    q = RMSNorm(cfg.rms_norm_eps, pd, name="_query_norm")(q)
-    k = RMSNorm(cfg.rms_norm_eps, pd, name="_key_norm")(k)
-
+    query_norm = RMSNorm(cfg.rms_norm_eps, pd, name="_query_norm")
+    key_norm = RMSNorm(cfg.rms_norm_eps, pd, name="_key_norm")
     is_global = cfg.attention_type(self.layer) == GLOBAL
     if is_global:
       base, scale = cfg.global_base_frequency, cfg.global_scale_factor
     else:
       base, scale = cfg.local_base_frequency, 1.0
-    q = apply_rope(q, positions, base, scale)
-    k = apply_rope(k, positions, base, scale)
-    q = q * jnp.asarray(cfg.query_pre_attn_scalar ** -0.5, q.dtype)
 
-    new_cache = None
-    if cache is not None:
+    def queries(q_einsum):
+      q = apply_rope(query_norm(q_einsum("BTD,NDH->BTNH", x)), positions, base, scale)
+      return q * jnp.asarray(cfg.query_pre_attn_scalar ** -0.5, q.dtype)
+
+    new_cache = None if cache is None else {"index": cache["index"] + x.shape[1]}
+
+    def keys_values(kv_einsum, suffix=""):
+      k, v = kv_einsum("BSD,CKDH->CBSKH", x)
+      k = apply_rope(key_norm(k), positions, base, scale)
+      if cache is None:
+        return k, v
       # Write this call's keys/values at [index, index + T) of the preallocated cache.
       start = cache["index"]
-      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, start, 0, 0))
-      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, start, 0, 0))
-      new_cache = {"k": k, "v": v, "index": start + x.shape[1]}
-      k, v = k.astype(x.dtype), v.astype(x.dtype)
+      ck, cv = cache["k" + suffix], cache["v" + suffix]
+      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, start, 0, 0))
+      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, start, 0, 0))
+      new_cache["k" + suffix], new_cache["v" + suffix] = k, v
+      return k.astype(x.dtype), v.astype(x.dtype)
 
     if not is_global:
       # Sliding window on sequence indices (as transformers does): key s visible from query t if t - s < W.
       window = (query_index[:, :, None] - key_index[None, None, :]) < cfg.sliding_window
       mask = jnp.logical_and(mask, window)
 
-    B, T = x.shape[:2]
-    G = N // K
-    qg = q.reshape(B, T, K, G, H)
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k).astype(jnp.float32)
-    if cfg.attn_logit_softcap is not None:
-      logits = jnp.tanh(logits / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
-    logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+    q = queries(Einsum((N, D, H), pd, name="q_einsum"))
+    k, v = keys_values(Einsum((2, K, D, H), pd, name="kv_einsum"))
+    encoded = attend(q, k, v, mask, cfg.attn_logit_softcap)
     out = Einsum((N, H, D), pd, name="attn_vec_einsum")("BTNH,NHD->BTD", encoded)
+    for j, (n_j, k_j) in enumerate(cfg.layer_attn_branches(self.layer)[1:], start=1):
+      branch = HeadBranch(cfg, n_j, k_j, name=f"grown_{j}")
+      kj, vj = keys_values(branch.kv_einsum, f"_{j}") if k_j else (k, v)
+      encoded = attend(queries(branch.q_einsum), kj, vj, mask, cfg.attn_logit_softcap)
+      out = out + branch.attn_vec_einsum("BTNH,NHD->BTD", encoded)
     return out, new_cache
 
 
@@ -319,10 +358,15 @@ def module_param_shapes(config: ModelConfig) -> Params:
 # ---- KV cache ----------------------------------------------------------------------------------------
 def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=None) -> Cache:
   dtype = _dtype(dtype or config.dtype)
-  shape = (batch_size, max_len, config.num_kv_heads, config.head_dim)
-  cache = {f"layer_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-                          "index": jnp.zeros((), jnp.int32)}
-           for i in range(config.num_layers)}
+  cache = {}
+  for i in range(config.num_layers):
+    layer = {"index": jnp.zeros((), jnp.int32)}
+    for j, (_, k) in enumerate(config.layer_attn_branches(i)):
+      if j == 0 or k:        # branch 0 and every head branch with kv heads of its own
+        suffix = "" if j == 0 else f"_{j}"
+        shape = (batch_size, max_len, k if j else config.num_kv_heads, config.head_dim)
+        layer["k" + suffix], layer["v" + suffix] = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+    cache[f"layer_{i}"] = layer
   return cache
 
 

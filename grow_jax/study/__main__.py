@@ -8,6 +8,7 @@ r"""Run (or continue) a study and regenerate its results.
 A run whose JSON exists under <out>/runs/ is skipped, so committing runs/ and running the same command on
 another machine continues the study; with every run done it regenerates identical tables and plots.
 Workdirs (checkpoints) go to --workdir_root and are deleted after each run unless --keep_workdirs.
+--out and --workdir_root may be gs:// paths (README: "Workdirs on cloud storage").
 """
 
 from __future__ import annotations
@@ -34,12 +35,18 @@ def main(argv) -> None:
   logging.getLogger().setLevel(logging.INFO)
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)
-  from grow_jax import runtime
+  from grow_jax import files, runtime
   runtime.enable_compilation_cache()
   from grow_jax.errors import GrowJaxError
   from grow_jax.study import report, runs
   try:
     study = runs.load_study(_STUDY.value)
+    if _LIST.value:
+      files.check_reachable(_OUT.value, "--out")
+    else:
+      files.check_writable(_OUT.value, "--out")           # before hours of training, not after the first run
+    if not (_LIST.value or _REPORT_ONLY.value):
+      files.check_reachable(_WORKDIRS.value, "--workdir_root")
     if _LIST.value:
       records = runs.load_records(_OUT.value)
       selected = runs.selections(study, records)

@@ -16,6 +16,8 @@ kept as a params file until the method's selection); selection (`select`, valida
 (the selected sweep run scored on the test sets, once); 'seeds' (the selected grid point of each seeded method
 at the other seeds, validation and test). A 'base' run per task scores the untrained model on both. Runs go in
 the study's `order` (blocks of (task, methods)), so the questions that matter most are answered first.
+
+--out and the run workdirs may be local or gs:// (every read and write goes through grow_jax/files.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import subprocess
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -225,7 +226,8 @@ def params_path(workdir_root: str, study: Study, run: Run) -> str:
   return os.path.join(workdir_root, study.name, "params", run.id.replace(SEP, "__") + ".safetensors")
 
 
-def _write(out_dir: str, run: Run, record: dict) -> None:
+def write_record(out_dir: str, run: Run, record: Mapping[str, Any]) -> None:
+  """`<out_dir>/runs/<run file name>`: the run's record, which marks it done."""
   files.write_text(os.path.join(out_dir, "runs", run.file_name), json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
@@ -244,15 +246,15 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   if run.phase == "test":
     record = load_records(out_dir)[run.id]
     stored = params_path(workdir_root, study, run)
-    if not os.path.exists(stored):                # another machine: train the sweep run again (deterministic)
+    if not files.as_path(stored).exists():                # another machine: train the sweep run again (deterministic)
       loop.train_and_evaluate(config, workdir)
       params_file.save_params_file(stored, *load_trained_params(workdir)[:2])
-      shutil.rmtree(workdir, ignore_errors=True)
+      files.remove_tree(workdir)
     model_config, params = params_file.load_params_file(stored)
     record["final"].update(evaluate(spec.test_eval[run.task], config, model_config, params, tokenizer))
     record["test_seconds"] = time.time() - t0
     record["seconds"] += record["test_seconds"]
-    _write(out_dir, run, record)
+    write_record(out_dir, run, record)
     _drop_unselected_params(study, run, workdir_root, out_dir)
     return record
   record = {"id": run.id, "task": run.task, "method": run.method, "hparams": [list(kv) for kv in run.hparams],
@@ -278,9 +280,9 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   record["seconds"] = time.time() - t0
   if run.phase == "sweep":
     params_file.save_params_file(params_path(workdir_root, study, run), model_config, params)
-  _write(out_dir, run, record)
-  if not keep_workdir and os.path.isdir(workdir):
-    shutil.rmtree(workdir, ignore_errors=True)
+  write_record(out_dir, run, record)
+  if not keep_workdir:
+    files.remove_tree(workdir)
   return record
 
 
@@ -289,38 +291,34 @@ def _drop_unselected_params(study: Study, tested: Run, workdir_root: str, out_di
   for run in expand(study, selections(study, load_records(out_dir))):
     if (run.task, run.method, run.phase) == (tested.task, tested.method, "sweep") and run.id != tested.id:
       path = params_path(workdir_root, study, run)
-      if os.path.exists(path):
-        os.remove(path)
+      files.remove_file(path)
   path = params_path(workdir_root, study, tested)
-  if os.path.exists(path):
-    os.remove(path)
+  files.remove_file(path)
 
 
 def read_curve(workdir: str) -> list[dict[str, Any]]:
   """The periodic evaluations of a run: [{'step': s, '<task>/<metric>': v, ...}] from its metrics.jsonl."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = files.as_path(workdir) / "metrics.jsonl"
+  if not path.exists():
     return []
   curve = []
-  with open(path) as f:
-    for line in f:
-      record = json.loads(line)
-      evals = {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/") and k != "eval/seconds"}
-      if evals:
-        curve.append({"step": record["step"], **evals})
+  for line in path.read_text().splitlines():
+    record = json.loads(line)
+    evals = {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/") and k != "eval/seconds"}
+    if evals:
+      curve.append({"step": record["step"], **evals})
   return curve
 
 
 # ---- the records -----------------------------------------------------------------------------------------
 def load_records(out_dir: str) -> dict[str, dict]:
   """Every finished run's record, by run id."""
-  runs_dir = os.path.join(out_dir, "runs")
+  runs_dir = files.as_path(out_dir) / "runs"
   records = {}
-  if os.path.isdir(runs_dir):
-    for name in sorted(os.listdir(runs_dir)):
-      if name.endswith(".json"):
-        with open(os.path.join(runs_dir, name)) as f:
-          record = json.load(f)
+  if runs_dir.is_dir():
+    for path in sorted(runs_dir.iterdir(), key=lambda p: p.name):
+      if path.name.endswith(".json"):
+        record = json.loads(path.read_text())
         records[record["id"]] = record
   return records
 

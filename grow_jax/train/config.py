@@ -98,11 +98,17 @@ def base_config() -> ml_collections.ConfigDict:
       vocab_size=config_dict.placeholder(int)))
 
   # MLP growth applied to the init weights. factor: 0 = the method's default (2 for the growth methods
-  # g_freeze / g_train, 1 = no growth otherwise), 1 = no growth, k >= 2 = grow by k. layers: 'all' or '0,3,5'.
-  c.growth = ml_collections.ConfigDict(dict(factor=0, layers="all", noise_scale=0.0, seed=0))
+  # g_freeze / g_train / g_freeze_norms, 1 = no growth otherwise), 1 = no growth, k >= 2 = grow by k.
+  # layers: 'all' or '0,3,5'; plan: a growth-plan JSON (python -m grow_jax.growth.plan) whose layers are grown
+  # instead ('' = none; layers must then stay 'all'). noise_scale: zero-sum noise on the copies' down
+  # projections (symmetry breaking), drawn from seed. attention_factor: attention-head growth of the same
+  # layers, 0 = the method's default (2 for g_freeze_attn, 1 = none otherwise); attention_kv: the head copies
+  # get kv heads of their own (False: they read the original kv heads). See growth/attention.py.
+  c.growth = ml_collections.ConfigDict(dict(factor=0, layers="all", plan="", noise_scale=0.0, seed=0,
+                                            attention_factor=0, attention_kv=False))
 
   # Which parameters train and how: a registered method (grow_jax.methods.names()):
-  #   sft | mlp_only | g_freeze | g_train | lora | l2sp | ewc | custom
+  #   sft | mlp_only | g_freeze | g_train | g_freeze_norms | g_freeze_attn | lora | l2sp | ewc | custom
   c.train = ml_collections.ConfigDict(dict(
       mode="sft", lora_rank=8, lora_alpha=config_dict.placeholder(float), l2sp_coef=0.01, ewc_coef=0.01,
       ewc_batches=4, ewc_normalize="mean",
@@ -169,17 +175,22 @@ def expand_sweep(module, base_arg: str | None = None) -> list[ml_collections.Con
   return out
 
 
-def paper_config(arg, *, targeted_layers: str, default_lr: dict[str, float], ckpt: str, tensor: int = 1,
+def paper_config(arg, *, default_lr: dict[str, float], ckpt: str, tensor: int = 1,
                  accum: int = 1) -> ml_collections.ConfigDict:
-  """The paper's setting shared by configs/paper_*.py: a pretrained Gemma 3 grown x2 (all or targeted layers)
-  and fine-tuned on a new task; bf16 compute, f32 weights, FSDP (+ tensor) mesh; evaluated before and after
-  on the task itself, WinoGrande (the paper's original-knowledge probe) and general-text drift.
+  """The paper's setting shared by configs/paper_*.py: a pretrained Gemma 3 grown x2 (all layers, given layers,
+  or a growth plan's targeted layers) and fine-tuned on a new task; bf16 compute, f32 weights, FSDP (+ tensor)
+  mesh; evaluated before and after on the task itself, WinoGrande (the paper's original-knowledge probe) and
+  general-text drift.
 
-  Args after ':' — mode, task, layers ('all' | 'targeted' | '0,3,5'), steps, batch, seq_len, lr (0 = the
+  Args after ':' — mode, task, layers ('all' | '0,3,5'), plan (a growth-plan JSON of
+  `python -m grow_jax.growth.plan`: its layers grow; needs layers=all), steps, batch, seq_len, lr (0 = the
   mode's default), tensor, ckpt, accum. Hyperparameters are our choice: the paper does not publish them.
   """
-  arg = parse_arg(arg, mode="g_freeze", task="translation_en_fr", layers="all", steps=2000, batch=64,
+  arg = parse_arg(arg, mode="g_freeze", task="translation_en_fr", layers="all", plan="", steps=2000, batch=64,
                   seq_len=512, lr=0.0, tensor=tensor, ckpt=ckpt, accum=accum)
+  if arg.layers == "targeted":
+    raise ConfigError("config arg layers='targeted': targeted layers come from a growth plan now: pass "
+                      "plan=<plan.json> (python -m grow_jax.growth.plan; see the config file's docstring)")
   c = base_config()
   c.init.source = arg.ckpt
   c.model.dtype = "bfloat16"
@@ -198,7 +209,8 @@ def paper_config(arg, *, targeted_layers: str, default_lr: dict[str, float], ckp
   c.train.loss_chunk = 128
   c.train.reference_task = "stdlib_text"
   c.train.lora_rank = 16
-  c.growth.layers = targeted_layers if arg.layers == "targeted" else arg.layers
+  c.growth.layers = arg.layers
+  c.growth.plan = arg.plan
   c.optimizer.learning_rate = arg.lr or default_lr.get(arg.mode, min(default_lr.values()))
   c.optimizer.warmup_steps = 100
   c.optimizer.schedule = "cosine"
@@ -258,6 +270,16 @@ def check(config: ml_collections.ConfigDict) -> None:
   if cls.grows:
     _need(config.growth.factor != 1, "growth.factor", config.growth.factor,
           f"0 or an integer >= 2: mode {cls.name!r} trains grown MLP copies")
+  _need(config.growth.attention_factor >= 0, "growth.attention_factor", config.growth.attention_factor,
+        "0 (the method's default), 1 (no head growth) or an integer >= 2")
+  if cls.grows_attention:
+    _need(config.growth.attention_factor != 1, "growth.attention_factor", config.growth.attention_factor,
+          f"0 or an integer >= 2: mode {cls.name!r} trains grown attention heads")
+  if config.growth.plan:
+    _need(str(config.growth.layers).strip() in ("", "all"), "growth.layers", config.growth.layers,
+          f"'all' when growth.plan={config.growth.plan!r} is set (the plan's layers are grown)")
+    from grow_jax.growth import plan as plan_lib
+    plan_lib.read_plan(config.growth.plan, field="config.growth.plan")    # readable, a plan
   _need(config.growth.noise_scale >= 0 and _finite_number(config.growth.noise_scale), "growth.noise_scale",
         config.growth.noise_scale, "a finite float >= 0")
   _need(config.data.seq_len > 1, "data.seq_len", config.data.seq_len, "an integer >= 2")
@@ -315,14 +337,29 @@ def method_options(config) -> dict[str, Any]:
   match_params_of counts the matched method on the model grown at config.growth.layers): the options
   `methods.create` picks its method's keys from."""
   options = {k: v for k, v in config.train.items() if k not in TRAINER_KEYS}
-  options["growth_layers"] = config.growth.layers
+  options["growth_layers"] = growth_layers_spec(config)
   return options
+
+
+def growth_layers_spec(config) -> str:
+  """The layers config.growth grows, as a spec ('all' or '0,3,5'): the plan's layers when growth.plan is set
+  (read, not checked against a model: train/setup.py `growth_layers` does that)."""
+  if not config.growth.plan:
+    return config.growth.layers
+  from grow_jax.growth import plan as plan_lib
+  return ",".join(str(i) for i in plan_lib.read_plan(config.growth.plan, field="config.growth.plan")["layers"])
 
 
 def growth_factor(config) -> int:
   """config.growth.factor, with 0 resolved to the method's default."""
   from grow_jax import methods
   return config.growth.factor or methods.growth_factor(config.train.mode)
+
+
+def attention_growth_factor(config) -> int:
+  """config.growth.attention_factor, with 0 resolved to the method's default."""
+  from grow_jax import methods
+  return config.growth.attention_factor or methods.attention_growth_factor(config.train.mode)
 
 
 def model_overrides(config) -> dict[str, Any]:

@@ -1,21 +1,24 @@
 """The training loop: `train_and_evaluate(config, workdir)`, one function in banner sections, each a call into
 the module that owns its concept:
 
-  1. checks, with nothing written: config (train/config.py), mesh and batch (sharding.py), where the run starts
+  1. checks, with nothing written: config (train/config.py), a gs:// workdir reachable (files.py), mesh and
+     batch (sharding.py), where the run starts
      (checkpointing.py: the workdir's newest readable checkpoint -> config.resume_from -> the init source), the
      model (setup.py), the data (data/pipeline.py), the restore target against the stored checkpoint
-  2. workdir: one live run per workdir (workdir.py); a workdir the run creates is removed if it cannot start
+  2. workdir: writable (files.py), one live run per workdir (workdir.py); a workdir the run creates is removed
+     if it cannot start
   3. state: restored from a checkpoint, or the init weights grown and the method's state built (setup.py);
      then config.json, the checkpointer and the metric writers
   4. jit the step with explicit shardings and a donated state; the evaluations (evaluation/registry.py)
   5. the loop: train, log, diagnose, evaluate, checkpoint; SIGTERM saves and exits; NaN/inf stops the run
+
+Every file goes through grow_jax/files.py's one path type, so the workdir may be local or gs://bucket/dir.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import time
 from typing import Any, Callable, Mapping
@@ -54,6 +57,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # ==== 1. Checks: cheap, before any heavy work, nothing written ===========================================
   config_lib.check(config)
+  files.check_reachable(workdir)
+  if config.resume_from:
+    files.check_reachable(config.resume_from, "config.resume_from")
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(config.batch_size, config.grad_accum_steps, mesh, pc)
   sharding.check_batch_size(config.eval.batch_size, 1, mesh, pc, field="eval.batch_size")
@@ -72,7 +78,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   created = is_main and not files.as_path(workdir).exists()
   try:
     if is_main:
-      workdir_lib.check_writable(workdir)
+      files.check_writable(workdir)
       lock.acquire()
       resume = _set_aside_unreadable(resume)
     # ==== 3. State: restored, or the init weights grown and the method's state built ======================
@@ -81,7 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   except BaseException:
     lock.release()
     if created:
-      shutil.rmtree(workdir, ignore_errors=True)
+      files.remove_tree(workdir)
     raise
   if is_main:
     files.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
@@ -121,6 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if not bool(all_finite(state["params"])):
         raise TrainingDivergedError(f"parameters are not finite at step {step}: not saving. {_kept(ckpt)}")
       meta = checkpointing.make_meta(config, mc, train_setup.method, sharding.describe(mesh), step)
+      writer.flush()                     # the metrics up to `step` are stored before its checkpoint can exist
       try:
         ckpt.save(step, state, batches.state(), meta, force=True)
       except OSError as e:     # disk full, unwritable: orbax's temporary directory is never the latest

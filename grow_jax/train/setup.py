@@ -21,7 +21,7 @@ import optax
 
 from grow_jax import formats, methods
 from grow_jax.errors import ConfigError
-from grow_jax.growth import operators as growth
+from grow_jax.growth import attention, operators as growth
 from grow_jax.model import transformer
 from grow_jax.model.config import ModelConfig, abstract_params, parse_layers
 from grow_jax.train import checkpointing, config as config_lib, optim, sharding, step as step_lib
@@ -49,15 +49,27 @@ def base_model_config(config) -> ModelConfig:
 
 
 def growth_layers(config, base: ModelConfig):
-  """config.growth.layers checked against the model's depth (None = all layers)."""
+  """config.growth.layers (or the layers of config.growth.plan, whose model must be `base`) checked against
+  the model's depth (None = all layers)."""
+  if config.growth.plan:
+    from grow_jax.growth import plan as plan_lib
+    plan = plan_lib.read_plan(config.growth.plan, field="config.growth.plan")
+    plan_lib.check_model(plan, base, field="config.growth.plan")
+    return parse_layers(plan["layers"], base.num_layers, field=f"config.growth.plan={config.growth.plan!r} layers")
   return parse_layers(config.growth.layers, base.num_layers, field="config.growth.layers")
 
 
 def grown_model_config(config, base: ModelConfig) -> ModelConfig:
-  factor = config_lib.growth_factor(config)
-  if factor == 1:
-    return base
-  return growth.grow_config(base, factor=factor, layers=growth_layers(config, base))
+  """The model this config trains: the init source's config grown (MLP, then attention heads) as
+  config.growth says."""
+  factor, heads = config_lib.growth_factor(config), config_lib.attention_growth_factor(config)
+  mc = base
+  if factor > 1:
+    mc = growth.grow_config(mc, factor=factor, layers=growth_layers(config, base))
+  if heads > 1:
+    mc = attention.attention_config(mc, factor=heads, grow_kv=config.growth.attention_kv,
+                                    layers=growth_layers(config, base))
+  return mc
 
 
 def base_params(config, mesh) -> tuple[ModelConfig, Params]:
@@ -76,16 +88,23 @@ def base_params(config, mesh) -> tuple[ModelConfig, Params]:
 def init_params(config, mesh) -> tuple[ModelConfig, Params]:
   """The init source's weights, sharded, grown as config.growth says (0 = the method's default factor)."""
   mc, params = base_params(config, mesh)
-  factor = config_lib.growth_factor(config)
-  if factor == 1:
+  factor, heads = config_lib.growth_factor(config), config_lib.attention_growth_factor(config)
+  if factor == 1 and heads == 1:
     return mc, params
   g = config.growth
   layers = growth_layers(config, mc)
-  grown_mc = growth.grow_config(mc, factor=factor, layers=layers)
+  grown_mc = grown_model_config(config, mc)
+
+  def grow(p):
+    c = mc
+    if factor > 1:
+      c, p = growth.grow_mlp(c, p, factor=factor, layers=layers, noise_scale=g.noise_scale, seed=g.seed)
+    if heads > 1:
+      c, p = attention.grow_attention(c, p, factor=heads, grow_kv=g.attention_kv, layers=layers)
+    return p
+
   shardings = sharding.param_shardings(abstract_params(grown_mc), mesh)
-  grow = jax.jit(lambda p: growth.grow_mlp(mc, p, factor=factor, layers=layers, noise_scale=g.noise_scale,
-                                           seed=g.seed)[1], out_shardings=shardings)
-  return grown_mc, grow(params)
+  return grown_mc, jax.jit(grow, out_shardings=shardings)(params)
 
 
 # ---- method, optimizer, state ------------------------------------------------------------------------

@@ -72,12 +72,13 @@ def describe(mesh: Mesh) -> str:
 # ---- parameter rules ---------------------------------------------------------------------------------
 # Megatron layout: heads and MLP hidden units over 'tensor' (column-parallel in, row-parallel out), the model
 # dim D over 'fsdp'. K (kv heads) is 1 on Gemma 3 270M/1B, so kv stays replicated over 'tensor' (MQA style).
+# Grown head branches (attn/grown_j/, growth/attention.py) are split like the original heads.
 # LoRA factors are small (rank r): replicated.
 PARAM_RULES: tuple[tuple[str, P], ...] = (
     (r"embedder/input_embedding", P("tensor", "fsdp")),                        # (V, D)
-    (r"layer_\d+/attn/q_einsum/w", P("tensor", "fsdp", None)),                 # (N, D, H)
-    (r"layer_\d+/attn/kv_einsum/w", P(None, None, "fsdp", None)),              # (2, K, D, H)
-    (r"layer_\d+/attn/attn_vec_einsum/w", P("tensor", None, "fsdp")),          # (N, H, D)
+    (r"layer_\d+/attn(/grown_\d+)?/q_einsum/w", P("tensor", "fsdp", None)),                 # (N, D, H)
+    (r"layer_\d+/attn(/grown_\d+)?/kv_einsum/w", P(None, None, "fsdp", None)),              # (2, K, D, H)
+    (r"layer_\d+/attn(/grown_\d+)?/attn_vec_einsum/w", P("tensor", None, "fsdp")),          # (N, H, D)
     (r"layer_\d+/mlp(/grown_\d+)?/gating_einsum", P(None, "tensor", "fsdp")),  # (2, F, D)
     (r"layer_\d+/mlp(/grown_\d+)?/linear", P("tensor", "fsdp")),               # (F, D)
     (r"(.*/)?[^/]*norm/scale", P()),                                           # (D,) (H,)

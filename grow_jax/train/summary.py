@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from grow_jax import files, tables
 from grow_jax.growth import operators as growth
+from grow_jax.growth.attention import grown_head_layers
 from grow_jax.methods import accounting
 from grow_jax.train import optim
 
@@ -26,6 +27,11 @@ def accounting_table(setup) -> str:
   if grown:
     widths = sorted({mc.layer_mlp_branches(i) for i in grown})
     lines.append(f"grown layers ({len(grown)} of {mc.num_layers}): {list(grown)}; MLP branch widths {widths}")
+  heads = grown_head_layers(mc)
+  if heads:
+    layouts = sorted({mc.layer_attn_branches(i) for i in heads})
+    lines.append(f"grown attention heads in {len(heads)} of {mc.num_layers} layers: {list(heads)}; "
+                 f"(query heads, own kv heads) per branch {layouts}")
   return "\n".join(lines)
 
 

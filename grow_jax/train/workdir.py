@@ -1,4 +1,4 @@
-"""A run's workdir: one live run at a time, and a writability check before any work.
+"""A run's workdir: one live run at a time (the writability check before any work is files.check_writable).
 
 `WorkdirLock` holds an exclusive `fcntl.flock` on `<workdir>/.lock` for the life of the run. The kernel
 releases a flock when its process dies, however it dies, so a SIGKILLed run never leaves the workdir stuck;
@@ -73,22 +73,3 @@ def _read_holder(fd: int) -> str:
   except (OSError, ValueError):
     return "holder unknown"
 
-
-def check_writable(workdir: str) -> None:
-  """Creates the workdir (local) and writes and removes a probe file; one clear error if that fails."""
-  if files.is_remote(workdir):
-    return
-  probe = os.path.join(workdir, f".write-probe-{os.getpid()}")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, "wb") as f:
-      f.write(b"x" * 4096)
-      f.flush()
-      os.fsync(f.fileno())
-  except OSError as e:
-    raise WorkdirError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
-  finally:
-    try:
-      os.remove(probe)
-    except OSError:
-      pass

@@ -2,6 +2,11 @@
 
 Only process 0 writes (every other process gets a writer whose methods do nothing). metrics.jsonl holds one
 JSON object per line, each with `step`; training lines have `loss`, eval lines have `eval/...` keys.
+
+A gs:// workdir works too: metrics.jsonl is a `files.AppendFile` (the object is rewritten, at most every 30 s
+and at every `flush()`), and tensorboardX writes gs:// event files itself (through google-cloud-storage, uploading
+the whole file at each of its flushes). The loop calls `flush()` before each checkpoint, so every metric up to a
+checkpoint's step is stored before the checkpoint can exist.
 """
 
 from __future__ import annotations
@@ -30,17 +35,17 @@ def _plain(value: Any) -> Any:
 
 def truncate_jsonl(path: str, last_step: int) -> None:
   """Drops lines with step > last_step (a resumed run re-logs the steps after its checkpoint)."""
-  if not os.path.exists(path):
+  source = files.as_path(path)
+  if not source.exists():
     return
   kept = []
-  with open(path) as f:
-    for line in f:
-      try:
-        if json.loads(line).get("step", 0) > last_step:
-          continue
-      except ValueError:
+  for line in source.read_text().splitlines(keepends=True):
+    try:
+      if json.loads(line).get("step", 0) > last_step:
         continue
-      kept.append(line)
+    except ValueError:
+      continue
+    kept.append(line)
   files.write_text(path, "".join(kept))
 
 
@@ -55,10 +60,9 @@ class MetricWriter:
     self._jsonl = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "metrics.jsonl")
     truncate_jsonl(path, initial_step)
-    self._jsonl = open(path, "a", buffering=1)
+    self._jsonl = files.AppendFile(path)
     if tensorboard:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -108,6 +112,7 @@ class MetricWriter:
       print(text, file=sys.stderr, flush=True)
 
   def flush(self) -> None:
+    """Everything written so far is stored (on object storage: uploaded)."""
     if self._tb is not None:
       self._tb.flush()
     if self._jsonl is not None:

@@ -1,0 +1,54 @@
+"""experiments/studies/targeted_270m.py: its layer sets come from a plan's scores and budget rule, and every
+run it names builds a valid config for the trainer (checked without training, on its smoke variant)."""
+
+import os
+
+import pytest
+
+from config_files import ROOT
+from grow_jax.errors import ConfigError
+from grow_jax.growth import analysis, plan as plan_lib
+from grow_jax.model.config import get_preset
+from grow_jax.study import runs
+from grow_jax.train import config as config_lib, setup
+
+STUDY = os.path.join(ROOT, "experiments", "studies", "targeted_270m.py")
+
+
+def _plan(tmp_path):
+  config = get_preset("tiny", num_layers=6, vocab_size=262_144)       # the smoke variant's model
+  rel = [0.1, 0.5, 0.2, 0.4, 0.3, 0.05]
+  stats = [{"layer": i, "fro": r, **{f"{m}/{s}": r for m in analysis.MATRICES for s in analysis.STATS}}
+           for i, r in enumerate(rel)]
+  path = str(tmp_path / "plan.json")
+  plan_lib.write_plan(plan_lib.make_plan(config, stats, num_layers=2, base="random:tiny"), path)
+  return path
+
+
+def test_targeted_study_runs_build_valid_configs(tmp_path):
+  path = _plan(tmp_path)
+  study = runs.load_study(f"{STUDY}:plan={path},lr=0.001,variant=smoke")
+  methods = study.methods("translation")
+  assert methods[:7] == ["g_freeze_all", "g_freeze_plan_third", "g_freeze_lowest_third", "g_freeze_random_third",
+                         "g_freeze_plan_half", "g_freeze_lowest_half", "g_freeze_random_half"]
+  assert set(methods[7:]) == {"g_freeze_norms", "g_freeze_attn", "g_freeze_x3", "g_freeze_x4", "g_train",
+                              "g_train_noise"}
+  spec = study.spec.methods
+  assert spec["g_freeze_plan_third"]["growth.layers"] == "1,3" and spec["g_freeze_lowest_third"]["growth.layers"] == "0,5"
+  assert spec["g_freeze_plan_half"]["growth.layers"] == "1,3,4"
+  assert len(spec["g_freeze_random_half"]["growth.layers"].split(",")) == 3
+  todo = runs.pending(study, {})
+  assert len(todo) == 1 + len(methods) and all(r.seed == 0 for r in todo)
+  for run in todo:
+    config, _ = runs.run_config(study, run, str(tmp_path / "wd"))
+    assert config.optimizer.learning_rate == 0.001 or run.method == "base"
+    config_lib.check(config)
+    mc = setup.grown_model_config(config, setup.base_model_config(config))
+    if run.method == "g_freeze_attn":
+      assert mc.attn_grown and not mc.is_grown
+    elif run.method == "g_freeze_x4":
+      assert mc.layer_mlp_branches(0) == (128,) * 4
+    elif run.method == "g_freeze_plan_third":
+      assert [len(mc.layer_mlp_branches(i)) for i in range(6)] == [1, 2, 1, 2, 1, 1]
+  with pytest.raises(ConfigError, match="give plan=<growth-plan JSON> and lr="):
+    runs.load_study(f"{STUDY}:variant=smoke")
