@@ -6,7 +6,9 @@ as before the performance work and as now, on the same examples; the scores must
 "Before" switches off, in this process, the two changes to generation (the only evaluation code they touch):
 the attention weights are read in the model's layout inside the decode loop (XLA copies them on every step,
 generation.DECODE_PERMUTATIONS = {}), and decoding runs to max_new_tokens (no text stops; the answer is cut
-at the first newline afterwards, as before). Log-likelihood, perplexity and KL scoring are unchanged code.
+at the first newline afterwards, as before), and the stdlib corpus is read twice — perplexity in a pass of its
+own, then KL(base ‖ model) — where now one pass gives both (the perplexities of the two ways must agree to
+1e-5 relative). Log-likelihood scoring is unchanged code.
 Each setting runs the quickstart's evaluation twice — the "before training" pass (compiles, the KL base
 reference) and the "after" pass (compiled programs reused) — like the quickstart does.
 """
@@ -23,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from grow_jax import formats, tables  # noqa: E402
-from grow_jax.evaluation import generative, registry  # noqa: E402
+from grow_jax.evaluation import evaluator, generative, registry  # noqa: E402
+from grow_jax.evaluation import tasks as eval_tasks  # noqa: E402
 from grow_jax.growth import operators as growth  # noqa: E402
 from grow_jax.model import generation  # noqa: E402
 from grow_jax.model.tokenizer import load_tokenizer  # noqa: E402
@@ -31,11 +34,17 @@ from grow_jax.model.tokenizer import load_tokenizer  # noqa: E402
 TASKS = ("gettext_en_fr:test", "capitals_gen:test", "capitals:test", "stdlib_text:test")
 
 
-def evaluate(config, params, base, tokenizer, limit: int) -> tuple[dict, float]:
+def evaluate(config, params, base, tokenizer, limit: int, separate_perplexity: bool) -> tuple[dict, float]:
   ctx = registry.EvalContext(config, tokenizer=tokenizer, limit=limit, batch_size=8, max_len=256, max_new_tokens=40,
                              base_model=lambda: base, base_id="gemma3-270m")
   t = time.time()
   results = {name: fn(params) for name, fn in registry.build_all(TASKS, ctx).items()}
+  if separate_perplexity:                                  # the pass the fused one replaced
+    texts = eval_tasks.eval_tasks("stdlib_text", split="test", limit=limit, with_kl=False)
+    separate = evaluator.evaluate_all(config, params, tokenizer, texts, batch_size=8, max_len=256)["stdlib_text"]
+    fused = results["stdlib_text"]["perplexity"]
+    if abs(separate["perplexity"] - fused) > 1e-5 * fused:
+      raise SystemExit(f"perplexity: separate pass {separate['perplexity']} vs fused {fused}")
   return results, time.time() - t
 
 
@@ -56,8 +65,8 @@ def main(argv=None):
       generative.text_stops = lambda *a: None
     try:
       jax.clear_caches()                                   # each setting compiles its own programs
-      first, t1 = evaluate(config, params, base, tokenizer, args.limit)
-      second, t2 = evaluate(config, params, base, tokenizer, args.limit)
+      first, t1 = evaluate(config, params, base, tokenizer, args.limit, setting == "before")
+      second, t2 = evaluate(config, params, base, tokenizer, args.limit, setting == "before")
     finally:
       generation.DECODE_PERMUTATIONS, generative.text_stops = saved
     assert first == second

@@ -3,7 +3,8 @@
 Packages: model/ (Gemma 3 config, decoder, generation, tokenizer), formats/ (checkpoint sources, HF/GGUF,
 export), growth/ (growth operators, ΔW analysis), methods/ (training methods, partitions, LoRA, L2-SP/EWC,
 accounting), train/ (the trainer), evaluation/ (scoring and the evaluation registry), data/ (tasks and
-batching). docs/design.md describes the layout and conventions.
+batching), study/ (grids of runs, resumable, and their report). docs/design.md describes the layout and
+conventions.
 """
 
 from grow_jax.errors import CheckpointError, ConfigError, GrowJaxError

@@ -15,7 +15,7 @@ import time
 
 from absl import app, flags, logging
 
-from grow_jax import formats
+from grow_jax import errors, formats
 from grow_jax.growth import operators as growth
 from grow_jax.model.config import count_params, parse_layers
 from grow_jax.errors import CheckpointError, ConfigError, GrowJaxError
@@ -66,8 +66,7 @@ def main(argv):
     path = convert(_SRC.value, _DST.value, overwrite=_OVERWRITE.value, tokenizer=_TOKENIZER.value,
                    grow_factor=_GROW_FACTOR.value, grow_layers=_GROW_LAYERS.value, cache=_CACHE.value)
   except GrowJaxError as e:
-    logging.debug("error details", exc_info=True)
-    print(f"grow_jax.convert: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    errors.print_error("grow_jax.convert", e)
     sys.exit(1)
   print(path)
 

@@ -11,6 +11,9 @@ run), so `except ValueError` keeps working for callers that expect it.
 
 from __future__ import annotations
 
+import logging
+import sys
+
 
 class GrowJaxError(Exception):
   """Base of every error grow_jax reports as one line."""
@@ -53,3 +56,10 @@ class WorkdirError(GrowJaxError, RuntimeError):
 
 class TrainingDivergedError(GrowJaxError, RuntimeError):
   """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+def print_error(program: str, error: GrowJaxError) -> None:
+  """What every command line does with a GrowJaxError: one line `<program>: error: <Type>: <message>` on stderr
+  (the traceback only in debug logging)."""
+  logging.debug("error details", exc_info=error)
+  print(f"{program}: error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from absl import app, flags, logging
 
-from grow_jax import files, formats
+from grow_jax import errors, files, formats
 from grow_jax.errors import ConfigError, GrowJaxError
 from grow_jax.evaluation import evaluator, registry
 
@@ -121,8 +121,7 @@ def main(argv):
     run(f.checkpoint, f.tasks, out=f.out, tokenizer=f.tokenizer, base=f.base, limit=f.limit,
         batch_size=f.batch_size, max_len=f.max_len, cache_dir=f.cache_dir)
   except GrowJaxError as e:
-    logging.debug("error details", exc_info=True)
-    print(f"grow_jax.evaluate: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    errors.print_error("grow_jax.evaluate", e)
     sys.exit(1)
 
 

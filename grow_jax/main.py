@@ -77,7 +77,7 @@ def main(argv) -> None:
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)
   _initialize_distributed()
-  from grow_jax import runtime
+  from grow_jax import errors, runtime
   runtime.enable_compilation_cache()
   from grow_jax.errors import GrowJaxError
   from grow_jax.train import loop
@@ -92,8 +92,7 @@ def main(argv) -> None:
   try:
     loop.train_and_evaluate(config, _WORKDIR.value)
   except GrowJaxError as e:
-    logging.debug("error details", exc_info=True)
-    print(f"grow_jax.main: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    errors.print_error("grow_jax.main", e)
     sys.exit(1)
 
 

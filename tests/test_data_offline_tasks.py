@@ -161,6 +161,9 @@ def test_data_dir_resolution(monkeypatch, tmp_path):
   assert cache.data_dir() == tmp_path / "env"
   assert cache.data_dir(tmp_path / "arg") == tmp_path / "arg"
   monkeypatch.delenv("GROW_JAX_DATA_DIR")
+  monkeypatch.setenv("GROW_JAX_CACHE", str(tmp_path / "cache"))
+  assert cache.data_dir() == tmp_path / "cache" / "data"
+  monkeypatch.delenv("GROW_JAX_CACHE")
   assert str(cache.data_dir()).endswith(".cache/grow_jax/data")
 
 

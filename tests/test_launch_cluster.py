@@ -69,6 +69,20 @@ def provision(env):
     (worker(env, i) / "grow_jax" / "venv" / "bin" / "python").symlink_to(FAKE / "venv_python")
 
 
+def json_objects(text):
+  """Every JSON object printed in `text`: the workers share one stdout, so two reports can share a line."""
+  decoder, found, i = json.JSONDecoder(), [], text.find("{")
+  while i != -1:
+    try:
+      obj, end = decoder.raw_decode(text, i)
+    except json.JSONDecodeError:
+      end = i + 1
+    else:
+      found.append(obj)
+    i = text.find("{", end)
+  return found
+
+
 def trainer_runs(home):
   path = Path(home) / "trainer.jsonl"
   return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -110,7 +124,7 @@ def test_tpu_setup_installs_with_uv_and_starts_jax_distributed_on_every_worker(c
         "uv pip install -q --python grow_jax/venv/bin/python -e './grow_jax/code[tpu]'"]
   # Both workers really started jax.distributed together, with GROW_JAX_DISTRIBUTED=tpu: no arguments, JAX's
   # own TPU cluster detection (fed TPU_WORKER_HOSTNAMES/TPU_WORKER_ID by the fake venv python), then an all-gather.
-  reports = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
+  reports = sorted((r for r in json_objects(proc.stdout) if isinstance(r, dict) and "process_index" in r),
                    key=lambda r: r["process_index"])
   assert [(r["process_index"], r["process_count"], r["allgather"]) for r in reports] == [(0, 2, [0, 1]), (1, 2, [0, 1])]
   assert all(r["plan"] == {"mode": "tpu", "why": "$GROW_JAX_DISTRIBUTED", "kwargs": {}} for r in reports)

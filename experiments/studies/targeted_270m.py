@@ -98,7 +98,8 @@ def get_study(arg=None):
   s.seeds = [0, 1, 2] if a.variant == "cpu" else [0]
   s.seeded_methods = list(methods)
   s.task_methods = {"translation": list(methods)}
-  s.final_eval = {"translation": base["final_eval"]["translation"]}
+  s.validation_eval = {"translation": base["validation_eval"]["translation"]}
+  s.test_eval = {"translation": base["test_eval"]["translation"]}
   s.curves = None
   s.report = {"translation": {"selection": "one learning rate for all, given", "reference": "g_freeze_all",
                               "metrics": translation["metrics"], "pareto": translation["pareto"]}}

@@ -4,7 +4,8 @@ Layout: `<data_dir>/<name>-<version>[-<params digest>]/{<split>.jsonl, manifest.
 built in a temporary sibling and renamed into place in one step, so a reader sees either nothing or a complete
 dataset (concurrent builders on a shared filesystem: the first rename wins, the others discard their copy).
 
-`data_dir` resolution: explicit argument > `$GROW_JAX_DATA_DIR` > `~/.cache/grow_jax/data`.
+`data_dir` resolution: explicit argument > `$GROW_JAX_DATA_DIR` > `$GROW_JAX_CACHE/data` (the model cache's
+root, so one variable moves every cache) > `~/.cache/grow_jax/data`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,16 @@ DEFAULT_SPLIT_PERCENT = (("train", 90), ("validation", 5), ("test", 5))
 
 
 def data_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
-  """The cache root: `path`, else `$GROW_JAX_DATA_DIR`, else `~/.cache/grow_jax/data` (not created here)."""
-  chosen = path if path is not None else os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
+  """The cache root: `path`, else `$GROW_JAX_DATA_DIR`, else `$GROW_JAX_CACHE/data`, else
+  `~/.cache/grow_jax/data` (not created here)."""
+  if path is not None:
+    chosen = path
+  elif os.environ.get(ENV_DATA_DIR):
+    chosen = os.environ[ENV_DATA_DIR]
+  elif os.environ.get("GROW_JAX_CACHE"):
+    chosen = os.path.join(os.environ["GROW_JAX_CACHE"], "data")
+  else:
+    chosen = DEFAULT_DATA_DIR
   return pathlib.Path(chosen).expanduser()
 
 

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from grow_jax import files, tables
+from grow_jax import errors, files, tables
 from grow_jax.errors import ConfigError, GrowJaxError
 from grow_jax.growth import analysis
 from grow_jax.growth.plan import read_plan
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(result, indent=1, sort_keys=True))
     return 0
   except GrowJaxError as e:
-    print(f"grow_jax.growth.heatmaps: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    errors.print_error("grow_jax.growth.heatmaps", e)
     return 1
 
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from grow_jax import files
+from grow_jax import errors, files
 from grow_jax.errors import ConfigError, GrowJaxError
 from grow_jax.growth import analysis
 from grow_jax.model.config import ModelConfig
@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       write_plan(plan, args.out)
     return 0
   except GrowJaxError as e:
-    print(f"grow_jax.growth.plan: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    errors.print_error("grow_jax.growth.plan", e)
     return 1
 
 

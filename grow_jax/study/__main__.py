@@ -35,7 +35,7 @@ def main(argv) -> None:
   logging.getLogger().setLevel(logging.INFO)
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)
-  from grow_jax import files, runtime
+  from grow_jax import errors, files, runtime
   runtime.enable_compilation_cache()
   from grow_jax.errors import GrowJaxError
   from grow_jax.study import report, runs
@@ -63,7 +63,7 @@ def main(argv) -> None:
     report.write_report(study, records, runs.selections(study, records), _OUT.value)
     print(f"wrote {_OUT.value}/results.md ({len(records)} runs)")
   except GrowJaxError as e:
-    print(f"grow_jax.study: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    errors.print_error("grow_jax.study", e)
     sys.exit(1)
 
 

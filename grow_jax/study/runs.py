@@ -6,8 +6,9 @@ A study file (see experiments/studies/) defines
     get_config(arg)   the training config every run starts from (configs/ style)
     get_study(arg)    a dict of `StudySpec`'s fields: tasks {name: {dotted key: value}}, methods {name: {dotted
                       key: value}}, grids {method: {dotted key: [values]}} (a value '@<method>' takes the value
-                      selected for that method), seeds, seeded_methods, task_methods, final_eval {task:
-                      [[entry, limit], ...]}, curves {every, max_examples, tasks {task: [entries]}, methods}, report
+                      selected for that method), seeds, seeded_methods, task_methods, validation_eval and
+                      test_eval {task: [[entry, limit], ...]}, order, curves {every, max_examples, tasks
+                      {task: [entries]}, methods}, report
     select(task, method, runs, reference) -> run   the rule, fixed in advance, that picks a grid point on
                       validation (reference: the task's 'base' record and the records selected so far)
 
