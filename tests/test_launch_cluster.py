@@ -291,6 +291,8 @@ def test_slurm_stages_the_model_on_every_node_before_training(cluster, tmp_path)
 
 
 def test_slurm_a_failing_process_fails_the_job(cluster):
-  runs, log = sbatch({**cluster, "FAKE_EXIT": "5"}, "--nodes=2", "launch/slurm.sbatch", "--config=configs/x.py",
+  # Both record themselves, then fail after a pause: a task that failed at once would get its peer killed
+  # (--kill-on-bad-exit) before a loaded machine had even started it.
+  runs, log = sbatch({**cluster, "FAKE_EXIT": "5", "FAKE_SLEEP": "5"}, "--nodes=2", "launch/slurm.sbatch", "--config=configs/x.py",
                      "--workdir=/shared/w", expect=5)
   assert len(runs) == 2
