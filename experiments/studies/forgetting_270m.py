@@ -15,8 +15,8 @@ Protocol (fixed before any run; variant 'cpu', the default):
   * Tasks: translation = offline English->French UI strings (gettext_en_fr: catalogs of 9 PyPI packages; two
     whole packages, sphinx and trytond, held out); arithmetic = offline word problems answered by a number
     (arithmetic_cloze), the demanding task for C3 (the paper's MathQA is on the hub, unreachable here).
-  * Training: STEPS steps of 8 x 64 packed tokens (equal tokens for every method), AdamW, 10 warmup steps,
-    cosine to 0.1 x, no weight decay, clip 1.0.
+  * Training: 100 steps (variant cpu; full: 2000) of 8 x 64 packed tokens (equal tokens for every method),
+    AdamW, 10 warmup steps, cosine to 0.1 x, no weight decay, clip 1.0.
   * Methods: SFT; G-Freeze and G-Train (x2, all layers); LoRA with G-Freeze's trainable count (rank 298) and
     LoRA rank 8; MLP-only SFT; L2-SP and EWC (Fisher on stdlib prose) at SFT's selected learning rate.
   * Learning rate (and the regularizers' coefficient): a grid of 3 per method, one seed; the `select` rule below
