@@ -4,6 +4,7 @@ the CLI on a real (tiny) pilot run, the trainer's `growth.plan`, and the ΔW hea
 import json
 import os
 
+import numpy as np
 import pytest
 
 from config_files import ROOT, load_config
@@ -118,6 +119,23 @@ def test_cli_makes_a_plan_from_a_pilot_and_compares_two(pilot, capsys):
   assert set(result["top_k_overlap"]) == {"1", "2"} and -1.0 <= result["spearman"] <= 1.0
   assert plan_lib.main([f"--compare={out}"]) == 1
   assert "expected two plan files" in capsys.readouterr().err
+
+
+def test_a_params_file_pilot_ranks_the_layer_that_moved(tmp_path, capsys):
+  """A kept params file (e.g. a study's sweep run) is a pilot too; it needs --base, as it does not name one."""
+  from grow_jax import formats
+  from grow_jax.formats import params_file
+  config, params = formats.load_checkpoint("random:tiny")
+  assert config.num_layers >= 3
+  params["layer_1"]["mlp"]["linear"] = np.asarray(params["layer_1"]["mlp"]["linear"]) * 1.5
+  path, out = tmp_path / "pilot.safetensors", tmp_path / "plan.json"
+  params_file.save_params_file(path, config, params)
+  assert plan_lib.main([f"--pilot={path}", "--base=random:tiny", "--num_layers=1", f"--out={out}"]) == 0
+  plan = plan_lib.read_plan(str(out))
+  assert plan["layers"] == [1] and plan["pilot"]["params_file"] == str(path) and plan["base"] == "random:tiny"
+  capsys.readouterr()
+  assert plan_lib.main([f"--pilot={path}", "--num_layers=1"]) == 1
+  assert "is a params file, which does not name its starting weights: pass --base" in capsys.readouterr().err
 
 
 def test_the_trainer_grows_the_plans_layers(pilot):

@@ -187,10 +187,13 @@ def pilot_run_config(workdir: str) -> dict[str, Any]:
 
 
 def load_pilot(workdir: str, *, base: str | None = None, step: int | None = None):
-  """(config, base params, pilot params, pilot info, base source) for a pilot workdir. The base weights are
-  `base` or the pilot's init source (with its seed and model overrides, as the trainer drew them)."""
+  """(config, base params, pilot params, pilot info, base source) for a pilot workdir, or for a grow_jax params
+  file (`*.safetensors`, e.g. a study's kept sweep run; then `base` is required). The base weights are `base` or
+  the pilot's init source (with its seed and model overrides, as the trainer drew them)."""
   from grow_jax import formats
   from grow_jax.train.checkpointing import load_trained_params
+  if os.fspath(workdir).endswith(".safetensors"):
+    return _load_pilot_params_file(os.fspath(workdir), base=base, step=step)
   run = pilot_run_config(workdir)
   source = base or run.get("init", {}).get("source")
   if not source:
@@ -205,6 +208,24 @@ def load_pilot(workdir: str, *, base: str | None = None, step: int | None = None
   info = {"workdir": os.fspath(workdir), "step": int(meta["step"]), "total_steps": run.get("total_steps"),
           "seed": run.get("seed"), "mode": meta["method"]["name"], "task": run.get("data", {}).get("task")}
   return pilot_config, base_params, pilot, info, source
+
+
+def _load_pilot_params_file(path: str, *, base: str | None, step: int | None):
+  from grow_jax import formats
+  from grow_jax.formats import params_file
+  if not base:
+    raise ConfigError(f"--pilot={path!r} is a params file, which does not name its starting weights: pass --base")
+  if step is not None:
+    raise ConfigError(f"--step={step}: a params file holds one step; --step is for pilot workdirs")
+  pilot_config, pilot = params_file.load_params_file(path)
+  if pilot_config.is_grown or pilot_config.attn_grown:
+    raise ConfigError(f"--pilot={path!r} is a grown model: rank layers from an ungrown SFT pilot")
+  from grow_jax.model.config import param_shapes
+  base_config, base_params = formats.load_checkpoint(base)
+  if param_shapes(base_config) != param_shapes(pilot_config):
+    raise ConfigError(f"--pilot={path!r} and --base={base!r} are different models (their parameter shapes differ)")
+  info = {"params_file": path, "step": None, "total_steps": None, "seed": None, "mode": None, "task": None}
+  return pilot_config, base_params, pilot, info, base
 
 
 def plan_from_pilot(workdir: str, *, base: str | None = None, step: int | None = None, **plan_args) -> dict:
@@ -222,7 +243,8 @@ def format_plan(plan: Mapping[str, Any]) -> str:
   columns = ["gate/rel", "up/rel", "down/rel", "gate/erank", "up/erank", "down/erank", "fro"]
   rows = [{**r, "score": s} for r, s in zip(plan["stats"], plan["scores"])]
   p = plan["pilot"]
-  return (f"pilot {p.get('workdir')} (mode {p.get('mode')}, step {p.get('step')}, seed {p.get('seed')}) vs "
+  where = p.get("workdir") or p.get("params_file")
+  return (f"pilot {where} (mode {p.get('mode')}, step {p.get('step')}, seed {p.get('seed')}) vs "
           f"{plan['base']}; criterion {plan['criterion']}\n" + analysis.format_table(rows, ["score"] + columns)
           + f"\nlayers {plan['layers']}: {plan['trainable']:,} trainable ({plan['method']} x{plan['factor']}) = "
           f"{100 * plan['share_of_all_layers']:.1f}% of all-layer growth's {plan['trainable_all_layers']:,}")
@@ -256,7 +278,8 @@ def _run_pilot(spec: str, sets: Sequence[str], workdir: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m grow_jax.growth.plan", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--pilot", help="pilot workdir (an ungrown SFT run; its newest readable checkpoint)")
+  parser.add_argument("--pilot", help="pilot workdir (an ungrown SFT run; its newest readable checkpoint), or a "
+                      "grow_jax params file (.safetensors; needs --base)")
   parser.add_argument("--pilot_config", help="train this config into --pilot first, 'configs/x.py[:args]'")
   parser.add_argument("--pilot_set", action="append", default=[], help="'a.b=value' override of --pilot_config")
   parser.add_argument("--base", help="the pilot's starting weights (default: its config.json's init source)")
@@ -282,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         files.write_text(args.out, json.dumps({"plans": names, **result}, indent=1, sort_keys=True) + "\n")
       return 0
     if not args.pilot:
-      raise ConfigError("--pilot: required (the pilot's workdir), or --compare")
+      raise ConfigError("--pilot: required (the pilot's workdir or params file), or --compare")
     if args.pilot_config:
       _run_pilot(args.pilot_config, args.pilot_set, args.pilot)
     fraction = args.fraction if args.fraction is not None or args.num_layers is not None else 1 / 3
