@@ -98,7 +98,9 @@ def wait_for_runs(home, count, timeout=30):
 
 
 def trainer_lines(text):
-  return [json.loads(line[len("FAKE_TRAINER "):]) for line in text.splitlines() if line.startswith("FAKE_TRAINER ")]
+  """The fake trainers' reports in a job log. Tasks share the log, so one report can end where another begins."""
+  decoder, marker = json.JSONDecoder(), "FAKE_TRAINER "
+  return [decoder.raw_decode(part)[0] for part in text.split(marker)[1:]]
 
 
 def alive(pid):
