@@ -41,6 +41,18 @@ def test_grid_selection_and_dependent_runs_without_training():
   assert runs.pending(study, records, only="*/l2sp/*")[0].method == "l2sp"
 
 
+def test_the_sweep_table_shows_every_grid_point_on_validation_and_marks_the_pick():
+  study = runs.load_study(SMOKE)
+  records = {}
+  for run, chrf in zip(runs.pending(study, {}), (2.0, 5.0, 9.0)):
+    records[run.id] = _record(run, **{"gettext_en_fr:validation/chrf": chrf})
+  table = report.sweep_table("translation", [("val chrF", "gettext_en_fr:validation/chrf")], records,
+                             study.methods("translation"), runs.selections(study, records))
+  assert table.splitlines()[2:] == ["| base | – |  | 2 | 0.0 |",
+                                    "| sft | learning_rate=0.001 |  | 5 | 0.0 |",
+                                    "| sft | learning_rate=0.003 | ✓ | 9 | 0.0 |"]
+
+
 def test_bootstrap_interval_is_deterministic_and_brackets_the_mean():
   lo, hi = report.bootstrap_ci([1.0, 2.0, 3.0])
   assert (lo, hi) == report.bootstrap_ci([1.0, 2.0, 3.0]) and lo <= 2.0 <= hi

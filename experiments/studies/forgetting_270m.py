@@ -136,12 +136,17 @@ def get_study(arg=None):
                        ["KL(base‖model)", "stdlib_text:test/kl"]]
   s.report = {
       "translation": {"selection": "max validation chrF; L2-SP/EWC: max chrF/chrF(SFT) + capitals_gen/base",
+                      "validation": [["val chrF", "gettext_en_fr:validation/chrf"],
+                                     ["val BLEU", "gettext_en_fr:validation/bleu"],
+                                     ["val capitals_gen (EM)", RETENTION_VALIDATION]],
                       "metrics": translation_metrics + retention_metrics,
                       "pareto": [["chrF held-out pkgs", "gettext_en_fr:test_heldout/chrf"],
                                  ["capitals_gen (EM)", "capitals_gen:test/exact_match_norm"]],
                       "curves": [["validation chrF (32 pairs)", "gettext_en_fr/chrf"],
                                  ["capitals_gen validation EM", "capitals_gen/exact_match_norm"]]},
       "arithmetic": {"selection": "max validation accuracy",
+                     "validation": [["val accuracy", "arithmetic_cloze:validation/acc"],
+                                    ["val capitals_gen (EM)", RETENTION_VALIDATION]],
                      "metrics": [["accuracy", "arithmetic_cloze:test/acc"], ["acc_norm", "arithmetic_cloze:test/acc_norm"]]
                      + retention_metrics,
                      "pareto": [["accuracy", "arithmetic_cloze:test/acc"],
@@ -166,6 +171,7 @@ def get_study(arg=None):
                                             ["KL", "stdlib_text:test/kl"]],
                                 "pareto": [["chrF held-out", "gettext_en_fr:test_heldout/chrf"],
                                            ["capitals_gen", "capitals_gen:validation/exact_match_norm"]],
+                                "validation": [["val chrF", "gettext_en_fr:validation/chrf"]],
                                 "curves": [["chrF", "gettext_en_fr/chrf"]]}}
   if variant == "full":
     s.tasks = {"translation": {"data.task": "translation_en_fr"}, "mathqa": {"data.task": "mathqa"}}

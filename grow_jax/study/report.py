@@ -81,8 +81,7 @@ def summary_table(task: str, metrics: Sequence[tuple[str, str]], grouped, method
     rs = grouped.get((task, method), [])
     if not rs:
       continue
-    cells = [method, str(len(rs)), ", ".join(f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float)
-                                              else f"{k.rsplit('.', 1)[-1]}={v}" for k, v in rs[0]["hparams"])]
+    cells = [method, str(len(rs)), _hparams_text(rs[0]["hparams"])]
     for _, key in metrics:
       values = [r["final"][key] for r in rs if key in r["final"]]
       if not values:
@@ -99,6 +98,30 @@ def summary_table(task: str, metrics: Sequence[tuple[str, str]], grouped, method
       cells.append(text)
     rows.append(cells)
   return tables.markdown(header, rows)
+
+
+def _hparams_text(hparams) -> str:
+  return ", ".join(f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                   for k, v in hparams)
+
+
+def sweep_table(task: str, metrics: Sequence[tuple[str, str]], records: Mapping[str, dict], methods: Sequence[str],
+                selected: Mapping[tuple[str, str], dict]) -> str:
+  """Markdown: every grid point's validation scores (what selection saw), the untrained model first; the
+  selected point of each method is marked."""
+  header = ["method", "grid point", "selected"] + [label for label, _ in metrics] + ["minutes"]
+  order = {m: i for i, m in enumerate(["base"] + list(methods))}
+  def grid_order(r):
+    return order[r["method"]], [(k, (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))) for k, v in r["hparams"]]
+  rows = []
+  for r in sorted((r for r in records.values() if r["task"] == task and r["phase"] in ("base", "sweep")
+                   and r["method"] in order), key=grid_order):
+    chosen = selected.get((task, r["method"]))
+    mark = "✓" if chosen is not None and chosen["hparams"] == r["hparams"] else ""
+    rows.append([r["method"], _hparams_text(r["hparams"]) or "–", mark]
+                + [f"{r['final'][key]:.4g}" if key in r["final"] else "–" for _, key in metrics]
+                + [f"{r['seconds'] / 60:.1f}"])
+  return tables.markdown(header, rows) if rows else ""
 
 
 def pareto_plot(path: str, task: str, grouped, methods: Sequence[str], x: tuple[str, str], y: tuple[str, str],
@@ -124,7 +147,8 @@ def pareto_plot(path: str, task: str, grouped, methods: Sequence[str], x: tuple[
   ax.set_ylabel(f"{y[0]} (original ability) →")
   ax.set_title(f"{task}: learning vs forgetting")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, loc="best")
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
   files.write_with(path, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": None}))
   plt.close(fig)
@@ -151,7 +175,8 @@ def curve_plot(path: str, task: str, grouped, methods: Sequence[str], series: Se
     ax.set_xlabel("training step")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
   fig.suptitle(f"{task}: learning curves (small validation sets)")
   fig.tight_layout()
   files.write_with(path, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": None}))
@@ -189,8 +214,7 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
     picks = [(m, selected[(task, m)]) for m in methods if (task, m) in selected]
     if picks:
       lines += ["Selected on validation (" + str(report.get("selection", "")) + "): " + "; ".join(
-          f"{m}: " + ", ".join(f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
-                                for k, v in r["hparams"]) for m, r in picks), ""]
+          f"{m}: " + _hparams_text(r["hparams"]) for m, r in picks), ""]
     metrics = [tuple(m) for m in report["metrics"]]
     lines += [summary_table(task, metrics, grouped, methods, reference=report.get("reference", "sft")), ""]
     if report.get("pareto"):
@@ -203,6 +227,9 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
       curve_methods = [m for m in spec.curves["methods"] if (task, m) in grouped]
       curve_plot(os.path.join(out_dir, name), task, grouped, curve_methods, [tuple(s) for s in report["curves"]])
       lines += [f"![{task}: learning curves]({name})", ""]
+    sweep = sweep_table(task, [tuple(m) for m in report.get("validation", [])], records, methods, selected)
+    if report.get("validation") and sweep:
+      lines += ["Every grid point on the validation sets (seed 0; what the selection rule saw):", "", sweep, ""]
   lines += ["Cells: mean ± sd over seeds [95% bootstrap interval of the mean over seeds]; Δ: the paired "
             "difference against the reference method at the same seeds [its 95% bootstrap interval]. One seed: the "
             "value alone.", ""]
