@@ -68,11 +68,14 @@ def _digest(out):
 def test_smoke_study_end_to_end_then_a_rerun_trains_nothing(tmp_path):
   study = runs.load_study(SMOKE)
   out, workdirs = str(tmp_path / "out"), str(tmp_path / "wd")
-  ran = runs.run_all(study, out, workdirs)
+  ran = runs.run_all(study, out, workdirs, keep_params=True)
   records = runs.load_records(out)
   assert len(records) == 5 and ran == 7                                    # + the two selected runs' tests
-  assert os.listdir(os.path.join(workdirs, study.name)) == ["params"]      # workdirs removed ...
-  assert not os.listdir(os.path.join(workdirs, study.name, "params"))      # ... and the kept params once tested
+  assert sorted(os.listdir(os.path.join(workdirs, study.name))) == ["kept", "params"]   # workdirs removed ...
+  assert not os.listdir(os.path.join(workdirs, study.name, "params"))      # ... and the test phase's params
+  assert sorted(os.listdir(os.path.join(workdirs, study.name, "kept"))) == sorted(   # --keep_params: every trained run
+      runs.kept_params_path(workdirs, study, run).rsplit("/", 1)[1] for run in runs.expand(study, runs.selections(
+          study, records)) if run.method != "base" and run.phase != "test")
   seeds = sorted((r["method"], r["seed"]) for r in records.values())
   assert seeds == [("base", 0), ("l2sp", 0), ("sft", 0), ("sft", 0), ("sft", 1)]
   sft = [r for r in records.values() if r["method"] == "sft" and r["phase"] == "sweep"]

@@ -7,7 +7,9 @@ r"""Run (or continue) a study and regenerate its results.
 
 A run whose JSON exists under <out>/runs/ is skipped, so committing runs/ and running the same command on
 another machine continues the study; with every run done it regenerates identical tables and plots.
-Workdirs (checkpoints) go to --workdir_root and are deleted after each run unless --keep_workdirs.
+Workdirs (checkpoints) go to --workdir_root and are deleted after each run unless --keep_workdirs; with
+--keep_params every trained run's params file stays under <workdir_root>/<study>/kept/ (e.g. pilots for
+`python -m grow_jax.growth.plan`).
 --out and --workdir_root may be gs:// paths (README: "Workdirs on cloud storage").
 """
 
@@ -26,6 +28,8 @@ _MAX_RUNS = flags.DEFINE_integer("max_runs", None, "Stop after this many runs.")
 _LIST = flags.DEFINE_bool("list", False, "List the runs and their state; run nothing.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Regenerate the results from runs/; train nothing.")
 _KEEP = flags.DEFINE_bool("keep_workdirs", False, "Keep each run's workdir (checkpoints) after it is recorded.")
+_KEEP_PARAMS = flags.DEFINE_bool("keep_params", False, "Also keep every trained run's params under "
+                                  "<workdir_root>/<study>/kept/ (pilots for growth plans; 1-2 GB per 270M run).")
 flags.mark_flags_as_required(["study", "out"])
 
 
@@ -57,7 +61,7 @@ def main(argv) -> None:
       return
     if not _REPORT_ONLY.value:
       runs.run_all(study, _OUT.value, _WORKDIRS.value, only=_ONLY.value, max_runs=_MAX_RUNS.value,
-                   keep_workdirs=_KEEP.value,
+                   keep_workdirs=_KEEP.value, keep_params=_KEEP_PARAMS.value,
                    on_record=lambda r: print(f"recorded {r['id']} ({r['seconds'] / 60:.1f} min)", flush=True))
     records = runs.load_records(_OUT.value)
     report.write_report(study, records, runs.selections(study, records), _OUT.value)

@@ -227,13 +227,20 @@ def params_path(workdir_root: str, study: Study, run: Run) -> str:
   return os.path.join(workdir_root, study.name, "params", run.id.replace(SEP, "__") + ".safetensors")
 
 
+def kept_params_path(workdir_root: str, study: Study, run: Run) -> str:
+  """Where --keep_params leaves every trained run's params (pilots for growth plans, dial sweeps; not committed)."""
+  return os.path.join(workdir_root, study.name, "kept", run.id.replace(SEP, "__") + ".safetensors")
+
+
 def write_record(out_dir: str, run: Run, record: Mapping[str, Any]) -> None:
   """`<out_dir>/runs/<run file name>`: the run's record, which marks it done."""
   files.write_text(os.path.join(out_dir, "runs", run.file_name), json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
-def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_workdir: bool = False) -> dict:
-  """Trains (unless 'base' or 'test') and evaluates one run; writes and returns its record."""
+def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_workdir: bool = False,
+            keep_params: bool = False) -> dict:
+  """Trains (unless 'base' or 'test') and evaluates one run; writes and returns its record. `keep_params`: also
+  leaves the trained params at kept_params_path, which the test phase does not clean up."""
   import jax
   from grow_jax import formats
   from grow_jax.formats import params_file
@@ -281,6 +288,8 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   record["seconds"] = time.time() - t0
   if run.phase == "sweep":
     params_file.save_params_file(params_path(workdir_root, study, run), model_config, params)
+  if keep_params and run.method != "base":
+    params_file.save_params_file(kept_params_path(workdir_root, study, run), model_config, params)
   write_record(out_dir, run, record)
   if not keep_workdir:
     files.remove_tree(workdir)
@@ -374,7 +383,8 @@ def pending(study: Study, records: Mapping[str, dict], only: str | None = None) 
 
 
 def run_all(study: Study, out_dir: str, workdir_root: str, *, only: str | None = None, max_runs: int | None = None,
-            keep_workdirs: bool = False, on_record: Callable[[dict], None] | None = None) -> int:
+            keep_workdirs: bool = False, keep_params: bool = False,
+            on_record: Callable[[dict], None] | None = None) -> int:
   """Executes pending runs until none is left (selections unlock further runs); returns how many ran."""
   done = 0
   while max_runs is None or done < max_runs:
@@ -383,7 +393,7 @@ def run_all(study: Study, out_dir: str, workdir_root: str, *, only: str | None =
       break
     run = todo[0]
     _log.info("study %s: %s run %s (%d pending)", study.name, run.phase, run.id, len(todo))
-    record = execute(study, run, out_dir, workdir_root, keep_workdir=keep_workdirs)
+    record = execute(study, run, out_dir, workdir_root, keep_workdir=keep_workdirs, keep_params=keep_params)
     done += 1
     if on_record is not None:
       on_record(record)
