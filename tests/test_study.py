@@ -9,6 +9,7 @@ import os
 import pytest
 
 from config_files import ROOT
+from grow_jax.errors import ConfigError
 from grow_jax.study import report, runs
 
 SMOKE = os.path.join(ROOT, "experiments", "studies", "forgetting_270m.py") + ":smoke"
@@ -51,6 +52,40 @@ def test_the_sweep_table_shows_every_grid_point_on_validation_and_marks_the_pick
   assert table.splitlines()[2:] == ["| base | – |  | 2 | 0.0 |",
                                     "| sft | learning_rate=0.001 |  | 5 | 0.0 |",
                                     "| sft | learning_rate=0.003 | ✓ | 9 | 0.0 |"]
+
+
+def test_a_diverged_grid_point_is_recorded_never_selected_and_blocks_nothing():
+  study = runs.load_study(SMOKE)
+  base, low, high = runs.pending(study, {})
+  records = {base.id: _record(base), low.id: _record(low, **{"gettext_en_fr:validation/chrf": 5.0}),
+             high.id: {**_record(high), "diverged": "loss=nan at step 2"}}
+  selected = runs.selections(study, records)
+  assert selected[("translation", "sft")]["id"] == low.id                 # the finite grid point, though worse
+  assert "translation/sft/learning_rate=0.003/seed=0" not in [r.key for r in runs.pending(study, records)]
+  table = report.sweep_table("translation", [("val chrF", "gettext_en_fr:validation/chrf")], records,
+                             study.methods("translation"), selected)
+  assert table.splitlines()[-1] == "| sft | learning_rate=0.003 |  | diverged | 0.0 |"
+  records[low.id] = {**records[low.id], "diverged": "loss=inf at step 1"}
+  assert ("translation", "sft") not in runs.selections(study, records)    # every point diverged: nothing to test
+
+
+def test_test_sets_must_be_disjoint_from_what_selection_reads(tmp_path):
+  study = tmp_path / "overlap.py"
+  study.write_text(open(SMOKE.rsplit(":", 1)[0]).read().replace(
+      's.test_eval = {"translation": [["gettext_en_fr:test_heldout", 4]',
+      's.test_eval = {"translation": [["capitals_gen:validation", 4]'))
+  with pytest.raises(ConfigError, match=r"test_eval\['translation'\] repeats validation_eval entries "
+                                        r"\['capitals_gen:validation'\]"):
+    runs.load_study(f"{study}:smoke")
+
+
+def test_the_full_variant_selects_on_its_own_tasks_keys():
+  study = runs.load_study(SMOKE.replace(":smoke", ":full"))
+  assert sorted(study.spec.report) == ["mathqa", "translation"]
+  first = [r for r in runs.pending(study, {}) if r.task == "mathqa"]
+  records = {r.id: _record(r, **{"mathqa:validation/acc": 0.2 + i / 10, "winogrande:train/acc": 0.6})
+             for i, r in enumerate(first)}
+  assert dict(runs.selections(study, records)[("mathqa", "sft")]["hparams"])["optimizer.learning_rate"] == 1e-4
 
 
 def test_bootstrap_interval_is_deterministic_and_brackets_the_mean():

@@ -27,7 +27,8 @@ Protocol (fixed before any run; variant 'cpu', the default):
     grid points never see them): translation BLEU/chrF on 300 in-distribution test pairs and on
     300 pairs of the held-out packages; capitals_gen (159 countries, 2-shot generation, exact match
     after normalising case/accents/punctuation — a model that stops answering in the format scores 0); the
-    log-likelihood capitals probe (227); stdlib prose perplexity and KL(base ‖ model) on 100 paragraphs.
+    log-likelihood capitals probe (227 countries, the 58 validation countries among them: only L2-SP/EWC's
+    selection reads those); stdlib prose perplexity and KL(base ‖ model) on 100 paragraphs.
     The verdict on C1 uses the held-out-package chrF (learning the task, not the catalogs); both are reported.
   * Learning curves (SFT, G-Freeze, G-Train): every 25 steps, 32 validation pairs / problems and 32 of the
     validation countries.
@@ -35,6 +36,7 @@ Protocol (fixed before any run; variant 'cpu', the default):
 
 import types
 
+from grow_jax.errors import ConfigError
 from grow_jax.train import config as cu
 
 STEPS = {"cpu": 100, "full": 2000, "smoke": 3}
@@ -43,8 +45,10 @@ VALIDATION_EVAL = {"translation": [["gettext_en_fr:validation", 150], ["capitals
 RETENTION_TEST = [["capitals_gen:test", 159], ["capitals:test", 227], ["stdlib_text:test", 100]]
 TEST_EVAL = {"translation": [["gettext_en_fr:test", 300], ["gettext_en_fr:test_heldout", 300]] + RETENTION_TEST,
              "arithmetic": [["arithmetic_cloze:test", 400]] + RETENTION_TEST}
-NEW_TASK_VALIDATION = {"translation": "gettext_en_fr:validation/chrf", "arithmetic": "arithmetic_cloze:validation/acc"}
-RETENTION_VALIDATION = "capitals_gen:validation/exact_match_norm"
+# What `select` reads, by task: the first key every grid point's record has (variant cpu first, then full).
+NEW_TASK_VALIDATION = {"translation": ["gettext_en_fr:validation/chrf", "translation_en_fr:validation/chrf"],
+                       "arithmetic": ["arithmetic_cloze:validation/acc"], "mathqa": ["mathqa:validation/acc"]}
+RETENTION_VALIDATION = ["capitals_gen:validation/exact_match_norm", "winogrande:train/acc"]
 
 
 def _variant(arg) -> str:
@@ -138,7 +142,7 @@ def get_study(arg=None):
       "translation": {"selection": "max validation chrF; L2-SP/EWC: max chrF/chrF(SFT) + capitals_gen/base",
                       "validation": [["val chrF", "gettext_en_fr:validation/chrf"],
                                      ["val BLEU", "gettext_en_fr:validation/bleu"],
-                                     ["val capitals_gen (EM)", RETENTION_VALIDATION]],
+                                     ["val capitals_gen (EM)", RETENTION_VALIDATION[0]]],
                       "metrics": translation_metrics + retention_metrics,
                       "pareto": [["chrF held-out pkgs", "gettext_en_fr:test_heldout/chrf"],
                                  ["capitals_gen (EM)", "capitals_gen:test/exact_match_norm"]],
@@ -146,7 +150,7 @@ def get_study(arg=None):
                                  ["capitals_gen validation EM", "capitals_gen/exact_match_norm"]]},
       "arithmetic": {"selection": "max validation accuracy",
                      "validation": [["val accuracy", "arithmetic_cloze:validation/acc"],
-                                    ["val capitals_gen (EM)", RETENTION_VALIDATION]],
+                                    ["val capitals_gen (EM)", RETENTION_VALIDATION[0]]],
                      "metrics": [["accuracy", "arithmetic_cloze:test/acc"], ["acc_norm", "arithmetic_cloze:test/acc_norm"]]
                      + retention_metrics,
                      "pareto": [["accuracy", "arithmetic_cloze:test/acc"],
@@ -176,13 +180,32 @@ def get_study(arg=None):
   if variant == "full":
     s.tasks = {"translation": {"data.task": "translation_en_fr"}, "mathqa": {"data.task": "mathqa"}}
     s.task_methods = {"translation": list(s.methods), "mathqa": ["sft", "g_freeze", "g_train"]}
-    s.validation_eval = {"translation": [["translation_en_fr:validation", 500], ["winogrande:validation", 500]],
-                         "mathqa": [["mathqa:validation", 500], ["winogrande:validation", 500]]}
+    # Retention: WinoGrande (the paper's probe). Its hub test split has no answers, so the regularizers'
+    # selection reads 500 train items and the report the whole validation split: disjoint, as the runner checks.
+    s.validation_eval = {"translation": [["translation_en_fr:validation", 500], ["winogrande:train", 500]],
+                         "mathqa": [["mathqa:validation", 500], ["winogrande:train", 500]]}
     s.test_eval = {"translation": [["translation_en_fr:test", 1000], ["winogrande:validation", 1267],
                                    ["stdlib_text:test", 300]],
                    "mathqa": [["mathqa:test", 2985], ["winogrande:validation", 1267], ["stdlib_text:test", 300]]}
     s.order = [["translation", ["sft", "g_freeze", "g_train"]], ["mathqa", ["sft", "g_freeze", "g_train"]]]
-    s.report = {}
+    s.curves = {"every": 250, "max_examples": 64, "methods": ["sft", "g_freeze", "g_train"],
+                "tasks": {"translation": ["translation_en_fr:validation", "winogrande:train"],
+                          "mathqa": ["mathqa:validation", "winogrande:train"]}}
+    retention_metrics = [["WinoGrande acc", "winogrande:validation/acc"],
+                         ["prose ppl", "stdlib_text:test/perplexity"], ["KL(base‖model)", "stdlib_text:test/kl"]]
+    s.report = {
+        "translation": {"selection": "max validation chrF; L2-SP/EWC: max chrF/chrF(SFT) + WinoGrande/base",
+                        "validation": [["val chrF", "translation_en_fr:validation/chrf"],
+                                       ["WinoGrande train acc", "winogrande:train/acc"]],
+                        "metrics": [["chrF", "translation_en_fr:test/chrf"], ["BLEU", "translation_en_fr:test/bleu"]]
+                        + retention_metrics,
+                        "pareto": [["chrF", "translation_en_fr:test/chrf"], ["WinoGrande acc", "winogrande:validation/acc"]],
+                        "curves": [["validation chrF", "translation_en_fr/chrf"], ["WinoGrande acc", "winogrande/acc"]]},
+        "mathqa": {"selection": "max validation accuracy",
+                   "validation": [["val accuracy", "mathqa:validation/acc"], ["WinoGrande train acc", "winogrande:train/acc"]],
+                   "metrics": [["accuracy", "mathqa:test/acc"]] + retention_metrics,
+                   "pareto": [["accuracy", "mathqa:test/acc"], ["WinoGrande acc", "winogrande:validation/acc"]],
+                   "curves": [["validation accuracy", "mathqa/acc"], ["WinoGrande acc", "winogrande/acc"]]}}
   return vars(s)
 
 
@@ -193,12 +216,21 @@ def select(task, method, runs, reference):
   validation retention (capitals_gen) relative to the untrained model: a regularizer chosen on the new task
   alone would always be the weakest one. `reference` holds the task's 'base' record and the records selected
   so far, by method."""
-  key = NEW_TASK_VALIDATION[task]
+  key = _present(NEW_TASK_VALIDATION.get(task, []), runs, f"{task}'s new-task score")
   if method in ("l2sp", "ewc"):
+    retention = _present(RETENTION_VALIDATION, [*runs, reference["base"]], "the retention score")
     new_ref = max(reference["sft"]["final"][key], 1e-9)
-    ret_ref = max(reference["base"]["final"][RETENTION_VALIDATION], 1e-9)
-    return max(runs, key=lambda r: r["final"][key] / new_ref + r["final"][RETENTION_VALIDATION] / ret_ref)
+    ret_ref = max(reference["base"]["final"][retention], 1e-9)
+    return max(runs, key=lambda r: r["final"][key] / new_ref + r["final"][retention] / ret_ref)
   return max(runs, key=lambda r: r["final"][key])
+
+
+def _present(keys, records, what):
+  """The first of `keys` that every record has."""
+  for key in keys:
+    if all(key in r["final"] for r in records):
+      return key
+  raise ConfigError(f"select: no validation key for {what} ({keys}) in every record; evaluate it in validation_eval")
 
 
 def sweep():

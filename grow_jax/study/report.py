@@ -81,7 +81,8 @@ def summary_table(task: str, metrics: Sequence[tuple[str, str]], grouped, method
     rs = grouped.get((task, method), [])
     if not rs:
       continue
-    cells = [method, str(len(rs)), _hparams_text(rs[0]["hparams"])]
+    diverged = sum(bool(r.get("diverged")) for r in rs)
+    cells = [method, f"{len(rs)}" + (f" ({diverged} diverged)" if diverged else ""), _hparams_text(rs[0]["hparams"])]
     for _, key in metrics:
       values = [r["final"][key] for r in rs if key in r["final"]]
       if not values:
@@ -109,7 +110,7 @@ def sweep_table(task: str, metrics: Sequence[tuple[str, str]], records: Mapping[
                 selected: Mapping[tuple[str, str], dict]) -> str:
   """Markdown: every grid point's validation scores (what selection saw), the untrained model first; the
   selected point of each method is marked."""
-  header = ["method", "grid point", "selected"] + [label for label, _ in metrics] + ["minutes"]
+  header = ["method", "grid point", "selected"] + [label for label, _ in metrics] + ["minutes (train + validation)"]
   order = {m: i for i, m in enumerate(["base"] + list(methods))}
   def grid_order(r):
     return order[r["method"]], [(k, (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))) for k, v in r["hparams"]]
@@ -119,8 +120,9 @@ def sweep_table(task: str, metrics: Sequence[tuple[str, str]], records: Mapping[
     chosen = selected.get((task, r["method"]))
     mark = "✓" if chosen is not None and chosen["hparams"] == r["hparams"] else ""
     rows.append([r["method"], _hparams_text(r["hparams"]) or "–", mark]
-                + [f"{r['final'][key]:.4g}" if key in r["final"] else "–" for _, key in metrics]
-                + [f"{r['seconds'] / 60:.1f}"])
+                + ["diverged" if r.get("diverged") else f"{r['final'][key]:.4g}" if key in r["final"] else "–"
+                   for _, key in metrics]
+                + [f"{(r['train_seconds'] + r['eval_seconds']) / 60:.1f}"])
   return tables.markdown(header, rows) if rows else ""
 
 
@@ -232,7 +234,10 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
       lines += ["Every grid point on the validation sets (seed 0; what the selection rule saw):", "", sweep, ""]
   lines += ["Cells: mean ± sd over seeds [95% bootstrap interval of the mean over seeds]; Δ: the paired "
             "difference against the reference method at the same seeds [its 95% bootstrap interval]. One seed: the "
-            "value alone.", ""]
+            "value alone. With 3 seeds a bootstrap interval is close to [min, max] of the seeds (it covers the true "
+            "mean far less often than 95%): read it as the spread of the seeds, not as a test. The first seed of each "
+            "method is its selected grid point, chosen on validation among several, so it may sit above the "
+            "method's other seeds.", ""]
   text = "\n".join(lines)
   files.write_text(os.path.join(out_dir, "results.md"), text)
   return text

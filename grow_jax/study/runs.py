@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 
 from grow_jax import files
-from grow_jax.errors import ConfigError
+from grow_jax.errors import ConfigError, TrainingDivergedError
 from grow_jax.train import config as config_lib
 
 _log = logging.getLogger(__name__)
@@ -133,6 +133,11 @@ def load_study(text: str) -> Study:
     spec = StudySpec(**declared)
   except TypeError as e:
     raise ConfigError(f"--study={text!r}: get_study(): {e}") from None
+  for task, entries in spec.test_eval.items():
+    shared = sorted({e for e, _ in entries} & {e for e, _ in spec.validation_eval.get(task, [])})
+    if shared:
+      raise ConfigError(f"--study={text!r}: test_eval[{task!r}] repeats validation_eval entries {shared}; the "
+                        "test sets must be disjoint from what selection reads")
   return Study(path, arg or None, module, spec)
 
 
@@ -275,7 +280,14 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
                                                    **config_lib.model_overrides(config))
     record["train_seconds"] = 0.0
   else:
-    loop.train_and_evaluate(config, workdir)
+    try:
+      loop.train_and_evaluate(config, workdir)
+    except TrainingDivergedError as e:       # a record all the same: a resumed study must not retry it forever
+      record.update(diverged=str(e), final={}, train_seconds=time.time() - t0, eval_seconds=0.0,
+                    seconds=time.time() - t0)
+      write_record(out_dir, run, record)
+      files.remove_tree(workdir)
+      return record
     record["train_seconds"] = time.time() - t0
     record["curve"] = read_curve(workdir)
     model_config, params, _ = load_trained_params(workdir)
@@ -345,10 +357,11 @@ def selections(study: Study, records: Mapping[str, dict]) -> dict[tuple[str, str
         continue
       sweep = [r for r in expand(study, out) if (r.task, r.method) == key and r.phase == "sweep"]
       done = [records[r.id] for r in sweep if r.id in records]
+      finite = [r for r in done if not r.get("diverged")]    # a diverged grid point is never selected
       base = records.get(Run(run.task, "base", (), study.spec.seeds[0], "base").id)
-      if sweep and len(done) == len(sweep) and base is not None:
+      if sweep and len(done) == len(sweep) and finite and base is not None:
         reference = {"base": base, **{m: rec for (t, m), rec in out.items() if t == run.task}}
-        out[key] = study.select(run.task, run.method, done, reference)
+        out[key] = study.select(run.task, run.method, finite, reference)
         changed = True
   return out
 
