@@ -8,8 +8,9 @@ scored on a new-task evaluation and a retention evaluation at each alpha -> JSON
       --new_task=smoke_ppl/perplexity --retention=smoke_kl/kl --out=/tmp/dial_tiny        # plumbing
 
 --workdir is a trainer workdir of a grown run (G-Freeze, G-Train; every grown layer with the same number k of
-branches); the base weights are its config.json's init source (with its seed and model overrides) unless
---base names them. --multiples are alpha x k: 0 (the original model, exact), 0.25 .. 1 (1 = the trained model,
+branches) or a grow_jax params file of one (`*.safetensors`, e.g. a study's `--keep_params` run; then --base is
+required); the base weights are its config.json's init source (with its seed and model overrides) unless
+--base names them (a checkpoint source or a params file). --multiples are alpha x k: 0 (the original model, exact), 0.25 .. 1 (1 = the trained model,
 exact), above 1 (the copies amplified). --new_task / --retention are '<evaluation entry>/<metric>' of the one
 evaluation registry (grow_jax/evaluation/registry.py); --extra adds more entries to the JSON. Writes <out>.json
 (one row per alpha: every metric of every entry) and <out>.png (new-task score against retention, and both
@@ -96,13 +97,26 @@ def run(workdir: str, *, new_task: str, retention: str, extra: Sequence[str] = (
   registry.check(entries, field="dial_sweep entries")
   if len(multiples) < 2:
     raise ConfigError(f"--multiples={list(multiples)}: expected at least two values")
-  run_config = pilot_run_config(workdir)
-  source = base or run_config.get("init", {}).get("source")
-  if not source:
-    raise ConfigError(f"--workdir={workdir!r} has no config.json naming its init source: pass --base")
-  config, params, meta = load_trained_params(workdir)
-  overrides = {k: v for k, v in run_config.get("model", {}).items() if v is not None}
-  base_config, base_params = formats.load_checkpoint(source, seed=int(run_config.get("seed", 0)), **overrides)
+  if os.fspath(workdir).endswith(".safetensors"):   # a params file (e.g. a study's kept run): --base is required
+    if not base:
+      raise ConfigError(f"--workdir={workdir!r} is a params file, which does not name its starting weights: "
+                        "pass --base")
+    from grow_jax.formats import params_file
+    run_config, source = {}, base
+    config, params = params_file.load_params_file(workdir)
+    meta = {"step": None, "method": {"name": os.path.basename(os.fspath(workdir))}}
+  else:
+    run_config = pilot_run_config(workdir)
+    source = base or run_config.get("init", {}).get("source")
+    if not source:
+      raise ConfigError(f"--workdir={workdir!r} has no config.json naming its init source: pass --base")
+    config, params, meta = load_trained_params(workdir)
+  if source.endswith(".safetensors"):                 # the base weights as a params file
+    from grow_jax.formats import params_file
+    base_config, base_params = params_file.load_params_file(source)
+  else:
+    overrides = {k: v for k, v in run_config.get("model", {}).items() if v is not None}
+    base_config, base_params = formats.load_checkpoint(source, seed=int(run_config.get("seed", 0)), **overrides)
   tok = load_tokenizer_for_eval(tokenizer or run_config.get("data", {}).get("tokenizer") or source)
   ctx = registry.EvalContext(config, tokenizer=tok, limit=limit, batch_size=batch_size, max_len=max_len,
                              max_new_tokens=max_new_tokens, base_model=lambda: (base_config, base_params),

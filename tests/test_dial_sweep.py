@@ -39,6 +39,23 @@ def test_dial_sweep_scores_each_alpha_and_writes_json_and_png(trained, tmp_path)
   assert os.path.getsize(out + ".png") > 1000
 
 
+def test_dial_sweep_of_a_params_file_equals_the_workdirs(trained, tmp_path):
+  from grow_jax import formats
+  from grow_jax.formats import params_file
+  from grow_jax.train.checkpointing import load_trained_params
+  from grow_jax.growth.plan import pilot_run_config
+  run = pilot_run_config(trained)
+  params_file.save_params_file(str(tmp_path / "gf.safetensors"), *load_trained_params(trained)[:2])
+  params_file.save_params_file(str(tmp_path / "base.safetensors"), *formats.load_checkpoint(
+      run["init"]["source"], seed=run["seed"], num_layers=run["model"]["num_layers"]))
+  kwargs = dict(new_task="smoke_ppl/perplexity", retention="smoke_kl/kl", tokenizer="bytes", multiples=(0.0, 1.0),
+                limit=2, batch_size=2, max_len=64)
+  from_file = dial_sweep.run(str(tmp_path / "gf.safetensors"), base=str(tmp_path / "base.safetensors"), **kwargs)
+  assert from_file["rows"] == dial_sweep.run(trained, **kwargs)["rows"]
+  with pytest.raises(dial_sweep.ConfigError, match="is a params file, which does not name its starting weights"):
+    dial_sweep.run(str(tmp_path / "gf.safetensors"), **kwargs)
+
+
 def test_dial_sweep_errors_are_one_line(trained, capsys):
   assert dial_sweep.main([f"--workdir={trained}", "--new_task=smoke_ppl", "--retention=smoke_kl/kl",
                           "--tokenizer=bytes"]) == 1
