@@ -121,6 +121,7 @@ def test_smoke_study_end_to_end_then_a_rerun_trains_nothing(tmp_path):
   report.write_report(study, records, runs.selections(study, records), out)
   first = _digest(out)
   assert {"results.md", "results.csv", "translation_pareto.png", "translation_curves.png"} <= set(first)
+  assert "translation_sweep.png" not in first                              # smoke's validation has one metric
   assert runs.run_all(study, out, workdirs) == 0                           # every JSON present: no training
   again = runs.load_records(out)
   report.write_report(study, again, runs.selections(study, again), out)

@@ -126,6 +126,42 @@ def sweep_table(task: str, metrics: Sequence[tuple[str, str]], records: Mapping[
   return tables.markdown(header, rows) if rows else ""
 
 
+def sweep_plot(path: str, task: str, records: Mapping[str, dict], methods: Sequence[str], x: tuple[str, str],
+               y: tuple[str, str], selected: Mapping[tuple[str, str], dict]) -> None:
+  """Every grid point on the validation sets: new-task score (x) vs retention (y), a line per method through its
+  grid in order, the selected point ringed, the untrained model a star."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+  for method in ["base"] + list(methods):
+    rs = [r for r in records.values() if r["task"] == task and r["method"] == method and r["phase"] in ("base", "sweep")
+          and x[1] in r["final"] and y[1] in r["final"]]
+    if not rs:
+      continue
+    rs.sort(key=lambda r: [(k, v if isinstance(v, (int, float)) else str(v)) for k, v in r["hparams"]])
+    xs, ys = [r["final"][x[1]] for r in rs], [r["final"][y[1]] for r in rs]
+    if method == "base":
+      ax.plot(xs, ys, "k*", markersize=12, label="base (untrained)")
+      continue
+    line, = ax.plot(xs, ys, "o-", label=method)
+    for r, xi, yi in zip(rs, xs, ys):
+      ax.annotate(_hparams_text(r["hparams"]).replace("learning_rate=", "lr "), (xi, yi), textcoords="offset points",
+                  xytext=(4, 4), fontsize=7)
+      chosen = selected.get((task, method))
+      if chosen is not None and chosen["hparams"] == r["hparams"]:
+        ax.plot([xi], [yi], "o", markersize=13, markerfacecolor="none", markeredgecolor=line.get_color())
+  ax.set_xlabel(f"{x[0]} (new task) →")
+  ax.set_ylabel(f"{y[0]} (original ability) →")
+  ax.set_title(f"{task}: every grid point on validation (ringed: selected)")
+  ax.grid(alpha=0.3)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  files.write_with(path, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": None}))
+  plt.close(fig)
+
+
 def pareto_plot(path: str, task: str, grouped, methods: Sequence[str], x: tuple[str, str], y: tuple[str, str],
                 extra_curves: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> None:
   """New-task score (x) vs retention (y), one point per method (mean, error bars = sd over seeds)."""
@@ -232,6 +268,11 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
     sweep = sweep_table(task, [tuple(m) for m in report.get("validation", [])], records, methods, selected)
     if report.get("validation") and sweep:
       lines += ["Every grid point on the validation sets (seed 0; what the selection rule saw):", "", sweep, ""]
+      if len(report["validation"]) >= 2:
+        name = f"{task}_sweep.png"
+        validation = [tuple(m) for m in report["validation"]]
+        sweep_plot(os.path.join(out_dir, name), task, records, methods, validation[0], validation[-1], selected)
+        lines += [f"![{task}: every grid point on validation]({name})", ""]
   lines += ["Cells: mean ± sd over seeds [95% bootstrap interval of the mean over seeds]; Δ: the paired "
             "difference against the reference method at the same seeds [its 95% bootstrap interval]. One seed: the "
             "value alone. With 3 seeds a bootstrap interval is close to [min, max] of the seeds (it covers the true "
