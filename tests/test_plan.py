@@ -156,11 +156,22 @@ def test_the_trainer_grows_the_plans_layers(pilot):
     setup.grown_model_config(other, setup.base_model_config(other))
 
 
+def test_the_base_norm_control_sees_a_ranking_made_by_the_base_weights():
+  stats = fake_stats([1.0] * 6)
+  for row, norm in zip(stats, [4.0, 1.0, 3.0, 6.0, 2.0, 5.0]):   # the same ||ΔW|| everywhere, ||W_down|| varies
+    row["down/rel"] = row["down/fro"] / norm
+  by_rel = plan_lib.make_plan(TINY6, stats, criterion="update", num_layers=2)
+  assert heatmaps.base_norm_control(by_rel) == pytest.approx(1.0)          # scores follow 1/||W_down|| exactly
+  opposite = {**by_rel, "scores": [-x for x in by_rel["scores"]]}
+  assert heatmaps.base_norm_control(opposite) == pytest.approx(-1.0)
+
+
 def test_heatmaps_are_deterministic_and_measure_localisation(tmp_path, capsys):
   a = plan_lib.make_plan(TINY6, fake_stats([1.0, 1.0, 1.0, 1.0, 1.0, 1.0]), num_layers=2)
   b = plan_lib.make_plan(TINY6, fake_stats([6.0, 0.0, 0.0, 1.0, 1.0, 2.0]), num_layers=2)
   loc = heatmaps.localisation({"even": a, "peaked": b}, ks=(3,))
-  assert loc["even"] == {"top3": pytest.approx(0.5), "even3": 0.5} and loc["peaked"]["top3"] == pytest.approx(0.9)
+  assert loc["even"]["top3"] == pytest.approx(0.5) and loc["even"]["even3"] == 0.5
+  assert loc["peaked"]["top3"] == pytest.approx(0.9)
   assert heatmaps.matrix_grid(b, "rel").shape == (6, 3)
   paths = []
   for name in ("a.json", "b.json"):

@@ -6,7 +6,9 @@ r"""ΔW heat-maps and the localisation of a pilot's update, from growth-plan JSO
 writes <out>.png (per plan: effective rank and relative norm ||ΔW||_F / ||W||_F, layer x gate/up/down) and
 <out>.json / <out>.md: per plan the localisation — the share of the total update norm (each layer's
 ||ΔW||_F over its whole MLP) held by its top-k layers, k = 3, 6, next to k / L for an evenly spread update —
-and, for two plans, the Spearman correlation of their per-layer update norms and their top-k overlaps.
+a control — the Spearman correlation of the plan's layer scores with 1/||W_down|| of the base model (near 1:
+the ranking reflects the base weights' norms more than the task) — and, for two plans, the Spearman
+correlation of their per-layer update norms and their top-k overlaps.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ def matrix_grid(plan: Mapping[str, Any], stat: str) -> np.ndarray:
   return np.array([[row[f"{m}/{stat}"] for m in analysis.MATRICES] for row in plan["stats"]], np.float64)
 
 
+def base_norm_control(plan: Mapping[str, Any], matrix: str = "down") -> float:
+  """Spearman of the plan's layer scores and 1 / ||W|| of the BASE model's `matrix` per layer (||W|| = ||ΔW|| /
+  relative norm, from the plan's stats). Near 1: the ranking says where the base weights are small, not where the
+  task moved them — what an Adam pilot gives when every layer's ||ΔW|| is about the same."""
+  inverse = [row[f"{matrix}/rel"] / row[f"{matrix}/fro"] if row[f"{matrix}/fro"] > 0 else 0.0 for row in plan["stats"]]
+  return analysis.spearman(list(plan["scores"]), inverse)
+
+
 def localisation(plans: Mapping[str, Mapping[str, Any]], ks: Sequence[int] = (3, 6)) -> dict[str, Any]:
   """{label: {'top{k}': share, 'even{k}': k / L}} and, for two plans, their agreement on where the update is."""
   out: dict[str, Any] = {}
@@ -40,6 +50,7 @@ def localisation(plans: Mapping[str, Mapping[str, Any]], ks: Sequence[int] = (3,
     for k in ks:
       out[label][f"top{k}"] = analysis.localisation(norms, k)
       out[label][f"even{k}"] = k / len(norms)
+    out[label]["spearman_score_vs_inverse_base_down_norm"] = base_norm_control(plan)
   if len(plans) == 2:
     (la, a), (lb, b) = plans.items()
     na, nb = [r["fro"] for r in a["stats"]], [r["fro"] for r in b["stats"]]
@@ -84,9 +95,10 @@ def write_report(plans: Mapping[str, Mapping[str, Any]], out: str, ks: Sequence[
   plot(plans, out + ".png")
   files.write_text(out + ".json", json.dumps({"plans": {l: p["pilot"] for l, p in plans.items()}, **result},
                                              indent=1, sort_keys=True) + "\n")
-  rows = [(label, *(f"{result[label][f'top{k}']:.3f} (even {result[label][f'even{k}']:.3f})" for k in ks))
-          for label in plans]
-  text = tables.markdown(("plan", *(f"share of update norm in top {k} layers" for k in ks)), rows)
+  rows = [(label, *(f"{result[label][f'top{k}']:.3f} (even {result[label][f'even{k}']:.3f})" for k in ks),
+           f"{result[label]['spearman_score_vs_inverse_base_down_norm']:.3f}") for label in plans]
+  text = tables.markdown(("plan", *(f"share of update norm in top {k} layers" for k in ks),
+                          "Spearman(plan scores, 1/‖W_down‖ of the base)"), rows)
   if "agreement" in result:
     text += "\n\n" + ", ".join(f"{k} = {v:.3f}" for k, v in result["agreement"].items())
   files.write_text(out + ".md", text + "\n")
