@@ -130,8 +130,9 @@ def run(workdir: str, *, new_task: str, retention: str, extra: Sequence[str] = (
             "k": branch_count(config), "new_task": new_task, "retention": retention, "rows": rows}
   if out:
     files.write_text(out + ".json", json.dumps(result, indent=1, sort_keys=True) + "\n")
-    plot(rows, new_task, retention, out + ".png",
-         f"dial of {meta['method']['name']} ({os.path.basename(os.fspath(workdir).rstrip('/'))}, step {meta['step']})")
+    name = os.path.basename(os.fspath(workdir).rstrip("/"))
+    plot(rows, new_task, retention, out + ".png", f"dial of {name}" if meta["step"] is None else
+         f"dial of {meta['method']['name']} ({name}, step {meta['step']})")
   return result
 
 
