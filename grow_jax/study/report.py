@@ -151,15 +151,7 @@ def sweep_plot(path: str, task: str, records: Mapping[str, dict], methods: Seque
       chosen = selected.get((task, method))
       if chosen is not None and chosen["hparams"] == r["hparams"]:
         ax.plot([xi], [yi], "o", markersize=13, markerfacecolor="none", markeredgecolor=line.get_color())
-  ax.set_xlabel(f"{x[0]} (new task) →")
-  ax.set_ylabel(f"{y[0]} (original ability) →")
-  ax.set_title(f"{task}: every grid point on validation (ringed: selected)")
-  ax.grid(alpha=0.3)
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=7, loc="best")
-  fig.tight_layout()
-  files.write_with(path, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": None}))
-  plt.close(fig)
+  _save_scatter(fig, ax, path, x, y, f"{task}: every grid point on validation (ringed: selected)")
 
 
 def pareto_plot(path: str, task: str, grouped, methods: Sequence[str], x: tuple[str, str], y: tuple[str, str],
@@ -181,9 +173,15 @@ def pareto_plot(path: str, task: str, grouped, methods: Sequence[str], x: tuple[
   for label, points in (extra_curves or {}).items():
     px, py = zip(*points)
     ax.plot(px, py, "--", marker=".", label=label)
+  _save_scatter(fig, ax, path, x, y, f"{task}: learning vs forgetting")
+
+
+def _save_scatter(fig, ax, path: str, x: tuple[str, str], y: tuple[str, str], title: str) -> None:
+  """Axis labels (new task vs original ability), title, legend; a PNG without a Software stamp (deterministic)."""
+  import matplotlib.pyplot as plt
   ax.set_xlabel(f"{x[0]} (new task) →")
   ax.set_ylabel(f"{y[0]} (original ability) →")
-  ax.set_title(f"{task}: learning vs forgetting")
+  ax.set_title(title)
   ax.grid(alpha=0.3)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=7, loc="best")
