@@ -109,7 +109,7 @@ def test_smoke_study_end_to_end_then_a_rerun_trains_nothing(tmp_path):
   assert sorted(os.listdir(os.path.join(workdirs, study.name))) == ["kept", "params"]   # workdirs removed ...
   assert not os.listdir(os.path.join(workdirs, study.name, "params"))      # ... and the test phase's params
   assert sorted(os.listdir(os.path.join(workdirs, study.name, "kept"))) == sorted(   # --keep_params: every trained run
-      runs.kept_params_path(workdirs, study, run).rsplit("/", 1)[1] for run in runs.expand(study, runs.selections(
+      runs.params_path(workdirs, study, run, "kept").rsplit("/", 1)[1] for run in runs.expand(study, runs.selections(
           study, records)) if run.method != "base" and run.phase != "test")
   seeds = sorted((r["method"], r["seed"]) for r in records.values())
   assert seeds == [("base", 0), ("l2sp", 0), ("sft", 0), ("sft", 0), ("sft", 1)]

@@ -62,8 +62,7 @@ def groups(records: Mapping[str, dict], selected: Mapping[tuple[str, str], dict]
     if r["method"] == "base":
       out.setdefault((r["task"], "base"), []).append(r)
       continue
-    chosen = selected.get((r["task"], r["method"]))
-    if chosen is not None and r["hparams"] == chosen["hparams"]:
+    if _is_selected(r, selected):
       out.setdefault((r["task"], r["method"]), []).append(r)
   for rs in out.values():
     rs.sort(key=lambda r: r["seed"])
@@ -106,19 +105,31 @@ def _hparams_text(hparams) -> str:
                    for k, v in hparams)
 
 
+def _grid_records(records: Mapping[str, dict], task: str) -> list[dict]:
+  """The task's untrained-model and grid-point (sweep) records."""
+  return [r for r in records.values() if r["task"] == task and r["phase"] in ("base", "sweep")]
+
+
+def _grid_key(record: dict) -> list:
+  """Grid order: each hyperparameter by value (numbers before strings)."""
+  return [(k, (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))) for k, v in record["hparams"]]
+
+
+def _is_selected(record: dict, selected: Mapping[tuple[str, str], dict]) -> bool:
+  chosen = selected.get((record["task"], record["method"]))
+  return chosen is not None and chosen["hparams"] == record["hparams"]
+
+
 def sweep_table(task: str, metrics: Sequence[tuple[str, str]], records: Mapping[str, dict], methods: Sequence[str],
                 selected: Mapping[tuple[str, str], dict]) -> str:
   """Markdown: every grid point's validation scores (what selection saw), the untrained model first; the
   selected point of each method is marked."""
   header = ["method", "grid point", "selected"] + [label for label, _ in metrics] + ["minutes (train + validation)"]
   order = {m: i for i, m in enumerate(["base"] + list(methods))}
-  def grid_order(r):
-    return order[r["method"]], [(k, (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))) for k, v in r["hparams"]]
   rows = []
-  for r in sorted((r for r in records.values() if r["task"] == task and r["phase"] in ("base", "sweep")
-                   and r["method"] in order), key=grid_order):
-    chosen = selected.get((task, r["method"]))
-    mark = "✓" if chosen is not None and chosen["hparams"] == r["hparams"] else ""
+  for r in sorted((r for r in _grid_records(records, task) if r["method"] in order),
+                  key=lambda r: (order[r["method"]], _grid_key(r))):
+    mark = "✓" if _is_selected(r, selected) else ""
     rows.append([r["method"], _hparams_text(r["hparams"]) or "–", mark]
                 + ["diverged" if r.get("diverged") else f"{r['final'][key]:.4g}" if key in r["final"] else "–"
                    for _, key in metrics]
@@ -135,11 +146,10 @@ def sweep_plot(path: str, task: str, records: Mapping[str, dict], methods: Seque
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
   for method in ["base"] + list(methods):
-    rs = [r for r in records.values() if r["task"] == task and r["method"] == method and r["phase"] in ("base", "sweep")
-          and x[1] in r["final"] and y[1] in r["final"]]
+    rs = sorted((r for r in _grid_records(records, task) if r["method"] == method
+                 and x[1] in r["final"] and y[1] in r["final"]), key=_grid_key)
     if not rs:
       continue
-    rs.sort(key=lambda r: [(k, v if isinstance(v, (int, float)) else str(v)) for k, v in r["hparams"]])
     xs, ys = [r["final"][x[1]] for r in rs], [r["final"][y[1]] for r in rs]
     if method == "base":
       ax.plot(xs, ys, "k*", markersize=12, label="base (untrained)")
@@ -148,8 +158,7 @@ def sweep_plot(path: str, task: str, records: Mapping[str, dict], methods: Seque
     for r, xi, yi in zip(rs, xs, ys):
       ax.annotate(_hparams_text(r["hparams"]).replace("learning_rate=", "lr "), (xi, yi), textcoords="offset points",
                   xytext=(4, 4), fontsize=7)
-      chosen = selected.get((task, method))
-      if chosen is not None and chosen["hparams"] == r["hparams"]:
+      if _is_selected(r, selected):
         ax.plot([xi], [yi], "o", markersize=13, markerfacecolor="none", markeredgecolor=line.get_color())
   _save_scatter(fig, ax, path, x, y, f"{task}: every grid point on validation (ringed: selected)")
 
@@ -263,12 +272,12 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
       curve_methods = [m for m in spec.curves["methods"] if (task, m) in grouped]
       curve_plot(os.path.join(out_dir, name), task, grouped, curve_methods, [tuple(s) for s in report["curves"]])
       lines += [f"![{task}: learning curves]({name})", ""]
-    sweep = sweep_table(task, [tuple(m) for m in report.get("validation", [])], records, methods, selected)
-    if report.get("validation") and sweep:
+    validation = [tuple(m) for m in report.get("validation", [])]
+    sweep = sweep_table(task, validation, records, methods, selected) if validation else ""
+    if sweep:
       lines += ["Every grid point on the validation sets (seed 0; what the selection rule saw):", "", sweep, ""]
-      if len(report["validation"]) >= 2:
+      if len(validation) >= 2:
         name = f"{task}_sweep.png"
-        validation = [tuple(m) for m in report["validation"]]
         sweep_plot(os.path.join(out_dir, name), task, records, methods, validation[0], validation[-1], selected)
         lines += [f"![{task}: every grid point on validation]({name})", ""]
   lines += ["Cells: mean ± sd over seeds [95% bootstrap interval of the mean over seeds]; Δ: the paired "

@@ -227,14 +227,11 @@ def evaluate(entries, config, model_config, params, tokenizer) -> dict[str, floa
   return out
 
 
-def params_path(workdir_root: str, study: Study, run: Run) -> str:
-  """Where a sweep run's trained params wait for the test phase (grow_jax's params file; not committed)."""
-  return os.path.join(workdir_root, study.name, "params", run.id.replace(SEP, "__") + ".safetensors")
-
-
-def kept_params_path(workdir_root: str, study: Study, run: Run) -> str:
-  """Where --keep_params leaves every trained run's params (pilots for growth plans, dial sweeps; not committed)."""
-  return os.path.join(workdir_root, study.name, "kept", run.id.replace(SEP, "__") + ".safetensors")
+def params_path(workdir_root: str, study: Study, run: Run, folder: str = "params") -> str:
+  """Where a sweep run's trained params wait for the test phase (grow_jax's params file; not committed);
+  folder 'kept': where --keep_params leaves every trained run's params (pilots, dials), which the test phase
+  does not clean up."""
+  return os.path.join(workdir_root, study.name, folder, run.id.replace(SEP, "__") + ".safetensors")
 
 
 def write_record(out_dir: str, run: Run, record: Mapping[str, Any]) -> None:
@@ -245,7 +242,7 @@ def write_record(out_dir: str, run: Run, record: Mapping[str, Any]) -> None:
 def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_workdir: bool = False,
             keep_params: bool = False) -> dict:
   """Trains (unless 'base' or 'test') and evaluates one run; writes and returns its record. `keep_params`: also
-  leaves the trained params at kept_params_path, which the test phase does not clean up."""
+  leaves the trained params at params_path(..., folder='kept')."""
   import jax
   from grow_jax import formats
   from grow_jax.formats import params_file
@@ -301,7 +298,7 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   if run.phase == "sweep":
     params_file.save_params_file(params_path(workdir_root, study, run), model_config, params)
   if keep_params and run.method != "base":
-    params_file.save_params_file(kept_params_path(workdir_root, study, run), model_config, params)
+    params_file.save_params_file(params_path(workdir_root, study, run, "kept"), model_config, params)
   write_record(out_dir, run, record)
   if not keep_workdir:
     files.remove_tree(workdir)
