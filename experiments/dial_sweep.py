@@ -8,7 +8,8 @@ scored on a new-task evaluation and a retention evaluation at each alpha -> JSON
       --new_task=smoke_ppl/perplexity --retention=smoke_kl/kl --out=/tmp/dial_tiny        # plumbing
 
 --workdir is a trainer workdir of a grown run (G-Freeze, G-Train; every grown layer with the same number k of
-branches) or a grow_jax params file of one (`*.safetensors`, e.g. a study's `--keep_params` run; then --base is
+branches; an ungrown run such as SFT is moved by weight interpolation instead, base + u (trained - base), the
+dial's control) or a grow_jax params file of one (`*.safetensors`, e.g. a study's `--keep_params` run; then --base is
 required); the base weights are its config.json's init source (with its seed and model overrides) unless
 --base names them (a checkpoint source or a params file). --multiples are alpha x k: 0 (the original model, exact), 0.25 .. 1 (1 = the trained model,
 exact), above 1 (the copies amplified). --new_task / --retention are '<evaluation entry>/<metric>' of the one
@@ -27,6 +28,9 @@ from typing import Any, Mapping, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
 from grow_jax import files, formats  # noqa: E402
 from grow_jax.errors import ConfigError, GrowJaxError  # noqa: E402
 from grow_jax.evaluation import registry  # noqa: E402
@@ -43,12 +47,29 @@ def branch_count(config) -> int:
   return counts.pop()
 
 
+def move(config, params, base_params, u: float):
+  """The trained model moved to u (0 = the untrained model, 1 = the trained one): a grown model by the dial
+  (alpha = u / k, growth.operators.dial); an ungrown one (SFT, MLP-only SFT, L2-SP, EWC) by interpolating every
+  weight, base + u (trained - base) (WiSE-FT, Wortsman et al. 2022), the control for the dial."""
+  if growth.grown_layers(config):
+    return growth.dial(config, params, u / branch_count(config), base_params)
+  if jax.tree.structure(params) != jax.tree.structure(base_params):
+    raise ConfigError("dial_sweep: an ungrown model is interpolated toward its base weights, which need the same "
+                      "parameter tree (a LoRA or other adapter run has extra leaves: merge it first)")
+  if u in (0, 1):                                    # the exact ends: the base weights, the trained ones
+    return params if u == 1 else jax.tree.map(lambda b, p: jnp.asarray(b, p.dtype), base_params, params)
+  w = jnp.float32(u)
+  return jax.tree.map(lambda b, p: (b.astype(jnp.float32) + w * (p.astype(jnp.float32) - b.astype(jnp.float32))
+                                    ).astype(p.dtype), base_params, params)
+
+
 def sweep(config, params, base_params, multiples: Sequence[float], evals: Mapping[str, Any]) -> list[dict[str, float]]:
-  """One row per multiple u: {'multiple': u, 'alpha': u / k, '<entry>/<metric>': value, ...}."""
-  k = branch_count(config)
+  """One row per multiple u: {'multiple': u, 'alpha': u / k, '<entry>/<metric>': value, ...} (k = 1: an ungrown
+  model, interpolated)."""
+  k = branch_count(config) if growth.grown_layers(config) else 1
   rows = []
   for u in multiples:
-    dialed = growth.dial(config, params, u / k, base_params)
+    dialed = move(config, params, base_params, u)
     row = {"multiple": float(u), "alpha": float(u) / k}
     for name, fn in evals.items():
       row.update({f"{name}/{m}": float(v) for m, v in fn(dialed).items()})
@@ -127,7 +148,7 @@ def run(workdir: str, *, new_task: str, retention: str, extra: Sequence[str] = (
     if spec not in rows[0]:
       raise ConfigError(f"dial_sweep: {spec!r} is not among the metrics {sorted(k for k in rows[0] if '/' in k)}")
   result = {"workdir": os.fspath(workdir), "step": meta["step"], "method": meta["method"]["name"], "base": source,
-            "k": branch_count(config), "new_task": new_task, "retention": retention, "rows": rows}
+            "k": branch_count(config) if growth.grown_layers(config) else 1, "new_task": new_task, "retention": retention, "rows": rows}
   if out:
     files.write_text(out + ".json", json.dumps(result, indent=1, sort_keys=True) + "\n")
     name = os.path.basename(os.fspath(workdir).rstrip("/"))
