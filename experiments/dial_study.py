@@ -74,8 +74,8 @@ class Scorer:
     from grow_jax.model.tokenizer import load_tokenizer
     self.config, _ = runs.run_config(study, runs.Run(task, "base", (), study.spec.seeds[0], "base"), "")
     self.tokenizer = load_tokenizer(self.config.data.tokenizer or self.config.init.source)
-    self.base_params = formats.load_checkpoint(self.config.init.source, seed=self.config.seed,
-                                               **config_lib.model_overrides(self.config))[1]
+    self.base = formats.load_checkpoint(self.config.init.source, seed=self.config.seed,
+                                        **config_lib.model_overrides(self.config))
     self._loaded: tuple[str, object, object] | None = None
 
   def __call__(self, path: str, u: float, entries) -> dict[str, float]:
@@ -83,8 +83,8 @@ class Scorer:
     if self._loaded is None or self._loaded[0] != path:
       self._loaded = (path, *params_file.load_params_file(path))
     _, model_config, params = self._loaded
-    moved = dial_sweep.move(model_config, params, self.base_params, u)
-    return runs.evaluate(entries, self.config, model_config, moved, self.tokenizer)
+    moved = dial_sweep.move(model_config, params, self.base[1], u)
+    return runs.evaluate(entries, self.config, model_config, moved, self.tokenizer, base_model=lambda: self.base)
 
 
 def run(study_text: str, results: str, kept: Sequence[str], task: str, methods: Sequence[str], out: str, *,
@@ -109,17 +109,25 @@ def run(study_text: str, results: str, kept: Sequence[str], task: str, methods: 
   rundir = os.path.join(out, "runs")
   scorer = None
 
-  def scored(name: str, path: str, u: float, entries, head: dict) -> dict:
+  def scored(method: str, run: runs.Run, u: float, phase: str) -> dict | None:
+    """The record of `run`'s kept params moved to u and scored on the phase's sets (scored now unless recorded);
+    None when it is neither recorded nor kept."""
     nonlocal scorer
+    name = record_name(task, method, u, run.seed, phase)
     target = os.path.join(rundir, name)
     if files.as_path(target).exists():
       return json.loads(files.as_path(target).read_text())
+    path = kept_params(study, run, kept)
+    if path is None:
+      return None
     scorer = scorer or Scorer(study, task)
     t0 = time.time()
     log(f"scoring {name} ({path})")
-    final = scorer(path, u, entries)
-    record = {**head, "final": final, "seconds": time.time() - t0, "params": os.path.basename(path),
-              "commit": runs.git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    final = scorer(path, u, spec.validation_eval[task] if phase == "validation" else spec.test_eval[task])
+    record = {"task": task, "method": method, "u": u, "seed": run.seed, "phase": phase,
+              "hparams": [*selected[(task, method)]["hparams"], ["u", u]], "final": final,
+              "seconds": time.time() - t0, "params": os.path.basename(path), "commit": runs.git_commit(),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     files.write_text(target, json.dumps(record, indent=1, sort_keys=True) + "\n")
     log(f"recorded {name} ({record['seconds'] / 60:.1f} min)")
     return record
@@ -130,15 +138,12 @@ def run(study_text: str, results: str, kept: Sequence[str], task: str, methods: 
     point = tuple(tuple(kv) for kv in pick["hparams"])
     first = runs.Run(task, method, point, spec.seeds[0], "sweep")
     curve = [(0.0, base), (1.0, pick)]
-    path = kept_params(study, first, kept)
     for u in multiples:
-      name = record_name(task, method, u, first.seed, "validation")
-      if path is None and not files.as_path(os.path.join(rundir, name)).exists():
+      record = scored(method, first, u, "validation")
+      if record is None:
         raise ConfigError(f"--kept={','.join(kept)}: no params file of {first.id} (the study's --keep_params); "
                           "its validation curve needs it")
-      head = {"task": task, "method": method, "u": u, "seed": first.seed, "phase": "validation",
-              "hparams": [*pick["hparams"], ["u", u]]}
-      curve.append((u, scored(name, path, u, spec.validation_eval[task], head)))
+      curve.append((u, record))
     curves[method] = sorted(curve, key=lambda c: c[0])
     chosen[method] = choose_u([(u, r["final"][score]) for u, r in curves[method]], threshold)
     log(f"{method}: u* = {chosen[method]:g} (validation {score} >= {threshold:.4g})")
@@ -149,14 +154,11 @@ def run(study_text: str, results: str, kept: Sequence[str], task: str, methods: 
         if study_run.id in records:
           tested[method].append(records[study_run.id])
         continue
-      name = record_name(task, method, chosen[method], seed, "test")
-      path = kept_params(study, study_run, kept)
-      if path is None and not files.as_path(os.path.join(rundir, name)).exists():
-        log(f"skipped {name}: no kept params of {study_run.id}")
+      record = scored(method, study_run, chosen[method], "test")
+      if record is None:
+        log(f"skipped {record_name(task, method, chosen[method], seed, 'test')}: no kept params of {study_run.id}")
         continue
-      head = {"task": task, "method": method, "u": chosen[method], "seed": seed, "phase": "test",
-              "hparams": [*pick["hparams"], ["u", chosen[method]]]}
-      tested[method].append(scored(name, path, chosen[method], spec.test_eval[task], head))
+      tested[method].append(record)
   return write_report(study, records, selected, task, curves, chosen, tested, out, score=score, threshold=threshold,
                       reference=reference, margin=margin)
 

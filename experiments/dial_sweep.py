@@ -40,10 +40,11 @@ MULTIPLES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 
 
 def branch_count(config) -> int:
-  """k: the number of MLP branches of every grown layer (the dial's alpha = multiple / k)."""
-  counts = {len(config.layer_mlp_branches(i)) for i in growth.grown_layers(config)}
+  """k: the number of MLP branches of every grown layer (the dial's alpha = multiple / k); 1 for an ungrown
+  model (moved by weight interpolation)."""
+  counts = {len(config.layer_mlp_branches(i)) for i in growth.grown_layers(config)} or {1}
   if len(counts) != 1:
-    raise ConfigError(f"dial_sweep: grown layers have branch counts {sorted(counts) or 'none'}; expected one k >= 2")
+    raise ConfigError(f"dial_sweep: grown layers have branch counts {sorted(counts)}; expected one k >= 2")
   return counts.pop()
 
 
@@ -51,8 +52,9 @@ def move(config, params, base_params, u: float):
   """The trained model moved to u (0 = the untrained model, 1 = the trained one): a grown model by the dial
   (alpha = u / k, growth.operators.dial); an ungrown one (SFT, MLP-only SFT, L2-SP, EWC) by interpolating every
   weight, base + u (trained - base) (WiSE-FT, Wortsman et al. 2022), the control for the dial."""
-  if growth.grown_layers(config):
-    return growth.dial(config, params, u / branch_count(config), base_params)
+  k = branch_count(config)
+  if k > 1:
+    return growth.dial(config, params, u / k, base_params)
   if jax.tree.structure(params) != jax.tree.structure(base_params):
     raise ConfigError("dial_sweep: an ungrown model is interpolated toward its base weights, which need the same "
                       "parameter tree (a LoRA or other adapter run has extra leaves: merge it first)")
@@ -66,7 +68,7 @@ def move(config, params, base_params, u: float):
 def sweep(config, params, base_params, multiples: Sequence[float], evals: Mapping[str, Any]) -> list[dict[str, float]]:
   """One row per multiple u: {'multiple': u, 'alpha': u / k, '<entry>/<metric>': value, ...} (k = 1: an ungrown
   model, interpolated)."""
-  k = branch_count(config) if growth.grown_layers(config) else 1
+  k = branch_count(config)
   rows = []
   for u in multiples:
     dialed = move(config, params, base_params, u)
@@ -148,7 +150,7 @@ def run(workdir: str, *, new_task: str, retention: str, extra: Sequence[str] = (
     if spec not in rows[0]:
       raise ConfigError(f"dial_sweep: {spec!r} is not among the metrics {sorted(k for k in rows[0] if '/' in k)}")
   result = {"workdir": os.fspath(workdir), "step": meta["step"], "method": meta["method"]["name"], "base": source,
-            "k": branch_count(config) if growth.grown_layers(config) else 1, "new_task": new_task, "retention": retention, "rows": rows}
+            "k": branch_count(config), "new_task": new_task, "retention": retention, "rows": rows}
   if out:
     files.write_text(out + ".json", json.dumps(result, indent=1, sort_keys=True) + "\n")
     name = os.path.basename(os.fspath(workdir).rstrip("/"))

@@ -205,13 +205,15 @@ def git_commit() -> str:
     return "unknown"
 
 
-def evaluate(entries, config, model_config, params, tokenizer) -> dict[str, float]:
-  """Evaluations [[entry, limit], ...] of (model_config, params): {'<entry>/<metric>': value}."""
+def evaluate(entries, config, model_config, params, tokenizer, base_model=None) -> dict[str, float]:
+  """Evaluations [[entry, limit], ...] of (model_config, params): {'<entry>/<metric>': value}. `base_model`:
+  () -> (config, params) of the untrained model, for a caller that holds it (default: loaded from
+  config.init.source when an entry first needs it)."""
   from grow_jax import formats
   from grow_jax.evaluation import registry
   base_cache = {}
 
-  def base_model():
+  def load_base():
     if "model" not in base_cache:
       base_cache["model"] = formats.load_checkpoint(config.init.source, seed=config.seed,
                                                     **config_lib.model_overrides(config))
@@ -221,7 +223,7 @@ def evaluate(entries, config, model_config, params, tokenizer) -> dict[str, floa
   for entry, limit in entries:
     ctx = registry.EvalContext(model_config, tokenizer=tokenizer, limit=limit, batch_size=config.eval.batch_size,
                                max_len=config.eval.max_len, max_new_tokens=config.eval.max_new_tokens,
-                               base_model=base_model, base_id=config.init.source)
+                               base_model=base_model or load_base, base_id=config.init.source)
     metrics = registry.build(entry, ctx)(params)
     out.update({f"{entry}/{k}": float(v) for k, v in metrics.items()})
   return out
