@@ -3,6 +3,7 @@ each finished run is one JSON, and a re-run with every JSON present trains nothi
 results."""
 
 import hashlib
+import json
 import math
 import os
 
@@ -126,3 +127,101 @@ def test_smoke_study_end_to_end_then_a_rerun_trains_nothing(tmp_path):
   again = runs.load_records(out)
   report.write_report(study, again, runs.selections(study, again), out)
   assert _digest(out) == first                                             # byte-identical tables and plots
+
+
+BORROWER = '''
+import importlib.util
+_spec = importlib.util.spec_from_file_location("smoke_study", {path!r})
+smoke = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(smoke)
+
+
+def get_config(arg=None):
+  c = smoke.get_config("smoke")
+  c.batch_size += {extra_batch}
+  return c
+
+
+def get_study(arg=None):
+  s = smoke.get_study("smoke")
+  s.update(name="borrower", curves=None, borrow={{m: [{study!r}, {out!r}, m] for m in ("base", "sft")}})
+  s["validation_eval"] = {{"translation": [["gettext_en_fr:validation", {limit}], ["capitals_gen:validation", 4]]}}
+  return s
+
+
+select = smoke.select
+'''
+
+
+def _borrower(tmp_path, out, extra_batch=0, limit=4):
+  path = tmp_path / f"borrower_{extra_batch}_{limit}.py"
+  path.write_text(BORROWER.format(path=SMOKE.rsplit(":", 1)[0], study=SMOKE, out=out, extra_batch=extra_batch,
+                                  limit=limit))
+  return runs.load_study(str(path))
+
+
+def _done_smoke_study(out):
+  """The smoke study's records as if it had run (fabricated: no training), written under `out`."""
+  study = runs.load_study(SMOKE)
+  val = {"gettext_en_fr:validation/chrf": 5.0, "capitals_gen:validation/exact_match_norm": 0.5}
+  test = {"gettext_en_fr:test_heldout/chrf": 7.0, "stdlib_text:test/kl": 0.1}
+  base, low, high = runs.pending(study, {})
+  records = {base.id: _record(base, **val, **test), low.id: _record(low, **val),
+             high.id: _record(high, **{**val, "gettext_en_fr:validation/chrf": 9.0}, **test)}
+  (seed1,) = [r for r in runs.pending(study, records) if r.phase == "seeds"]
+  records[seed1.id] = _record(seed1, **val, **test)
+  for run_id, record in records.items():
+    runs.write_record(out, runs.Run(record["task"], record["method"], tuple(map(tuple, record["hparams"])),
+                                    record["seed"], record["phase"]), record)
+  return records
+
+
+def test_a_borrowed_run_is_copied_from_its_identical_twin_without_training(tmp_path, monkeypatch):
+  from grow_jax.train import loop
+  monkeypatch.setattr(loop, "train_and_evaluate", lambda *a, **k: pytest.fail("a borrowed run trained"))
+  theirs = _done_smoke_study(str(tmp_path / "theirs"))
+  study, out = _borrower(tmp_path, str(tmp_path / "theirs")), str(tmp_path / "mine")
+  assert runs.run_all(study, out, str(tmp_path / "wd"), only="translation/[bs]*") == 5    # base, 2 sweeps, test, seed 1
+  mine = runs.load_records(out)
+  assert sorted(mine) == sorted(theirs)
+  for run_id, record in mine.items():
+    assert record["borrowed_from"] == f"forgetting_smoke:{run_id}" and record["seconds"] == 0.0
+    assert record["study"] == "borrower"
+  selected = "translation/sft/learning_rate=0.003/seed=0"
+  assert mine[selected]["final"] == theirs[selected]["final"]                     # the test phase borrowed too
+  assert mine[selected]["borrowed_test_from"] == f"forgetting_smoke:{selected}"
+  unselected = "translation/sft/learning_rate=0.001/seed=0"
+  assert mine[unselected]["final"] == theirs[unselected]["final"]
+  assert report.cost_lines(mine)[0].startswith("Runs: 4 (4 borrowed from another study's identical runs")
+
+
+def test_a_borrow_refuses_a_twin_that_trains_differently_or_is_scored_on_other_sets(tmp_path):
+  theirs = str(tmp_path / "theirs")
+  _done_smoke_study(theirs)
+  run = runs.pending(runs.load_study(SMOKE), {})[1]
+  with pytest.raises(ConfigError, match=r"configs differ in \['batch_size'\]"):
+    runs.borrowed_record(_borrower(tmp_path, theirs, extra_batch=1), run, str(tmp_path / "mine"))
+  with pytest.raises(ConfigError, match="gettext_en_fr:validation is scored on 5 examples here and on 4 there"):
+    runs.borrowed_record(_borrower(tmp_path, theirs, limit=5), run, str(tmp_path / "mine"))
+  missing = runs.Run(run.task, run.method, run.hparams, 2, "seeds")             # no twin: trained here
+  assert runs.borrowed_record(_borrower(tmp_path, theirs), missing, str(tmp_path / "mine")) is None
+
+
+def test_periodic_evaluations_change_nothing_in_training(tmp_path, tiny_config):
+  """What borrowing relies on: a run with learning curves trains the same params as one without."""
+  import jax
+  import numpy as np
+  from grow_jax.train import checkpointing, loop
+  trained = []
+  for every in (2, 0):
+    config = tiny_config("mode=g_freeze,steps=4,layers_n=1,seq_len=16")
+    config.eval_every_steps = every
+    config.eval.at_start = bool(every)
+    if not every:
+      config.eval.tasks = ()
+    loop.train_and_evaluate(config, str(tmp_path / f"every{every}"))
+    trained.append(checkpointing.load_trained_params(str(tmp_path / f"every{every}"))[1])
+  lines = (tmp_path / "every2" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in lines if '"eval/' in line] == [0, 2, 4]
+  with_curves, without = (jax.tree_util.tree_leaves(jax.device_get(p)) for p in trained)
+  assert len(with_curves) == len(without) and all(np.array_equal(a, b) for a, b in zip(with_curves, without))

@@ -52,3 +52,17 @@ def test_targeted_study_runs_build_valid_configs(tmp_path):
       assert [len(mc.layer_mlp_branches(i)) for i in range(6)] == [1, 2, 1, 2, 1, 1]
   with pytest.raises(ConfigError, match="give plan=<growth-plan JSON> and lr="):
     runs.load_study(f"{STUDY}:variant=smoke")
+
+
+def test_the_cpu_variant_borrows_runs_that_train_exactly_like_the_forgetting_studys():
+  plan = os.path.join(ROOT, "experiments", "results", "plans", "translation_sft_lr3e-05.json")
+  study = runs.load_study(f"{STUDY}:plan={plan},lr=0.0001")
+  forgetting = runs.load_study(os.path.join(ROOT, "experiments", "studies", "forgetting_270m.py"))
+  assert {m: twin for m, (_, _, twin) in study.spec.borrow.items()} == {
+      "base": "base", "g_freeze_all": "g_freeze", "g_train": "g_train"}
+  for run in runs.pending(study, {}):
+    if run.method in study.spec.borrow:
+      twin = runs.Run(run.task, study.spec.borrow[run.method][2], run.hparams, run.seed, run.phase)
+      assert runs.training_config(study, run) == runs.training_config(forgetting, twin)
+  assert study.spec.seeded_methods == ["g_freeze_all"] + [f"g_freeze_{n}_{b}" for b in ("third", "half")
+                                                         for n in ("plan", "lowest", "random")]

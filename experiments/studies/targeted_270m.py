@@ -8,10 +8,13 @@ lowest-ranked layers at the same budget; plus the growth ablations.
 Args after ':' — plan (a growth-plan JSON of `python -m grow_jax.growth.plan` on a pilot SFT run of the same
 model and task; required), lr (the learning rate every method uses, e.g. the forgetting study's selected G-Freeze
 rate; required), attn_lr (g_freeze_attn's rate, 0 = lr), noise (G-Train's noise_scale in the noise ablation),
-variant (cpu | smoke), seed (of the random layer draw).
+variant (cpu | smoke), seed (of the random layer draw), borrow (the forgetting study's results directory,
+default experiments/results/forgetting_270m:
+its base, G-Freeze and G-Train runs at this lr are the same runs as 'base', 'g_freeze_all' and 'g_train' here,
+copied from there once the runner has checked their configs are equal; '' = train them here too).
 
 Protocol (variant 'cpu'; everything else as experiments/studies/forgetting_270m.py: Gemma 3 270M f32, offline
-English->French gettext_en_fr, 120 steps of 8 x 64 packed tokens, the same final test sets):
+English->French gettext_en_fr, 100 steps of 8 x 64 packed tokens, the same final test sets):
   * Layer sets, all from the plan's scores (criterion as the plan says) and its budget rule (the largest prefix
     of the ranking within a share of ALL-LAYER G-Freeze's trainable count): 'plan' = top-ranked layers at
     ~1/3 and ~1/2 of that count; 'lowest' = as many lowest-ranked layers; 'random' = as many layers drawn
@@ -20,8 +23,10 @@ English->French gettext_en_fr, 120 steps of 8 x 64 packed tokens, the same final
   * Ablations, on all layers: g_freeze_norms (G-Freeze + the grown layers' post-FFW norm scales); g_freeze_attn
     (attention heads grown x2 instead of the MLPs, only the new heads train); G-Freeze with growth factor 3 and
     4; G-Train without and with symmetry-breaking noise.
-  * One learning rate for all (given), 3 seeds each (data order, noise draws); no selection. Scores: the
-    final test sets of the forgetting study; paired differences against g_freeze_all.
+  * One learning rate for all (given); no selection. The layer-set arms and g_freeze_all with 3 seeds (data
+    order, random draws), the ablations with seed 0 only. Runs go all-layer and plan-ranked first, then lowest
+    and random, then the ablations. Scores: the final test sets of the forgetting study; paired differences
+    against g_freeze_all.
 """
 
 import importlib.util
@@ -41,7 +46,8 @@ RULES = {"plan": "top", "lowest": "bottom", "random": "random"}
 
 
 def _args(arg):
-  a = cu.parse_arg(arg, plan="", lr=0.0, attn_lr=0.0, noise=0.01, variant="cpu", seed=0)
+  a = cu.parse_arg(arg, plan="", lr=0.0, attn_lr=0.0, noise=0.01, variant="cpu", seed=0,
+                   borrow=os.path.join(_HERE, os.pardir, "results", "forgetting_270m"))
   if a.variant not in ("cpu", "smoke"):
     raise ConfigError(f"study arg variant={a.variant!r}: expected 'cpu' or 'smoke'")
   return a
@@ -95,9 +101,16 @@ def get_study(arg=None):
   s.tasks = {"translation": {"data.task": "gettext_en_fr"}}
   s.methods = methods
   s.grids = grids
+  arms = ["g_freeze_all"] + [f"g_freeze_{name}" for name in sets]
   s.seeds = [0, 1, 2] if a.variant == "cpu" else [0]
-  s.seeded_methods = list(methods)
+  s.seeded_methods = arms
   s.task_methods = {"translation": list(methods)}
+  s.order = [["translation", ["g_freeze_all", "g_freeze_plan_third", "g_freeze_plan_half"]],
+             ["translation", arms], ["translation", list(methods)]]
+  if a.borrow and a.variant == "cpu":
+    forgetting_study = os.path.join(_HERE, "forgetting_270m.py")
+    s.borrow = {m: [forgetting_study, a.borrow, twin] for m, twin in
+                (("base", "base"), ("g_freeze_all", "g_freeze"), ("g_train", "g_train"))}
   s.validation_eval = {"translation": base["validation_eval"]["translation"]}
   s.test_eval = {"translation": base["test_eval"]["translation"]}
   s.curves = None

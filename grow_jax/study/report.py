@@ -234,10 +234,15 @@ def cost_lines(records: Mapping[str, dict]) -> list[str]:
   total = sum(r["seconds"] for r in rs)
   train = sum(r["train_seconds"] for r in rs)
   evals = sum(r["eval_seconds"] + r.get("test_seconds", 0.0) for r in rs)
-  lines = [f"Runs: {len(rs)}; wall time in total {total / 3600:.2f} h (training {train / 3600:.2f} h, final "
+  borrowed = [r for r in rs if r.get("borrowed_from")]
+  lines = [f"Runs: {len(rs)}" + (f" ({len(borrowed)} borrowed from another study's identical runs, costing "
+                                  "nothing here)" if borrowed else "")
+           + f"; wall time in total {total / 3600:.2f} h (training {train / 3600:.2f} h, final "
            f"evaluations {evals / 3600:.2f} h)."]
   by_method: dict[str, list[float]] = {}
   for r in rs:
+    if r.get("borrowed_from"):
+      continue
     by_method.setdefault(r["method"], []).append(r["seconds"])
   lines.append("Mean wall time per run: " + ", ".join(f"{m} {np.mean(v) / 60:.1f} min" for m, v in sorted(by_method.items())) + ".")
   return lines

@@ -12,6 +12,11 @@ A study file (see experiments/studies/) defines
     select(task, method, runs, reference) -> run   the rule, fixed in advance, that picks a grid point on
                       validation (reference: the task's 'base' record and the records selected so far)
 
+A study may also declare `borrow` {method: [study file[:arg], out dir, method there]}: a run of that method
+(or 'base') whose twin in the other study is done is copied from the twin's record instead of trained again,
+once the runner has checked that the two runs' training configs are equal (periodic evaluations aside) and
+that they are scored on the same sets; a borrowed record says so ('borrowed_from') and costs nothing here.
+
 Phases: 'sweep' (every grid point, seed = seeds[0], scored on the validation sets only; its trained params are
 kept as a params file until the method's selection); selection (`select`, validation metrics only); 'test'
 (the selected sweep run scored on the test sets, once); 'seeds' (the selected grid point of each seeded method
@@ -89,6 +94,7 @@ class StudySpec:
   report: dict[str, dict] = dataclasses.field(default_factory=dict)
   description: str = ""
   order: list = dataclasses.field(default_factory=list)    # [[task, [methods]], ...]: run these blocks first
+  borrow: dict[str, list] = dataclasses.field(default_factory=dict)   # method -> [study, out dir, method there]
 
 
 @dataclasses.dataclass
@@ -241,6 +247,78 @@ def write_record(out_dir: str, run: Run, record: Mapping[str, Any]) -> None:
   files.write_text(os.path.join(out_dir, "runs", run.file_name), json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
+# Periodic evaluations (learning curves) read the params and change nothing in training.
+_CURVE_KEYS = ("eval.tasks", "eval_every_steps", "eval.max_examples", "eval.at_start")
+
+
+def training_config(study: Study, run: Run) -> dict[str, Any]:
+  """The run's config as flat {dotted key: value}, without the periodic-evaluation keys."""
+  config, _ = run_config(study, run, "")
+  flat = {}
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      if isinstance(value, Mapping):
+        walk(prefix + key + ".", value)
+      else:
+        flat[prefix + key] = value
+  walk("", config.to_dict())
+  return {k: v for k, v in flat.items() if k not in _CURVE_KEYS}
+
+
+def _scored_entries(study: Study, run: Run) -> list[tuple[str, int]]:
+  """The (entry, limit) pairs a run's phase adds to its record."""
+  spec = study.spec
+  if run.phase == "test":
+    return [tuple(e) for e in spec.test_eval[run.task]]
+  tests = [] if run.phase == "sweep" else spec.test_eval[run.task]
+  return [tuple(e) for e in list(spec.validation_eval[run.task]) + list(tests)]
+
+
+def borrowed_record(study: Study, run: Run, out_dir: str) -> dict | None:
+  """The run's record copied from its done twin in the study it is borrowed from (see the module docstring),
+  or None (not borrowed, or the twin is not done, diverged, or lacks an evaluation this phase needs)."""
+  source = study.spec.borrow.get(run.method)
+  if source is None:
+    return None
+  where = f"study {study.name}: borrow[{run.method!r}] = {list(source)}"
+  if not (isinstance(source, (list, tuple)) and len(source) == 3):
+    raise ConfigError(f"{where}: expected [study file[:arg], out dir, method there]")
+  path, other_out, method = source
+  other = load_study(path)
+  twin = Run(run.task, method, run.hparams, run.seed, "sweep" if run.phase == "test" else run.phase)
+  theirs = load_records(other_out).get(twin.id)
+  if theirs is None or theirs.get("diverged"):
+    return None
+  mine, their_config = training_config(study, run), training_config(other, twin)
+  differ = sorted(k for k in set(mine) | set(their_config) if mine.get(k) != their_config.get(k))
+  if differ:
+    raise ConfigError(f"{where}: {run.id} and {twin.id} would train differently: their configs differ in "
+                      f"{differ}")
+  limits = {e: n for e, n in list(other.spec.validation_eval.get(run.task, []))
+            + list(other.spec.test_eval.get(run.task, []))}
+  entries = _scored_entries(study, run)
+  for entry, limit in entries:
+    if entry in limits and limits[entry] != limit:
+      raise ConfigError(f"{where}: {entry} is scored on {limit} examples here and on {limits[entry]} there")
+  final = {k: v for k, v in theirs["final"].items() if k.split("/", 1)[0] in dict(entries)}
+  if any(e not in limits or not any(k.startswith(e + "/") for k in final) for e, _ in entries):
+    return None
+  source_id = f"{other.name}:{twin.id}"
+  if run.phase == "test":
+    record = load_records(out_dir)[run.id]
+    record["final"].update(final)
+    record["test_seconds"] = 0.0
+    record["borrowed_test_from"] = source_id
+    return record
+  record = {k: v for k, v in theirs.items() if k != "curve"}
+  record.update(id=run.id, method=run.method, phase=run.phase, study=study.name, final=final,
+                borrowed_from=source_id, borrowed_seconds=theirs["seconds"], train_seconds=0.0,
+                eval_seconds=0.0, seconds=0.0)
+  record.pop("test_seconds", None)
+  return record
+
+
 def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_workdir: bool = False,
             keep_params: bool = False) -> dict:
   """Trains (unless 'base' or 'test') and evaluates one run; writes and returns its record. `keep_params`: also
@@ -251,6 +329,10 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   from grow_jax.model.tokenizer import load_tokenizer
   from grow_jax.train import loop
   from grow_jax.train.checkpointing import load_trained_params
+  borrowed = borrowed_record(study, run, out_dir)
+  if borrowed is not None:
+    write_record(out_dir, run, borrowed)
+    return borrowed
   config, workdir = run_config(study, run, workdir_root)
   tokenizer = load_tokenizer(config.data.tokenizer or config.init.source)
   spec = study.spec
