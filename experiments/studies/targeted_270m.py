@@ -1,20 +1,21 @@
 r"""Where to grow: G-Freeze on the layers a pilot ranks highest, against all layers, random layers and the
 lowest-ranked layers at the same budget; plus the growth ablations.
 
-  python -m grow_jax.study --study=experiments/studies/targeted_270m.py:plan=/tmp/grow_jax/plan_s0.json,lr=1e-4 \
-      --out=experiments/results/targeted_270m
+  python -m grow_jax.study --out=experiments/results/targeted_270m \
+      --study=experiments/studies/targeted_270m.py:plan=experiments/results/plans/translation_sft_lr3e-05.json,lr=1e-4
   python -m grow_jax.study --study=experiments/studies/targeted_270m.py:plan=...,lr=1e-4 --out=... --list
 
 Args after ':' — plan (a growth-plan JSON of `python -m grow_jax.growth.plan` on a pilot SFT run of the same
 model and task; required), lr (the learning rate every method uses, e.g. the forgetting study's selected G-Freeze
 rate; required), attn_lr (g_freeze_attn's rate, 0 = lr), noise (G-Train's noise_scale in the noise ablation),
 variant (cpu | smoke), seed (of the random layer draw), borrow (the forgetting study's results directory,
-default experiments/results/forgetting_270m:
-its base, G-Freeze and G-Train runs at this lr are the same runs as 'base', 'g_freeze_all' and 'g_train' here,
-copied from there once the runner has checked their configs are equal; '' = train them here too).
+default experiments/results/forgetting_270m: its base, G-Freeze and G-Train runs at this lr are the same runs as
+'base', 'g_freeze_all' and 'g_train' here, copied from there once the runner has checked their configs are
+equal; '' = train them here too).
 
-Protocol (variant 'cpu'; everything else as experiments/studies/forgetting_270m.py: Gemma 3 270M f32, offline
-English->French gettext_en_fr, 100 steps of 8 x 64 packed tokens, the same final test sets):
+Protocol (variant 'cpu'):
+  * As experiments/studies/forgetting_270m.py: Gemma 3 270M f32, offline English->French gettext_en_fr, 100
+    steps of 8 x 64 packed tokens, the same validation and final test sets.
   * Layer sets, all from the plan's scores (criterion as the plan says) and its budget rule (the largest prefix
     of the ranking within a share of ALL-LAYER G-Freeze's trainable count): 'plan' = top-ranked layers at
     ~1/3 and ~1/2 of that count; 'lowest' = as many lowest-ranked layers; 'random' = as many layers drawn

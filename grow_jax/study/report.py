@@ -244,7 +244,9 @@ def cost_lines(records: Mapping[str, dict]) -> list[str]:
     if r.get("borrowed_from"):
       continue
     by_method.setdefault(r["method"], []).append(r["seconds"])
-  lines.append("Mean wall time per run: " + ", ".join(f"{m} {np.mean(v) / 60:.1f} min" for m, v in sorted(by_method.items())) + ".")
+  if by_method:
+    lines.append("Mean wall time per run: " + ", ".join(f"{m} {np.mean(v) / 60:.1f} min"
+                                                        for m, v in sorted(by_method.items())) + ".")
   return lines
 
 
