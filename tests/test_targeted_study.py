@@ -38,10 +38,12 @@ def test_targeted_study_runs_build_valid_configs(tmp_path):
   assert spec["g_freeze_plan_half"]["growth.layers"] == "1,3,4"
   assert len(spec["g_freeze_random_half"]["growth.layers"].split(",")) == 3
   todo = runs.pending(study, {})
-  assert len(todo) == 1 + len(methods) and all(r.seed == 0 for r in todo)
+  arms = methods[:7]
+  assert len(todo) == 1 + 2 * len(arms) + len(methods[7:]) and all(r.seed == 0 for r in todo)   # arms: 2 rates
   for run in todo:
     config, _ = runs.run_config(study, run, str(tmp_path / "wd"))
-    assert config.optimizer.learning_rate == 0.001 or run.method == "base"
+    rates = (0.001, 0.003) if run.method in arms else (0.001,)
+    assert config.optimizer.learning_rate in rates or run.method == "base"
     config_lib.check(config)
     mc = setup.grown_model_config(config, setup.base_model_config(config))
     if run.method == "g_freeze_attn":
@@ -66,3 +68,24 @@ def test_the_cpu_variant_borrows_runs_that_train_exactly_like_the_forgetting_stu
       assert runs.training_config(study, run) == runs.training_config(forgetting, twin)
   assert study.spec.seeded_methods == ["g_freeze_all"] + [f"g_freeze_{n}_{b}" for b in ("third", "half")
                                                          for n in ("plan", "lowest", "random")]
+
+
+def test_each_layer_set_arm_is_tuned_on_validation_then_tested_and_seeded():
+  plan = os.path.join(ROOT, "experiments", "results", "plans", "translation_sft_lr3e-05.json")
+  study = runs.load_study(f"{STUDY}:plan={plan},lr=0.0001,borrow=")
+  assert study.spec.borrow == {}                                             # borrow='': every run trains here
+  todo = runs.pending(study, {})
+  sweep = [r for r in todo if r.method == "g_freeze_plan_third"]
+  assert [dict(r.hparams)["optimizer.learning_rate"] for r in sweep] == [1e-4, 3e-4, 1e-3]
+  assert [dict(r.hparams)["optimizer.learning_rate"] for r in todo if r.method == "g_freeze_all"] == [3e-5, 1e-4, 3e-4]
+  assert [len(r.hparams) for r in todo if r.method == "g_freeze_x3"] == [1]  # an ablation: the given rate only
+  final = lambda chrf: {"gettext_en_fr:validation/chrf": chrf, "capitals_gen:validation/exact_match_norm": 0.5}
+  records = {todo[0].id: {"id": todo[0].id, "hparams": [], "final": final(26.0)}}           # base
+  records.update({r.id: {"id": r.id, "hparams": [list(kv) for kv in r.hparams], "final": final(chrf)}
+                  for r, chrf in zip(sweep, (58.0, 60.0, 59.0))})
+  assert dict(runs.selections(study, records)[("translation", "g_freeze_plan_third")]["hparams"]) == {
+      "optimizer.learning_rate": 3e-4}                                       # the best validation chrF
+  nxt = [r.key for r in runs.pending(study, records) if r.method == "g_freeze_plan_third"]
+  assert nxt == ["translation/g_freeze_plan_third/learning_rate=0.0003/seed=0#test",
+                 "translation/g_freeze_plan_third/learning_rate=0.0003/seed=1",
+                 "translation/g_freeze_plan_third/learning_rate=0.0003/seed=2"]

@@ -6,8 +6,8 @@ lowest-ranked layers at the same budget; plus the growth ablations.
   python -m grow_jax.study --study=experiments/studies/targeted_270m.py:plan=...,lr=1e-4 --out=... --list
 
 Args after ':' — plan (a growth-plan JSON of `python -m grow_jax.growth.plan` on a pilot SFT run of the same
-model and task; required), lr (the learning rate every method uses, e.g. the forgetting study's selected G-Freeze
-rate; required), attn_lr (g_freeze_attn's rate, 0 = lr), noise (G-Train's noise_scale in the noise ablation),
+model and task; required), lr (the ablations' learning rate, e.g. the forgetting study's selected G-Freeze rate;
+required), attn_lr (g_freeze_attn's rate, 0 = lr), noise (G-Train's noise_scale in the noise ablation),
 variant (cpu | smoke), seed (of the random layer draw), borrow (the forgetting study's results directory,
 default experiments/results/forgetting_270m: its base, G-Freeze and G-Train runs at this lr are the same runs as
 'base', 'g_freeze_all' and 'g_train' here, copied from there once the runner has checked their configs are
@@ -24,10 +24,13 @@ Protocol (variant 'cpu'):
   * Ablations, on all layers: g_freeze_norms (G-Freeze + the grown layers' post-FFW norm scales); g_freeze_attn
     (attention heads grown x2 instead of the MLPs, only the new heads train); G-Freeze with growth factor 3 and
     4; G-Train without and with symmetry-breaking noise.
-  * One learning rate for all (given); no selection. The layer-set arms and g_freeze_all with 3 seeds (data
-    order, random draws), the ablations with seed 0 only. Runs go all-layer and plan-ranked first, then lowest
-    and random, then the ablations. Scores: the final test sets of the forgetting study; paired differences
-    against g_freeze_all.
+  * Learning rates tuned per arm, as in the forgetting study: a grid of 3 at seed 0 (layer-set arms 1e-4, 3e-4,
+    1e-3: fewer trainable layers may want a larger rate; g_freeze_all: the forgetting study's G-Freeze grid
+    3e-5, 1e-4, 3e-4), the point with the best VALIDATION chrF selected (its select rule), then scored once on
+    the test sets and run with seeds 1 and 2 (data order; the random layer draw is fixed). The ablations run at
+    the given rate (arg lr), seed 0 only: they say whether a variant is far off, not by how much.
+    Runs go all-layer and plan-ranked first, then lowest and random, then the ablations. Scores: the final test
+    sets of the forgetting study; paired differences against g_freeze_all.
 """
 
 import importlib.util
@@ -43,6 +46,7 @@ forgetting = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(forgetting)
 
 BUDGETS = {"third": 1 / 3, "half": 1 / 2}
+ARM_LRS = {"cpu": (1e-4, 3e-4, 1e-3), "smoke": (1e-3, 3e-3)}
 RULES = {"plan": "top", "lowest": "bottom", "random": "random"}
 
 
@@ -78,7 +82,7 @@ def get_study(arg=None):
   a = _args(arg)
   if not a.plan or a.lr <= 0:
     raise ConfigError(f"study args {arg!r}: give plan=<growth-plan JSON> and lr=<learning rate> (e.g. "
-                      "plan=/tmp/grow_jax/plan_s0.json,lr=1e-4)")
+                      "plan=experiments/results/plans/translation_sft_lr3e-05.json,lr=1e-4)")
   sets = layer_sets(a.plan, a.seed)
   g = {"train.mode": "g_freeze"}
   methods = {"g_freeze_all": dict(g)}
@@ -92,8 +96,11 @@ def get_study(arg=None):
       "g_train_noise": {"train.mode": "g_train", "growth.noise_scale": a.noise},
   })
   lr = "optimizer.learning_rate"
-  grids = {m: {lr: [(a.attn_lr or a.lr) if m == "g_freeze_attn" else a.lr]} for m in methods}
   base = forgetting.get_study(a.variant)
+  arms = ["g_freeze_all"] + [f"g_freeze_{name}" for name in sets]
+  grids = {m: {lr: [(a.attn_lr or a.lr) if m == "g_freeze_attn" else a.lr]} for m in methods}
+  grids["g_freeze_all"] = base["grids"].get("g_freeze") or {lr: list(ARM_LRS[a.variant])}   # smoke: no G-Freeze
+  grids.update({m: {lr: list(ARM_LRS[a.variant])} for m in arms[1:]})
   translation = base["report"]["translation"]
   s = types.SimpleNamespace()
   s.name = "targeted_270m" if a.variant == "cpu" else "targeted_smoke"
@@ -102,7 +109,6 @@ def get_study(arg=None):
   s.tasks = {"translation": {"data.task": "gettext_en_fr"}}
   s.methods = methods
   s.grids = grids
-  arms = ["g_freeze_all"] + [f"g_freeze_{name}" for name in sets]
   s.seeds = [0, 1, 2] if a.variant == "cpu" else [0]
   s.seeded_methods = arms
   s.task_methods = {"translation": list(methods)}
@@ -115,15 +121,16 @@ def get_study(arg=None):
   s.validation_eval = {"translation": base["validation_eval"]["translation"]}
   s.test_eval = {"translation": base["test_eval"]["translation"]}
   s.curves = None
-  s.report = {"translation": {"selection": "one learning rate for all, given", "reference": "g_freeze_all",
+  s.report = {"translation": {"selection": "max validation chrF (the ablations: one given rate)",
+                              "reference": "g_freeze_all", "validation": translation["validation"],
                               "metrics": translation["metrics"], "pareto": translation["pareto"]}}
   return vars(s)
 
 
 def select(task, method, runs, reference):
-  """One grid point per method: nothing to select."""
-  del task, method, reference
-  return runs[0]
+  """The forgetting study's rule, fixed before it ran: the grid point with the best VALIDATION chrF (ties: the
+  smaller rate); a one-point grid (the ablations) selects that point."""
+  return forgetting.select(task, method, runs, reference)
 
 
 def sweep():
