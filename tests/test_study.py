@@ -205,6 +205,9 @@ def test_a_borrow_refuses_a_twin_that_trains_differently_or_is_scored_on_other_s
     runs.borrowed_record(_borrower(tmp_path, theirs, limit=5), run, str(tmp_path / "mine"))
   missing = runs.Run(run.task, run.method, run.hparams, 2, "seeds")             # no twin: trained here
   assert runs.borrowed_record(_borrower(tmp_path, theirs), missing, str(tmp_path / "mine")) is None
+  selected = runs.Run(run.task, run.method, (("optimizer.learning_rate", 0.003),), 0, "test")
+  runs.write_record(str(tmp_path / "mine"), selected, _record(selected))     # its sweep run trained here ...
+  assert runs.borrowed_record(_borrower(tmp_path, theirs), selected, str(tmp_path / "mine")) is None  # ... so its test
 
 
 def test_periodic_evaluations_change_nothing_in_training(tmp_path, tiny_config):

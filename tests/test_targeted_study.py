@@ -34,12 +34,14 @@ def test_targeted_study_runs_build_valid_configs(tmp_path):
   assert set(methods[7:]) == {"g_freeze_norms", "g_freeze_attn", "g_freeze_x3", "g_freeze_x4", "g_train",
                               "g_train_noise"}
   spec = study.spec.methods
-  assert spec["g_freeze_plan_third"]["growth.layers"] == "1,3" and spec["g_freeze_lowest_third"]["growth.layers"] == "0,5"
+  assert spec["g_freeze_plan_third"]["growth.layers"] == "1,3"
+  assert spec["g_freeze_lowest_third"]["growth.layers"] == "0,5"
   assert spec["g_freeze_plan_half"]["growth.layers"] == "1,3,4"
   assert len(spec["g_freeze_random_half"]["growth.layers"].split(",")) == 3
   todo = runs.pending(study, {})
   arms = methods[:7]
-  assert len(todo) == 1 + 2 * len(arms) + len(methods[7:]) and all(r.seed == 0 for r in todo)   # arms: 2 rates
+  assert len(todo) == 1 + 2 * len(arms) + len(methods[7:])                # the arms: 2 rates each (smoke)
+  assert all(r.seed == 0 for r in todo)
   for run in todo:
     config, _ = runs.run_config(study, run, str(tmp_path / "wd"))
     rates = (0.001, 0.003) if run.method in arms else (0.001,)

@@ -285,6 +285,8 @@ def borrowed_record(study: Study, run: Run, out_dir: str) -> dict | None:
   if not (isinstance(source, (list, tuple)) and len(source) == 3):
     raise ConfigError(f"{where}: expected [study file[:arg], out dir, method there]")
   path, other_out, method = source
+  if run.phase == "test" and not load_records(out_dir)[run.id].get("borrowed_from"):
+    return None                            # trained here: scored here too
   other = load_study(path)
   twin = Run(run.task, method, run.hparams, run.seed, "sweep" if run.phase == "test" else run.phase)
   theirs = load_records(other_out).get(twin.id)
