@@ -266,8 +266,9 @@ def training_config(study: Study, run: Run) -> dict[str, Any]:
   return {k: v for k, v in flat.items() if k not in _CURVE_KEYS}
 
 
-def _scored_entries(study: Study, run: Run) -> list[tuple[str, int]]:
-  """The (entry, limit) pairs a run's phase adds to its record."""
+def scored_entries(study: Study, run: Run) -> list[tuple[str, int]]:
+  """The (entry, limit) pairs a run's phase adds to its record: validation for a sweep run, test for a test
+  run (its sweep record holds validation), both for a seed run and a base run."""
   spec = study.spec
   if run.phase == "test":
     return [tuple(e) for e in spec.test_eval[run.task]]
@@ -285,7 +286,8 @@ def borrowed_record(study: Study, run: Run, out_dir: str) -> dict | None:
   if not (isinstance(source, (list, tuple)) and len(source) == 3):
     raise ConfigError(f"{where}: expected [study file[:arg], out dir, method there]")
   path, other_out, method = source
-  if run.phase == "test" and not load_records(out_dir)[run.id].get("borrowed_from"):
+  swept = load_records(out_dir)[run.id] if run.phase == "test" else None
+  if swept is not None and not swept.get("borrowed_from"):
     return None                            # trained here: scored here too
   other = load_study(path)
   twin = Run(run.task, method, run.hparams, run.seed, "sweep" if run.phase == "test" else run.phase)
@@ -299,7 +301,7 @@ def borrowed_record(study: Study, run: Run, out_dir: str) -> dict | None:
                       f"{differ}")
   limits = {e: n for e, n in list(other.spec.validation_eval.get(run.task, []))
             + list(other.spec.test_eval.get(run.task, []))}
-  entries = _scored_entries(study, run)
+  entries = scored_entries(study, run)
   for entry, limit in entries:
     if entry in limits and limits[entry] != limit:
       raise ConfigError(f"{where}: {entry} is scored on {limit} examples here and on {limits[entry]} there")
@@ -307,12 +309,11 @@ def borrowed_record(study: Study, run: Run, out_dir: str) -> dict | None:
   if any(e not in limits or not any(k.startswith(e + "/") for k in final) for e, _ in entries):
     return None
   source_id = f"{other.name}:{twin.id}"
-  if run.phase == "test":
-    record = load_records(out_dir)[run.id]
-    record["final"].update(final)
-    record["test_seconds"] = 0.0
-    record["borrowed_test_from"] = source_id
-    return record
+  if swept is not None:
+    swept["final"].update(final)
+    swept["test_seconds"] = 0.0
+    swept["borrowed_test_from"] = source_id
+    return swept
   record = {k: v for k, v in theirs.items() if k != "curve"}
   record.update(id=run.id, method=run.method, phase=run.phase, study=study.name, final=final,
                 borrowed_from=source_id, borrowed_seconds=theirs["seconds"], train_seconds=0.0,
@@ -337,7 +338,6 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
     return borrowed
   config, workdir = run_config(study, run, workdir_root)
   tokenizer = load_tokenizer(config.data.tokenizer or config.init.source)
-  spec = study.spec
   t0 = time.time()
   if run.phase == "test":
     record = load_records(out_dir)[run.id]
@@ -347,7 +347,7 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
       params_file.save_params_file(stored, *load_trained_params(workdir)[:2])
       files.remove_tree(workdir)
     model_config, params = params_file.load_params_file(stored)
-    record["final"].update(evaluate(spec.test_eval[run.task], config, model_config, params, tokenizer))
+    record["final"].update(evaluate(scored_entries(study, run), config, model_config, params, tokenizer))
     record["test_seconds"] = time.time() - t0
     record["seconds"] += record["test_seconds"]
     write_record(out_dir, run, record)
@@ -375,10 +375,7 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
     record["curve"] = read_curve(workdir)
     model_config, params, _ = load_trained_params(workdir)
   t1 = time.time()
-  entries = list(spec.validation_eval[run.task])
-  if run.phase != "sweep":
-    entries += list(spec.test_eval[run.task])
-  record["final"] = evaluate(entries, config, model_config, params, tokenizer)
+  record["final"] = evaluate(scored_entries(study, run), config, model_config, params, tokenizer)
   record["eval_seconds"] = time.time() - t1
   record["seconds"] = time.time() - t0
   if run.phase == "sweep":
