@@ -6,6 +6,8 @@ import hashlib
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -41,6 +43,27 @@ def test_grid_selection_and_dependent_runs_without_training():
                  "translation/sft/learning_rate=0.003/seed=0#test",                 # the selected run, on test
                  "translation/sft/learning_rate=0.003/seed=1"]                      # the selected point, seed 1
   assert runs.pending(study, records, only="*/l2sp/*")[0].method == "l2sp"
+
+
+def test_list_prints_every_run_in_the_order_the_runner_takes_them_and_honours_only(tmp_path):
+  study = runs.load_study(SMOKE)
+  out = str(tmp_path / "out")
+  for run, chrf in zip(runs.pending(study, {}), (None, 5.0, 9.0)):      # base and sft's sweep done
+    final = {"capitals_gen:validation/exact_match_norm": 0.6}
+    if chrf is not None:
+      final["gettext_en_fr:validation/chrf"] = chrf
+    runs.write_record(out, run, _record(run, **final))
+  todo = [r.id for r in runs.pending(study, runs.load_records(out))]    # l2sp's sweep, sft's test, sft's seed 1
+
+  def listed(*args):
+    cli = subprocess.run([sys.executable, "-m", "grow_jax.study", f"--study={SMOKE}", f"--out={out}", "--list", *args],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    return [line.split() for line in cli.stdout.splitlines() if line.startswith(("done", "pending"))]
+
+  every = listed()
+  assert [state for state, _, _ in every] == ["done"] * 3 + ["pending"] * 3
+  assert [run_id for state, _, run_id in every if state == "pending"] == todo    # seeds after the test, not first
+  assert [run_id for _, _, run_id in listed("--only=*/sft/*")] == [run_id for _, _, run_id in every if "/sft/" in run_id]
 
 
 def test_the_sweep_table_shows_every_grid_point_on_validation_and_marks_the_pick():

@@ -23,7 +23,7 @@ from absl import app, flags
 _STUDY = flags.DEFINE_string("study", None, "Study file, path[:arg].")
 _OUT = flags.DEFINE_string("out", None, "Results directory (runs/, results.csv, results.md, plots).")
 _WORKDIRS = flags.DEFINE_string("workdir_root", "/tmp/grow_jax/studies", "Where run workdirs go (not committed).")
-_ONLY = flags.DEFINE_string("only", None, "Glob over run ids: run only these.")
+_ONLY = flags.DEFINE_string("only", None, "Glob over run ids: run (or --list) only these.")
 _MAX_RUNS = flags.DEFINE_integer("max_runs", None, "Stop after this many runs.")
 _LIST = flags.DEFINE_bool("list", False, "List the runs and their state; run nothing.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Regenerate the results from runs/; train nothing.")
@@ -54,7 +54,7 @@ def main(argv) -> None:
     if _LIST.value:
       records = runs.load_records(_OUT.value)
       selected = runs.selections(study, records)
-      for run in sorted(runs.expand(study, selected), key=lambda r: (runs.block(study, r), r.phase)):
+      for run in runs.in_run_order(study, runs.expand(study, selected), _ONLY.value):
         state = "done" if runs.is_done(run, records, study) else "pending"
         print(f"{state:8s} {run.phase:6s} {run.id}")
       print(f"{len(records)} done; selected: {sorted(f'{t}/{m}' for t, m in selected)}")

@@ -37,7 +37,7 @@ import logging
 import os
 import subprocess
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
 
@@ -464,15 +464,18 @@ def block(study: Study, run: Run) -> int:
   return len(study.spec.order)
 
 
-def pending(study: Study, records: Mapping[str, dict], only: str | None = None) -> list[Run]:
-  """The runs to do next, in order (by block; within a block base, sweeps, tests, seeds), `only` a glob over
-  run ids."""
-  selected = selections(study, records)
-  runs = [r for r in expand(study, selected) if not is_done(r, records, study)]
-  if only:
-    runs = [r for r in runs if fnmatch.fnmatch(r.id, only)]
+def in_run_order(study: Study, runs: Iterable[Run], only: str | None = None) -> list[Run]:
+  """`runs` in the order the runner takes them (by block; within a block base, sweeps, tests, seeds), only those
+  whose id matches the glob `only` when given."""
+  runs = [r for r in runs if not only or fnmatch.fnmatch(r.id, only)]
   phase = {"base": 0, "sweep": 1, "test": 2, "seeds": 3}
   return sorted(runs, key=lambda r: (block(study, r), phase[r.phase]))
+
+
+def pending(study: Study, records: Mapping[str, dict], only: str | None = None) -> list[Run]:
+  """The runs to do next, in order, `only` a glob over run ids."""
+  selected = selections(study, records)
+  return in_run_order(study, [r for r in expand(study, selected) if not is_done(r, records, study)], only)
 
 
 def run_all(study: Study, out_dir: str, workdir_root: str, *, only: str | None = None, max_runs: int | None = None,
