@@ -93,6 +93,26 @@ def test_a_diverged_grid_point_is_recorded_never_selected_and_blocks_nothing():
   assert ("translation", "sft") not in runs.selections(study, records)    # every point diverged: nothing to test
 
 
+@pytest.mark.parametrize("keep_workdir", [False, True])
+def test_a_diverged_run_is_recorded_and_keeps_its_workdir_only_when_asked(tmp_path, monkeypatch, keep_workdir):
+  from grow_jax.errors import TrainingDivergedError
+  from grow_jax.train import loop
+
+  def diverge(config, workdir):
+    os.makedirs(os.path.join(workdir, "checkpoints", "2"))
+    raise TrainingDivergedError("loss is not finite (nan) at step 3; last good checkpoint (step 2)")
+
+  monkeypatch.setattr(loop, "train_and_evaluate", diverge)
+  study = runs.load_study(SMOKE)
+  sweep = runs.pending(study, {})[1]
+  out, root = str(tmp_path / "out"), str(tmp_path / "wd")
+  record = runs.execute(study, sweep, out, root, keep_workdir=keep_workdir)
+  assert record["diverged"].startswith("loss is not finite") and record["final"] == {}
+  assert runs.load_records(out)[sweep.id]["diverged"] == record["diverged"]
+  workdir = runs.run_config(study, sweep, root)[1]
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "2")) == keep_workdir
+
+
 def test_test_sets_must_be_disjoint_from_what_selection_reads(tmp_path):
   study = tmp_path / "overlap.py"
   study.write_text(open(SMOKE.rsplit(":", 1)[0]).read().replace(

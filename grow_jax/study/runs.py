@@ -369,7 +369,8 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
       record.update(diverged=str(e), final={}, train_seconds=time.time() - t0, eval_seconds=0.0,
                     seconds=time.time() - t0)
       write_record(out_dir, run, record)
-      files.remove_tree(workdir)
+      if not keep_workdir:                   # --keep_workdirs: the last good checkpoint the error names stays
+        files.remove_tree(workdir)
       return record
     record["train_seconds"] = time.time() - t0
     record["curve"] = read_curve(workdir)
