@@ -137,6 +137,15 @@ def sweep_table(task: str, metrics: Sequence[tuple[str, str]], records: Mapping[
   return tables.markdown(header, rows) if rows else ""
 
 
+def _method_styles(methods: Sequence[str]) -> dict[str, dict]:
+  """A distinct (colour, marker) per method, the same in every figure of a study: tab10's colours first, then the
+  cycle again with another marker (14 methods with one colour cycle gave base and an ablation the same blue)."""
+  import matplotlib
+  colours, markers = matplotlib.colormaps["tab10"].colors, "osD^vP"
+  return {m: {"color": colours[i % len(colours)], "marker": markers[(i // len(colours)) % len(markers)]}
+          for i, m in enumerate(methods)}
+
+
 def sweep_plot(path: str, task: str, records: Mapping[str, dict], methods: Sequence[str], x: tuple[str, str],
                y: tuple[str, str], selected: Mapping[tuple[str, str], dict]) -> None:
   """Every grid point on the validation sets: new-task score (x) vs retention (y), a line per method through its
@@ -145,6 +154,7 @@ def sweep_plot(path: str, task: str, records: Mapping[str, dict], methods: Seque
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+  styles = _method_styles(methods)
   for method in ["base"] + list(methods):
     rs = sorted((r for r in _grid_records(records, task) if r["method"] == method
                  and x[1] in r["final"] and y[1] in r["final"]), key=_grid_key)
@@ -154,7 +164,7 @@ def sweep_plot(path: str, task: str, records: Mapping[str, dict], methods: Seque
     if method == "base":
       ax.plot(xs, ys, "k*", markersize=12, label="base (untrained)")
       continue
-    line, = ax.plot(xs, ys, "o-", label=method)
+    line, = ax.plot(xs, ys, "-", label=method, **styles[method])
     for r, xi, yi in zip(rs, xs, ys):
       ax.annotate(_hparams_text(r["hparams"]).replace("learning_rate=", "lr "), (xi, yi), textcoords="offset points",
                   xytext=(4, 4), fontsize=7)
@@ -170,6 +180,8 @@ def pareto_plot(path: str, task: str, grouped, methods: Sequence[str], x: tuple[
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+  styles = {"base": {"color": "k", "marker": "*", "markersize": 12},
+            **_method_styles(list(methods) + list(extra_curves or {}))}
   for method in ["base"] + list(methods):
     rs = grouped.get((task, method), [])
     xs = [r["final"][x[1]] for r in rs if x[1] in r["final"]]
@@ -177,11 +189,12 @@ def pareto_plot(path: str, task: str, grouped, methods: Sequence[str], x: tuple[
     if not xs or not ys:
       continue
     ax.errorbar(np.mean(xs), np.mean(ys), xerr=np.std(xs, ddof=1) if len(xs) > 1 else None,
-                yerr=np.std(ys, ddof=1) if len(ys) > 1 else None, fmt="o", capsize=3, label=f"{method} (n={len(rs)})")
-    ax.annotate(method, (np.mean(xs), np.mean(ys)), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                yerr=np.std(ys, ddof=1) if len(ys) > 1 else None, linestyle="none", capsize=3,
+                label=f"{method} (n={len(rs)})", **styles[method])
+    ax.annotate(method, (np.mean(xs), np.mean(ys)), textcoords="offset points", xytext=(4, 4), fontsize=7)
   for label, points in (extra_curves or {}).items():
     px, py = zip(*points)
-    ax.plot(px, py, "--", marker=".", label=label)
+    ax.plot(px, py, "--", label=label, markersize=4, **styles[label])
   _save_scatter(fig, ax, path, x, y, f"{task}: learning vs forgetting")
 
 
@@ -205,6 +218,7 @@ def curve_plot(path: str, task: str, grouped, methods: Sequence[str], series: Se
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, len(series), figsize=(5.2 * len(series), 4.2), dpi=120, squeeze=False)
+  styles = _method_styles(methods)
   for ax, (label, key) in zip(axes[0], series):
     for method in methods:
       curves = [r.get("curve", []) for r in grouped.get((task, method), [])]
@@ -214,9 +228,10 @@ def curve_plot(path: str, task: str, grouped, methods: Sequence[str], series: Se
       values = np.array([[next((p[key] for p in c if p["step"] == s and key in p), np.nan) for s in steps]
                          for c in curves])
       mean = np.nanmean(values, axis=0)
-      ax.plot(steps, mean, marker=".", label=f"{method} (n={len(curves)})")
+      ax.plot(steps, mean, markersize=3, label=f"{method} (n={len(curves)})", **styles[method])
       if len(curves) > 1:
-        ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), alpha=0.15)
+        ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), alpha=0.15,
+                        color=styles[method]["color"])
     ax.set_xlabel("training step")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
