@@ -149,7 +149,7 @@ def _method_styles(methods: Sequence[str]) -> dict[str, dict]:
 def sweep_plot(path: str, task: str, records: Mapping[str, dict], methods: Sequence[str], x: tuple[str, str],
                y: tuple[str, str], selected: Mapping[tuple[str, str], dict]) -> None:
   """Every grid point on the validation sets: new-task score (x) vs retention (y), a line per method through its
-  grid in order, the selected point ringed, the untrained model a star."""
+  grid in order, the selected point ringed, the untrained model a dotted line at its retention."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -162,7 +162,7 @@ def sweep_plot(path: str, task: str, records: Mapping[str, dict], methods: Seque
       continue
     xs, ys = [r["final"][x[1]] for r in rs], [r["final"][y[1]] for r in rs]
     if method == "base":
-      ax.plot(xs, ys, "k*", markersize=12, label="base (untrained)")
+      _base_line(ax, xs[0], ys[0], x)
       continue
     line, = ax.plot(xs, ys, "-", label=method, **styles[method])
     for r, xi, yi in zip(rs, xs, ys):
@@ -175,18 +175,21 @@ def sweep_plot(path: str, task: str, records: Mapping[str, dict], methods: Seque
 
 def pareto_plot(path: str, task: str, grouped, methods: Sequence[str], x: tuple[str, str], y: tuple[str, str],
                 extra_curves: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> None:
-  """New-task score (x) vs retention (y), one point per method (mean, error bars = sd over seeds)."""
+  """New-task score (x) vs retention (y), one point per method (mean, error bars = sd over seeds), the untrained
+  model a dotted line at its retention."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-  styles = {"base": {"color": "k", "marker": "*", "markersize": 12},
-            **_method_styles(list(methods) + list(extra_curves or {}))}
+  styles = _method_styles(list(methods) + list(extra_curves or {}))
   for method in ["base"] + list(methods):
     rs = grouped.get((task, method), [])
     xs = [r["final"][x[1]] for r in rs if x[1] in r["final"]]
     ys = [r["final"][y[1]] for r in rs if y[1] in r["final"]]
     if not xs or not ys:
+      continue
+    if method == "base":
+      _base_line(ax, np.mean(xs), np.mean(ys), x)
       continue
     ax.errorbar(np.mean(xs), np.mean(ys), xerr=np.std(xs, ddof=1) if len(xs) > 1 else None,
                 yerr=np.std(ys, ddof=1) if len(ys) > 1 else None, linestyle="none", capsize=3,
@@ -196,6 +199,12 @@ def pareto_plot(path: str, task: str, grouped, methods: Sequence[str], x: tuple[
     px, py = zip(*points)
     ax.plot(px, py, "--", label=label, markersize=4, **styles[label])
   _save_scatter(fig, ax, path, x, y, f"{task}: learning vs forgetting")
+
+
+def _base_line(ax, bx: float, by: float, x: tuple[str, str]) -> None:
+  """The untrained model as a dotted line at its retention, its new-task score in the label: as a point it sits
+  far to the left of every trained model and squeezes them into a sliver of the x-axis."""
+  ax.axhline(by, color="k", linestyle=":", linewidth=1, label=f"base (untrained; {x[0]} {bx:.3g})")
 
 
 def _save_scatter(fig, ax, path: str, x: tuple[str, str], y: tuple[str, str], title: str) -> None:
