@@ -93,6 +93,45 @@ def test_a_diverged_grid_point_is_recorded_never_selected_and_blocks_nothing():
   assert ("translation", "sft") not in runs.selections(study, records)    # every point diverged: nothing to test
 
 
+CPU = SMOKE.rsplit(":", 1)[0]
+
+
+def test_a_pick_on_the_grids_edge_grows_the_grid_one_step_and_selects_once_the_new_point_is_done():
+  study = runs.load_study(CPU)                                 # the forgetting study's own grids and rule
+  acc = "arithmetic_cloze:validation/acc"
+  sweep = [r for r in runs.pending(study, {}) if r.task == "arithmetic" and r.method == "sft"]
+  assert [dict(r.hparams)["optimizer.learning_rate"] for r in sweep] == [1e-5, 3e-5, 1e-4]
+  base = runs.Run("arithmetic", "base", (), 0, "base")
+  records = {base.id: _record(base)}
+  records.update({r.id: _record(r, **{acc: a}) for r, a in zip(sweep, (0.36, 0.29, 0.18))})   # lowest rate best
+  assert ("arithmetic", "sft") not in runs.selections(study, records)
+  grown = [r for r in runs.pending(study, records) if r.task == "arithmetic" and r.method == "sft"]
+  assert [r.key for r in grown] == ["arithmetic/sft/learning_rate=3e-06/seed=0"]   # 1e-5, 3e-5, 1e-4 continued
+  for a, picked in ((0.30, 1e-5), (0.40, 3e-6)):              # interior now; or still the edge, after one step
+    records[grown[0].id] = _record(grown[0], **{acc: a})
+    selected = runs.selections(study, records)
+    assert dict(selected[("arithmetic", "sft")]["hparams"])["optimizer.learning_rate"] == picked
+    assert selected.grids[("arithmetic", "sft")] == {"optimizer.learning_rate": [3e-6, 1e-5, 3e-5, 1e-4]}
+  assert f"arithmetic/sft/learning_rate={picked:g}/seed=0#test" in [r.key for r in runs.pending(study, records)]
+
+
+def test_the_edge_rule_continues_geometric_grids_only_and_stops_at_its_limit():
+  grid = {"lr": [3e-5, 1e-4, 3e-4], "coef": [0.01, 0.1, 1.0], "lr_ref": ["@sft"]}
+  top = {"lr": 3e-4, "coef": 0.1, "lr_ref": 3e-5}
+  assert runs.extend_at_edges(grid, grid, top, 1) == {**grid, "lr": [3e-5, 1e-4, 3e-4, 1e-3]}
+  assert runs.extend_at_edges(grid, grid, {**top, "coef": 0.01}, 1)["coef"] == [0.001, 0.01, 0.1, 1.0]
+  assert runs.extend_at_edges(grid, grid, {**top, "lr": 1e-4}, 1) is None          # interior: nothing grows
+  assert runs.extend_at_edges(grid, grid, top, 0) is None                           # the rule off
+  assert runs.extend_at_edges({"n": [0, 1]}, {"n": [0, 1]}, {"n": 0}, 1) is None    # not geometric
+
+
+def test_extend_edges_must_be_a_count(tmp_path):
+  study = tmp_path / "bad.py"
+  study.write_text(open(CPU).read().replace("s.extend_edges = 1", "s.extend_edges = 'yes'"))
+  with pytest.raises(ConfigError, match=r"get_study\(\)\['extend_edges'\] is 'yes'; expected an integer >= 0"):
+    runs.load_study(str(study))
+
+
 @pytest.mark.parametrize("keep_workdir", [False, True])
 def test_a_diverged_run_is_recorded_and_keeps_its_workdir_only_when_asked(tmp_path, monkeypatch, keep_workdir):
   from grow_jax.errors import TrainingDivergedError
@@ -127,9 +166,9 @@ def test_the_full_variant_selects_on_its_own_tasks_keys():
   study = runs.load_study(SMOKE.replace(":smoke", ":full"))
   assert sorted(study.spec.report) == ["mathqa", "translation"]
   first = [r for r in runs.pending(study, {}) if r.task == "mathqa"]
-  records = {r.id: _record(r, **{"mathqa:validation/acc": 0.2 + i / 10, "winogrande:train/acc": 0.6})
-             for i, r in enumerate(first)}
-  assert dict(runs.selections(study, records)[("mathqa", "sft")]["hparams"])["optimizer.learning_rate"] == 1e-4
+  records = {r.id: _record(r, **{"mathqa:validation/acc": acc, "winogrande:train/acc": 0.6})
+             for r, acc in zip(first, (0.2, 0.3, 0.5, 0.4))}                  # base, then 1e-5, 3e-5, 1e-4
+  assert dict(runs.selections(study, records)[("mathqa", "sft")]["hparams"])["optimizer.learning_rate"] == 3e-5
 
 
 def test_bootstrap_interval_is_deterministic_and_brackets_the_mean():

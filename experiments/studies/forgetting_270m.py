@@ -22,6 +22,10 @@ Protocol (fixed before any run; variant 'cpu', the default):
   * Learning rate (and the regularizers' coefficient): a grid of 3 per method, one seed; the `select` rule below
     picks on the VALIDATION splits only; then the selected point runs with the other seeds (SFT, G-Freeze,
     G-Train: 3 seeds in all; the other baselines: 1). A seed sets the data order and the LoRA / noise draws.
+  * Grid edges (amendment, stated after the arithmetic sweeps and before any arithmetic test score, for every
+    method and task): when the selected value is the grid's lowest or highest, the grid gains one value past
+    that edge on its own spacing (1e-5 -> 3e-6, 3e-5 -> 1e-5, 3e-4 -> 1e-3) and selection reads the grown
+    grid; one extension only (`extend_edges`), so a pick still on the edge is reported as such.
   * Validation sets (selection): 150 translation pairs / 200 arithmetic problems, and capitals_gen's 58
     validation countries (the regularizers' rule). Test sets, scored once for the selected runs only (the other
     grid points never see them): translation BLEU/chrF on 300 in-distribution test pairs and on
@@ -121,6 +125,7 @@ def get_study(arg=None):
              "ewc": {lr: ["@sft"], "train.ewc_coef": [0.01, 0.1, 1.0]}}
   s.seeds = [0, 1, 2]
   s.seeded_methods = ["sft", "g_freeze", "g_train"]
+  s.extend_edges = 1
   s.task_methods = {"translation": list(s.methods), "arithmetic": ["sft", "g_freeze", "g_train"]}
   s.validation_eval, s.test_eval = VALIDATION_EVAL, TEST_EVAL
   # The questions first: C1/C2 (translation: SFT and G-Freeze, then G-Train), then C3 (arithmetic), then C4's
@@ -164,6 +169,7 @@ def get_study(arg=None):
     s.grids = {"sft": {lr: [1e-3, 3e-3]}, "l2sp": {lr: ["@sft"], "train.l2sp_coef": [0.1]}}
     s.seeds = [0, 1]
     s.seeded_methods = ["sft"]
+    s.extend_edges = 0                       # two-point grids stay fixed (tests/test_study.py checks the rule)
     s.task_methods = {"translation": ["sft", "l2sp"]}
     s.validation_eval = {"translation": [["gettext_en_fr:validation", 4], ["capitals_gen:validation", 4]]}
     s.test_eval = {"translation": [["gettext_en_fr:test_heldout", 4], ["stdlib_text:test", 2]]}

@@ -95,6 +95,7 @@ class StudySpec:
   description: str = ""
   order: list = dataclasses.field(default_factory=list)    # [[task, [methods]], ...]: run these blocks first
   borrow: dict[str, list] = dataclasses.field(default_factory=dict)   # method -> [study, out dir, method there]
+  extend_edges: int = 0                  # points a numeric grid key may gain past an edge its selection sits on
 
 
 @dataclasses.dataclass
@@ -139,6 +140,9 @@ def load_study(text: str) -> Study:
     spec = StudySpec(**declared)
   except TypeError as e:
     raise ConfigError(f"--study={text!r}: get_study(): {e}") from None
+  if isinstance(spec.extend_edges, bool) or not isinstance(spec.extend_edges, int) or spec.extend_edges < 0:
+    raise ConfigError(f"--study={text!r}: get_study()['extend_edges'] is {spec.extend_edges!r}; expected an "
+                      "integer >= 0 (how many points a grid key may gain past an edge)")
   for task, entries in spec.test_eval.items():
     shared = sorted({e for e, _ in entries} & {e for e, _ in spec.validation_eval.get(task, [])})
     if shared:
@@ -148,10 +152,19 @@ def load_study(text: str) -> Study:
 
 
 # ---- expanding the grid --------------------------------------------------------------------------------
+class Selected(dict):
+  """(task, method) -> the selected sweep record; `.grids` (task, method) -> {key: values}: the grids the edge
+  rule extended (`extend_at_edges`), which replace the declared ones."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.grids: dict[tuple[str, str], dict[str, list]] = {}
+
+
 def grid_points(study: Study, method: str, selected: Mapping[tuple[str, str], dict], task: str):
   """The method's grid points as tuples of (key, value); '@m' values take method m's selected value
   (None while m is not selected yet)."""
-  grid = dict(study.spec.grids.get(method, {}))
+  grid = dict(getattr(selected, "grids", {}).get((task, method), study.spec.grids.get(method, {})))
   keys = sorted(grid)
   for values in itertools.product(*(grid[k] for k in keys)):
     point = []
@@ -426,9 +439,42 @@ def load_records(out_dir: str) -> dict[str, dict]:
   return records
 
 
-def selections(study: Study, records: Mapping[str, dict]) -> dict[tuple[str, str], dict]:
-  """(task, method) -> the selected sweep record, for every method whose sweep is complete."""
-  out = {}
+def _geometric(values: Sequence) -> bool:
+  """Whether a grid key's values are numbers, positive and increasing: a grid the edge rule can continue."""
+  numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+  return numbers and len(values) >= 2 and values[0] > 0 and all(a < b for a, b in zip(values, values[1:]))
+
+
+def extend_at_edges(declared: Mapping[str, list], current: Mapping[str, list], point: Mapping[str, Any],
+                    limit: int) -> dict[str, list] | None:
+  """The edge rule: the grid with one more value past each edge the selected `point` sits on (None when no
+  key grows: the point is interior, or the key has `limit` values past its `declared` ones already). Only keys
+  whose values are positive increasing numbers grow; the new value continues the grid's own geometric spacing
+  (the ratio between the second and third values from that edge), so 1e-5, 3e-5, 1e-4 grows to 3e-6 below and
+  3e-4 above."""
+  grown = dict(current)
+  for key, values in current.items():
+    values = list(values)
+    if not _geometric(values) or len(values) - len(declared.get(key, [])) >= limit:
+      continue
+    if point[key] == values[0]:                # the step two values in, so a 1-3-10 grid stays 1-3-10
+      step = values[2] / values[1] if len(values) >= 3 else values[1] / values[0]
+      grown[key] = [_round(values[0] / step)] + values
+    elif point[key] == values[-1]:
+      step = values[-2] / values[-3] if len(values) >= 3 else values[-1] / values[-2]
+      grown[key] = values + [_round(values[-1] * step)]
+  return grown if grown != dict(current) else None
+
+
+def _round(x: float) -> float:
+  return float(f"{x:.6g}")                 # 3.0000000000000004e-06 -> 3e-06: the run id and config read as meant
+
+
+def selections(study: Study, records: Mapping[str, dict]) -> Selected:
+  """(task, method) -> the selected sweep record, for every method whose sweep is complete. With the study's
+  `extend_edges`, a selection on the edge of its grid extends the grid (`extend_at_edges`) instead, and the
+  method is selected once the new points are done."""
+  out = Selected()
   changed = True
   while changed:                           # '@method' grids become nameable as their reference is selected
     changed = False
@@ -442,7 +488,14 @@ def selections(study: Study, records: Mapping[str, dict]) -> dict[tuple[str, str
       base = records.get(Run(run.task, "base", (), study.spec.seeds[0], "base").id)
       if sweep and len(done) == len(sweep) and finite and base is not None:
         reference = {"base": base, **{m: rec for (t, m), rec in out.items() if t == run.task}}
-        out[key] = study.select(run.task, run.method, finite, reference)
+        pick = study.select(run.task, run.method, finite, reference)
+        declared = study.spec.grids.get(run.method, {})
+        grown = extend_at_edges(declared, out.grids.get(key, declared), dict(pick["hparams"]),
+                                study.spec.extend_edges)
+        if grown is None:
+          out[key] = pick
+        else:
+          out.grids[key] = grown
         changed = True
   return out
 
