@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from grow_jax import files, formats  # noqa: E402
+from grow_jax import figures, files, formats  # noqa: E402
 from grow_jax.errors import ConfigError, GrowJaxError  # noqa: E402
 from grow_jax.evaluation import registry  # noqa: E402
 from grow_jax.growth import operators as growth  # noqa: E402
@@ -80,9 +80,7 @@ def sweep(config, params, base_params, multiples: Sequence[float], evals: Mappin
 
 
 def plot(rows: Sequence[Mapping[str, float]], new_task: str, retention: str, path: str, title: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = figures.pyplot()
   fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
   x, y, u = ([r[key] for r in rows] for key in (retention, new_task, "multiple"))
   left.plot(x, y, "o-")
@@ -98,8 +96,7 @@ def plot(rows: Sequence[Mapping[str, float]], new_task: str, retention: str, pat
   twin.set_ylabel(retention, fontsize=8)
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  files.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None}))
-  plt.close(fig)
+  figures.save_png(fig, path, dpi=110)
 
 
 def _split(spec: str, flag: str) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from grow_jax import errors, files, tables
+from grow_jax import errors, figures, files, tables
 from grow_jax.errors import ConfigError, GrowJaxError
 from grow_jax.growth import analysis
 from grow_jax.growth.plan import read_plan
@@ -63,9 +63,7 @@ def localisation(plans: Mapping[str, Mapping[str, Any]], ks: Sequence[int] = (3,
 
 def plot(plans: Mapping[str, Mapping[str, Any]], path: str) -> None:
   """One row of heat-maps per plan (PANELS), annotated; a PNG without a Software stamp (deterministic)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = figures.pyplot()
   n_layers = max(len(p["stats"]) for p in plans.values())
   fig, axes = plt.subplots(len(plans), len(PANELS), figsize=(3.2 * len(PANELS), 0.9 + 0.24 * n_layers * len(plans)),
                            squeeze=False)
@@ -85,8 +83,7 @@ def plot(plans: Mapping[str, Mapping[str, Any]], path: str) -> None:
         ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=5, color="k" if bright else "w")
       fig.colorbar(image, ax=ax, fraction=0.05)
   fig.tight_layout()
-  files.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None}))
-  plt.close(fig)
+  figures.save_png(fig, path, dpi=110)
 
 
 def write_report(plans: Mapping[str, Mapping[str, Any]], out: str, ks: Sequence[int] = (3, 6)) -> dict[str, Any]:

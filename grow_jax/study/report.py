@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from grow_jax import files, tables
+from grow_jax import figures, files, tables
 
 BOOTSTRAP = 10_000
 
@@ -150,9 +150,7 @@ def sweep_plot(path: str, task: str, records: Mapping[str, dict], methods: Seque
                y: tuple[str, str], selected: Mapping[tuple[str, str], dict]) -> None:
   """Every grid point on the validation sets: new-task score (x) vs retention (y), a line per method through its
   grid in order, the selected point ringed, the untrained model a dotted line at its retention."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = figures.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
   styles = _method_styles(methods)
   for method in ["base"] + list(methods):
@@ -177,9 +175,7 @@ def pareto_plot(path: str, task: str, grouped, methods: Sequence[str], x: tuple[
                 extra_curves: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> None:
   """New-task score (x) vs retention (y), one point per method (mean, error bars = sd over seeds), the untrained
   model a dotted line at its retention."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = figures.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
   styles = _method_styles(list(methods) + list(extra_curves or {}))
   for method in ["base"] + list(methods):
@@ -208,8 +204,7 @@ def _base_line(ax, bx: float, by: float, x: tuple[str, str]) -> None:
 
 
 def _save_scatter(fig, ax, path: str, x: tuple[str, str], y: tuple[str, str], title: str) -> None:
-  """Axis labels (new task vs original ability), title, legend; a PNG without a Software stamp (deterministic)."""
-  import matplotlib.pyplot as plt
+  """Axis labels (new task vs original ability), title, legend, saved (`figures.save_png`)."""
   ax.set_xlabel(f"{x[0]} (new task) →")
   ax.set_ylabel(f"{y[0]} (original ability) →")
   ax.set_title(title)
@@ -217,15 +212,12 @@ def _save_scatter(fig, ax, path: str, x: tuple[str, str], y: tuple[str, str], ti
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
-  files.write_with(path, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": None}))
-  plt.close(fig)
+  figures.save_png(fig, path)
 
 
 def curve_plot(path: str, task: str, grouped, methods: Sequence[str], series: Sequence[tuple[str, str]]) -> None:
   """Learning curves: each series' periodic evaluation against steps, mean over seeds (band: min..max)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = figures.pyplot()
   fig, axes = plt.subplots(1, len(series), figsize=(5.2 * len(series), 4.2), dpi=120, squeeze=False)
   styles = _method_styles(methods)
   for ax, (label, key) in zip(axes[0], series):
@@ -248,8 +240,7 @@ def curve_plot(path: str, task: str, grouped, methods: Sequence[str], series: Se
       ax.legend(fontsize=7)
   fig.suptitle(f"{task}: learning curves (small validation sets)")
   fig.tight_layout()
-  files.write_with(path, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": None}))
-  plt.close(fig)
+  figures.save_png(fig, path)
 
 
 def cost_lines(records: Mapping[str, dict]) -> list[str]:
