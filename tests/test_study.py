@@ -113,6 +113,8 @@ def test_a_pick_on_the_grids_edge_grows_the_grid_one_step_and_selects_once_the_n
     selected = runs.selections(study, records)
     assert dict(selected[("arithmetic", "sft")]["hparams"])["optimizer.learning_rate"] == picked
     assert selected.grids[("arithmetic", "sft")] == {"optimizer.learning_rate": [3e-6, 1e-5, 3e-5, 1e-4]}
+    assert report.pick_text(study, selected, "arithmetic", "sft") == {       # results.md flags a pick left on the edge
+        1e-5: "learning_rate=1e-05", 3e-6: "learning_rate=3e-06 (edge: learning_rate is its grid's lowest)"}[picked]
   assert f"arithmetic/sft/learning_rate={picked:g}/seed=0#test" in [r.key for r in runs.pending(study, records)]
 
 

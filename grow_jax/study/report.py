@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from grow_jax import figures, files, tables
+from grow_jax.study import runs
 
 BOOTSTRAP = 10_000
 
@@ -103,6 +104,15 @@ def summary_table(task: str, metrics: Sequence[tuple[str, str]], grouped, method
 def _hparams_text(hparams) -> str:
   return ", ".join(f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
                    for k, v in hparams)
+
+
+def pick_text(study, selected, task: str, method: str) -> str:
+  """A method's selected grid point, flagged when it sits on its grid's edge (the grid, grown or not, does not
+  bracket the best value there)."""
+  point = dict(selected[(task, method)]["hparams"])
+  edges = runs.grid_edges(runs.method_grid(study, selected, task, method), point)
+  note = "; ".join(f"{k.rsplit('.', 1)[-1]} is its grid's {side}" for k, side in edges.items())
+  return _hparams_text(selected[(task, method)]["hparams"]) + (f" (edge: {note})" if note else "")
 
 
 def _grid_records(records: Mapping[str, dict], task: str) -> list[dict]:
@@ -281,7 +291,7 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
     picks = [(m, selected[(task, m)]) for m in methods if (task, m) in selected]
     if picks:
       lines += ["Selected on validation (" + str(report.get("selection", "")) + "): " + "; ".join(
-          f"{m}: " + _hparams_text(r["hparams"]) for m, r in picks), ""]
+          f"{m}: " + pick_text(study, selected, task, m) for m, _ in picks), ""]
     metrics = [tuple(m) for m in report["metrics"]]
     lines += [summary_table(task, metrics, grouped, methods, reference=report.get("reference", "sft")), ""]
     if report.get("pareto"):

@@ -161,10 +161,15 @@ class Selected(dict):
     self.grids: dict[tuple[str, str], dict[str, list]] = {}
 
 
+def method_grid(study: Study, selected: Mapping[tuple[str, str], dict], task: str, method: str) -> dict[str, list]:
+  """The method's grid on `task`: as declared, or as the edge rule grew it (`Selected.grids`)."""
+  return dict(getattr(selected, "grids", {}).get((task, method), study.spec.grids.get(method, {})))
+
+
 def grid_points(study: Study, method: str, selected: Mapping[tuple[str, str], dict], task: str):
   """The method's grid points as tuples of (key, value); '@m' values take method m's selected value
   (None while m is not selected yet)."""
-  grid = dict(getattr(selected, "grids", {}).get((task, method), study.spec.grids.get(method, {})))
+  grid = method_grid(study, selected, task, method)
   keys = sorted(grid)
   for values in itertools.product(*(grid[k] for k in keys)):
     point = []
@@ -445,22 +450,31 @@ def _geometric(values: Sequence) -> bool:
   return numbers and len(values) >= 2 and values[0] > 0 and all(a < b for a, b in zip(values, values[1:]))
 
 
+def grid_edges(grid: Mapping[str, list], point: Mapping[str, Any]) -> dict[str, str]:
+  """{key: 'lowest' | 'highest'} for every key of `grid` whose values are positive increasing numbers and whose
+  value in `point` is the first or the last of them: where a selection says nothing about what lies beyond."""
+  out = {}
+  for key, values in grid.items():
+    if _geometric(list(values)) and point.get(key) in (values[0], values[-1]):
+      out[key] = "lowest" if point[key] == values[0] else "highest"
+  return out
+
+
 def extend_at_edges(declared: Mapping[str, list], current: Mapping[str, list], point: Mapping[str, Any],
                     limit: int) -> dict[str, list] | None:
-  """The edge rule: the grid with one more value past each edge the selected `point` sits on (None when no
-  key grows: the point is interior, or the key has `limit` values past its `declared` ones already). Only keys
-  whose values are positive increasing numbers grow; the new value continues the grid's own geometric spacing
-  (the ratio between the second and third values from that edge), so 1e-5, 3e-5, 1e-4 grows to 3e-6 below and
-  3e-4 above."""
+  """The edge rule: the grid with one more value past each edge the selected `point` sits on (`grid_edges`;
+  None when no key grows: the point is interior, or the key has `limit` values past its `declared` ones
+  already). The new value continues the grid's own geometric spacing (the ratio between the second and third
+  values from that edge), so 1e-5, 3e-5, 1e-4 grows to 3e-6 below and 3e-4 above."""
   grown = dict(current)
-  for key, values in current.items():
-    values = list(values)
-    if not _geometric(values) or len(values) - len(declared.get(key, [])) >= limit:
+  for key, side in grid_edges(current, point).items():
+    values = list(current[key])
+    if len(values) - len(declared.get(key, [])) >= limit:
       continue
-    if point[key] == values[0]:                # the step two values in, so a 1-3-10 grid stays 1-3-10
+    if side == "lowest":                       # the step two values in, so a 1-3-10 grid stays 1-3-10
       step = values[2] / values[1] if len(values) >= 3 else values[1] / values[0]
       grown[key] = [_round(values[0] / step)] + values
-    elif point[key] == values[-1]:
+    else:
       step = values[-2] / values[-3] if len(values) >= 3 else values[-1] / values[-2]
       grown[key] = values + [_round(values[-1] * step)]
   return grown if grown != dict(current) else None
