@@ -109,10 +109,10 @@ def _hparams_text(hparams) -> str:
 def pick_text(study, selected, task: str, method: str) -> str:
   """A method's selected grid point, flagged when it sits on its grid's edge (the grid, grown or not, does not
   bracket the best value there)."""
-  point = dict(selected[(task, method)]["hparams"])
-  edges = runs.grid_edges(runs.method_grid(study, selected, task, method), point)
+  hparams = selected[(task, method)]["hparams"]
+  edges = runs.grid_edges(runs.method_grid(study, selected, task, method), dict(hparams))
   note = "; ".join(f"{k.rsplit('.', 1)[-1]} is its grid's {side}" for k, side in edges.items())
-  return _hparams_text(selected[(task, method)]["hparams"]) + (f" (edge: {note})" if note else "")
+  return _hparams_text(hparams) + (f" (edge: {note})" if note else "")
 
 
 def _grid_records(records: Mapping[str, dict], task: str) -> list[dict]:
@@ -288,10 +288,10 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
   for task, report in spec.report.items():
     methods = study.methods(task)
     lines += [f"## {task}", ""]
-    picks = [(m, selected[(task, m)]) for m in methods if (task, m) in selected]
-    if picks:
+    picked = [m for m in methods if (task, m) in selected]
+    if picked:
       lines += ["Selected on validation (" + str(report.get("selection", "")) + "): " + "; ".join(
-          f"{m}: " + pick_text(study, selected, task, m) for m, _ in picks), ""]
+          f"{m}: " + pick_text(study, selected, task, m) for m in picked), ""]
     metrics = [tuple(m) for m in report["metrics"]]
     lines += [summary_table(task, metrics, grouped, methods, reference=report.get("reference", "sft")), ""]
     if report.get("pareto"):

@@ -503,9 +503,8 @@ def selections(study: Study, records: Mapping[str, dict]) -> Selected:
       if sweep and len(done) == len(sweep) and finite and base is not None:
         reference = {"base": base, **{m: rec for (t, m), rec in out.items() if t == run.task}}
         pick = study.select(run.task, run.method, finite, reference)
-        declared = study.spec.grids.get(run.method, {})
-        grown = extend_at_edges(declared, out.grids.get(key, declared), dict(pick["hparams"]),
-                                study.spec.extend_edges)
+        grown = extend_at_edges(study.spec.grids.get(run.method, {}), method_grid(study, out, *key),
+                                dict(pick["hparams"]), study.spec.extend_edges)
         if grown is None:
           out[key] = pick
         else:
