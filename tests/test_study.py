@@ -135,6 +135,31 @@ def test_extend_edges_must_be_a_count(tmp_path):
     runs.load_study(str(study))
 
 
+def test_the_sweep_figure_draws_each_methods_grid_in_order_and_rings_only_the_pick(monkeypatch):
+  study = runs.load_study(CPU)
+  acc, cap = "arithmetic_cloze:validation/acc", "capitals_gen:validation/exact_match_norm"
+  sweep = [r for r in runs.pending(study, {}) if r.task == "arithmetic" and r.method in ("sft", "g_freeze")]
+  base = runs.Run("arithmetic", "base", (), 0, "base")
+  records = {base.id: _record(base, **{acc: 0.2, cap: 0.64})}
+  values = {r.id: (0.3 + 0.01 * i, 0.6 - 0.1 * i) for i, r in enumerate(sweep)}
+  records.update({r.id: _record(r, **{acc: a, cap: c}) for r, (a, c) in zip(sweep, values.values())})
+  selected = {("arithmetic", m): records[next(r.id for r in sweep if r.method == m and dict(r.hparams)[
+      "optimizer.learning_rate"] == 3e-5)] for m in ("sft", "g_freeze")}       # an interior pick for each
+  drawn = []
+  monkeypatch.setattr(report.figures, "save_png", lambda fig, path: drawn.append(fig))
+  report.sweep_plot("unused.png", "arithmetic", records, ["sft", "g_freeze"], ("accuracy", acc), ("capitals", cap),
+                    selected)
+  ax, = drawn[0].axes
+  lines = {line.get_label(): line for line in ax.lines if not line.get_label().startswith("_")}
+  assert lines["base (untrained; accuracy 0.2)"].get_ydata()[0] == 0.64          # the untrained model: a level line
+  for method in ("sft", "g_freeze"):
+    grid = sorted((r for r in sweep if r.method == method), key=lambda r: dict(r.hparams)["optimizer.learning_rate"])
+    assert list(lines[method].get_xdata()) == [values[r.id][0] for r in grid]    # through the grid, lowest rate first
+    assert list(lines[method].get_ydata()) == [values[r.id][1] for r in grid]
+  rings = [(line.get_xdata()[0], line.get_ydata()[0]) for line in ax.lines if line.get_markersize() == 13]
+  assert sorted(rings) == sorted(values[selected[("arithmetic", m)]["id"]] for m in ("sft", "g_freeze"))
+
+
 @pytest.mark.parametrize("keep_workdir", [False, True])
 def test_a_diverged_run_is_recorded_and_keeps_its_workdir_only_when_asked(tmp_path, monkeypatch, keep_workdir):
   from grow_jax.errors import TrainingDivergedError
