@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from grow_jax import figures, files, formats  # noqa: E402
+from grow_jax import figures, files  # noqa: E402
 from grow_jax.errors import ConfigError, GrowJaxError  # noqa: E402
 from grow_jax.evaluation import registry  # noqa: E402
 from grow_jax.growth import operators as growth  # noqa: E402
@@ -110,34 +110,15 @@ def run(workdir: str, *, new_task: str, retention: str, extra: Sequence[str] = (
         multiples: Sequence[float] = MULTIPLES, tokenizer: str | None = None, limit: int | None = None,
         batch_size: int = 8, max_len: int = 256, max_new_tokens: int = 48, out: str | None = None) -> dict:
   from grow_jax.evaluate import load_tokenizer_for_eval
-  from grow_jax.growth.plan import pilot_run_config
-  from grow_jax.train.checkpointing import load_trained_params
+  from grow_jax.train import trained
   (new_entry, _), (ret_entry, _) = _split(new_task, "--new_task"), _split(retention, "--retention")
   entries = list(dict.fromkeys([new_entry, ret_entry, *extra]))
   registry.check(entries, field="dial_sweep entries")
   if len(multiples) < 2:
     raise ConfigError(f"--multiples={list(multiples)}: expected at least two values")
-  if os.fspath(workdir).endswith(".safetensors"):   # a params file (e.g. a study's kept run): --base is required
-    if not base:
-      raise ConfigError(f"--workdir={workdir!r} is a params file, which does not name its starting weights: "
-                        "pass --base")
-    from grow_jax.formats import params_file
-    run_config, source = {}, base
-    config, params = params_file.load_params_file(workdir)
-    meta = {"step": None, "method": {"name": os.path.basename(os.fspath(workdir))}}
-  else:
-    run_config = pilot_run_config(workdir)
-    source = base or run_config.get("init", {}).get("source")
-    if not source:
-      raise ConfigError(f"--workdir={workdir!r} has no config.json naming its init source: pass --base")
-    config, params, meta = load_trained_params(workdir)
-  if source.endswith(".safetensors"):                 # the base weights as a params file
-    from grow_jax.formats import params_file
-    base_config, base_params = params_file.load_params_file(source)
-  else:
-    overrides = {k: v for k, v in run_config.get("model", {}).items() if v is not None}
-    base_config, base_params = formats.load_checkpoint(source, seed=int(run_config.get("seed", 0)), **overrides)
-  tok = load_tokenizer_for_eval(tokenizer or run_config.get("data", {}).get("tokenizer") or source)
+  t = trained.load_with_base(workdir, base=base)     # a params file (e.g. a study's kept run) needs --base
+  config, params, base_config, base_params, source = t.config, t.params, t.base_config, t.base_params, t.base
+  tok = load_tokenizer_for_eval(tokenizer or t.run.get("data", {}).get("tokenizer") or source)
   ctx = registry.EvalContext(config, tokenizer=tok, limit=limit, batch_size=batch_size, max_len=max_len,
                              max_new_tokens=max_new_tokens, base_model=lambda: (base_config, base_params),
                              base_id=None if source.startswith("random:") else source)
@@ -146,13 +127,13 @@ def run(workdir: str, *, new_task: str, retention: str, extra: Sequence[str] = (
   for spec in (new_task, retention):
     if spec not in rows[0]:
       raise ConfigError(f"dial_sweep: {spec!r} is not among the metrics {sorted(k for k in rows[0] if '/' in k)}")
-  result = {"workdir": os.fspath(workdir), "step": meta["step"], "method": meta["method"]["name"], "base": source,
+  name = os.path.basename(os.fspath(workdir).rstrip("/"))
+  result = {"workdir": os.fspath(workdir), "step": t.step, "method": t.method or name, "base": source,
             "k": branch_count(config), "new_task": new_task, "retention": retention, "rows": rows}
   if out:
     files.write_text(out + ".json", json.dumps(result, indent=1, sort_keys=True) + "\n")
-    name = os.path.basename(os.fspath(workdir).rstrip("/"))
-    plot(rows, new_task, retention, out + ".png", f"dial of {name}" if meta["step"] is None else
-         f"dial of {meta['method']['name']} ({name}, step {meta['step']})")
+    plot(rows, new_task, retention, out + ".png", f"dial of {name}" if t.step is None else
+         f"dial of {t.method} ({name}, step {t.step})")
   return result
 
 

@@ -43,8 +43,8 @@ def test_dial_sweep_of_a_params_file_equals_the_workdirs(trained, tmp_path):
   from grow_jax import formats
   from grow_jax.formats import params_file
   from grow_jax.train.checkpointing import load_trained_params
-  from grow_jax.growth.plan import pilot_run_config
-  run = pilot_run_config(trained)
+  from grow_jax.train.trained import run_config
+  run = run_config(trained)
   params_file.save_params_file(str(tmp_path / "gf.safetensors"), *load_trained_params(trained)[:2])
   params_file.save_params_file(str(tmp_path / "base.safetensors"), *formats.load_checkpoint(
       run["init"]["source"], seed=run["seed"], num_layers=run["model"]["num_layers"]))

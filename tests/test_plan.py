@@ -136,6 +136,8 @@ def test_a_params_file_pilot_ranks_the_layer_that_moved(tmp_path, capsys):
   capsys.readouterr()
   assert plan_lib.main([f"--pilot={path}", "--num_layers=1"]) == 1
   assert "is a params file, which does not name its starting weights: pass --base" in capsys.readouterr().err
+  assert plan_lib.main([f"--pilot={path}", "--base=random:tiny", "--step=3", "--num_layers=1"]) == 1
+  assert "--step=3: a params file holds one step" in capsys.readouterr().err
 
 
 def test_the_trainer_grows_the_plans_layers(pilot):

@@ -180,52 +180,26 @@ def agreement(a: Mapping[str, Any], b: Mapping[str, Any], ks: Sequence[int] = ()
 
 
 # ---- from a pilot workdir --------------------------------------------------------------------------------
-def pilot_run_config(workdir: str) -> dict[str, Any]:
-  """The pilot's config.json (what the trainer wrote), or {} when it has none."""
-  path = files.as_path(os.path.join(os.fspath(workdir), "config.json"))
-  return json.loads(path.read_text()) if path.exists() else {}
-
-
 def load_pilot(workdir: str, *, base: str | None = None, step: int | None = None):
   """(config, base params, pilot params, pilot info, base source) for a pilot workdir, or for a grow_jax params
   file (`*.safetensors`, e.g. a study's kept sweep run; then `base` is required). The base weights are `base` or
-  the pilot's init source (with its seed and model overrides, as the trainer drew them)."""
-  from grow_jax import formats
-  from grow_jax.train.checkpointing import load_trained_params
-  if os.fspath(workdir).endswith(".safetensors"):
-    return _load_pilot_params_file(os.fspath(workdir), base=base, step=step)
-  run = pilot_run_config(workdir)
-  source = base or run.get("init", {}).get("source")
-  if not source:
-    raise ConfigError(f"--pilot={workdir!r} has no config.json naming its init source: pass --base")
-  overrides = {k: v for k, v in run.get("model", {}).items() if v is not None}
-  pilot_config, pilot, meta = load_trained_params(workdir, step=step)
-  if pilot_config.is_grown or pilot_config.attn_grown:
-    raise ConfigError(f"--pilot={workdir!r} is a grown model (method {meta['method']['name']!r}): rank layers "
-                      "from an ungrown SFT pilot")
-  config, base_params = formats.load_checkpoint(source, seed=int(run.get("seed", 0)), **overrides)
-  del config
-  info = {"workdir": os.fspath(workdir), "step": int(meta["step"]), "total_steps": run.get("total_steps"),
-          "seed": run.get("seed"), "mode": meta["method"]["name"], "task": run.get("data", {}).get("task")}
-  return pilot_config, base_params, pilot, info, source
-
-
-def _load_pilot_params_file(path: str, *, base: str | None, step: int | None):
-  from grow_jax import formats
-  from grow_jax.formats import params_file
-  if not base:
-    raise ConfigError(f"--pilot={path!r} is a params file, which does not name its starting weights: pass --base")
-  if step is not None:
-    raise ConfigError(f"--step={step}: a params file holds one step; --step is for pilot workdirs")
-  pilot_config, pilot = params_file.load_params_file(path)
-  if pilot_config.is_grown or pilot_config.attn_grown:
-    raise ConfigError(f"--pilot={path!r} is a grown model: rank layers from an ungrown SFT pilot")
+  the pilot's init source (`train.trained.load_with_base`)."""
   from grow_jax.model.config import param_shapes
-  base_config, base_params = formats.load_checkpoint(base)
-  if param_shapes(base_config) != param_shapes(pilot_config):
-    raise ConfigError(f"--pilot={path!r} and --base={base!r} are different models (their parameter shapes differ)")
-  info = {"params_file": path, "step": None, "total_steps": None, "seed": None, "mode": None, "task": None}
-  return pilot_config, base_params, pilot, info, base
+  from grow_jax.train import trained
+  t = trained.load_with_base(workdir, base=base, step=step, flag="--pilot")
+  if t.config.is_grown or t.config.attn_grown:
+    trained_by = f" (method {t.method!r})" if t.method else ""
+    raise ConfigError(f"--pilot={workdir!r} is a grown model{trained_by}: rank layers from an ungrown SFT pilot")
+  if param_shapes(t.base_config) != param_shapes(t.config):
+    raise ConfigError(f"--pilot={workdir!r} and --base={t.base!r} are different models (their parameter shapes "
+                      "differ)")
+  if trained.is_params_file(workdir):
+    info = {"params_file": os.fspath(workdir), "step": None, "total_steps": None, "seed": None, "mode": None,
+            "task": None}
+  else:
+    info = {"workdir": os.fspath(workdir), "step": t.step, "total_steps": t.run.get("total_steps"),
+            "seed": t.run.get("seed"), "mode": t.method, "task": t.run.get("data", {}).get("task")}
+  return t.config, t.base_params, t.params, info, t.base
 
 
 def plan_from_pilot(workdir: str, *, base: str | None = None, step: int | None = None, **plan_args) -> dict:
