@@ -12,6 +12,8 @@
     stdlib_text.py      offline English prose from stdlib docstrings (perplexity / KL): stdlib_text
     arithmetic.py       offline generated arithmetic word problems, 5 options: arithmetic, arithmetic_cloze
     batching.py         tokenisation, padding/packing, resumable shuffling iterator, per-process slices
+    pipeline.py         a config's task -> this process's batches; Prefetcher
+    synthetic.py        the synthetic permutation task (tests, plumbing), same iterator interface
 
 Typical use:
 

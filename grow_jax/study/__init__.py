@@ -5,4 +5,5 @@ one small JSON per finished run, selected on validation by a rule fixed in advan
 
     runs.py    the study file, the grid, executing a run, selections, what is pending
     report.py  results.csv, results.md (mean ± sd, bootstrap intervals, paired differences), plots
+    __main__.py the command line: run what is pending, --list, --report_only
 """

@@ -1,7 +1,7 @@
 r"""Run (or continue) a study and regenerate its results.
 
   python -m grow_jax.study --study=experiments/studies/forgetting_270m.py --out=experiments/results/forgetting_270m
-  python -m grow_jax.study --study=... --out=... --list            # the runs: done, pending, not yet nameable
+  python -m grow_jax.study --study=... --out=... --list     # done and pending runs (seeds, tests: listed once selected)
   python -m grow_jax.study --study=... --out=... --only='translation/*' --max_runs=3
   python -m grow_jax.study --study=... --out=... --report_only     # no training: tables and plots from runs/
 

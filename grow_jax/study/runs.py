@@ -4,11 +4,12 @@ as one small JSON under `<out>/runs/`; a run whose JSON exists is skipped (the s
 A study file (see experiments/studies/) defines
 
     get_config(arg)   the training config every run starts from (configs/ style)
-    get_study(arg)    a dict of `StudySpec`'s fields: tasks {name: {dotted key: value}}, methods {name: {dotted
-                      key: value}}, grids {method: {dotted key: [values]}} (a value '@<method>' takes the value
-                      selected for that method), seeds, seeded_methods, task_methods, validation_eval and
-                      test_eval {task: [[entry, limit], ...]}, order, curves {every, max_examples, tasks
-                      {task: [entries]}, methods}, report
+    get_study(arg)    a dict of `StudySpec`'s fields: name, description, tasks {name: {dotted key: value}},
+                      methods {name: {dotted key: value}}, grids {method: {dotted key: [values]}} (a value
+                      '@<method>' takes the value selected for that method), extend_edges (the grid-edge rule:
+                      how many points a geometric grid key may gain past an edge its pick sits on), seeds,
+                      seeded_methods, task_methods, validation_eval and test_eval {task: [[entry, limit], ...]},
+                      order, curves {every, max_examples, tasks {task: [entries]}, methods}, borrow, report
     select(task, method, runs, reference) -> run   the rule, fixed in advance, that picks a grid point on
                       validation (reference: the task's 'base' record and the records selected so far)
 
@@ -18,7 +19,8 @@ once the runner has checked that the two runs' training configs are equal (perio
 that they are scored on the same sets; a borrowed record says so ('borrowed_from') and costs nothing here.
 
 Phases: 'sweep' (every grid point, seed = seeds[0], scored on the validation sets only; its trained params are
-kept as a params file until the method's selection); selection (`select`, validation metrics only); 'test'
+kept as a params file until the method's selected run is tested, then removed; --keep_params keeps a copy of
+every trained run's params under kept/); selection (`select`, validation metrics only); 'test'
 (the selected sweep run scored on the test sets, once); 'seeds' (the selected grid point of each seeded method
 at the other seeds, validation and test). A 'base' run per task scores the untrained model on both. Runs go in
 the study's `order` (blocks of (task, methods)), so the questions that matter most are answered first.

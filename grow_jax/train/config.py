@@ -100,8 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
   # MLP growth applied to the init weights. factor: 0 = the method's default (2 for the growth methods
   # g_freeze / g_train / g_freeze_norms, 1 = no growth otherwise), 1 = no growth, k >= 2 = grow by k.
   # layers: 'all' or '0,3,5'; plan: a growth-plan JSON (python -m grow_jax.growth.plan) whose layers are grown
-  # instead ('' = none; layers must then stay 'all'). noise_scale: zero-sum noise on the copies' down
-  # projections (symmetry breaking), drawn from seed. attention_factor: attention-head growth of the same
+  # instead ('' = none; layers must then stay 'all'). noise_scale: zero-sum noise on the down projections of
+  # each branch and its copies (Wd/2 + N, Wd/2 - N: symmetry breaking), drawn from seed. attention_factor: attention-head growth of the same
   # layers, 0 = the method's default (2 for g_freeze_attn, 1 = none otherwise); attention_kv: the head copies
   # get kv heads of their own (False: they read the original kv heads). See growth/attention.py.
   c.growth = ml_collections.ConfigDict(dict(factor=0, layers="all", plan="", noise_scale=0.0, seed=0,
@@ -312,7 +312,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   _need(config.data.task in tasks, "data.task", config.data.task, f"one of {tasks}")
   if config.train.reference_task:
     _need(config.train.reference_task in tasks, "train.reference_task", config.train.reference_task,
-          f"'' (the training task) or one of {tasks}")
+          f"'' (stdlib_text; synthetic for synthetic runs) or one of {tasks}")
   registry.check(tuple(config.eval.tasks), field="config.eval.tasks")
   from grow_jax.train import optim
   try:
