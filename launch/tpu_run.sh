@@ -23,7 +23,7 @@
 #   --tail     follow run.log on worker WORKER (default 0; `all` for every worker)
 #   --kill     stop the run on every worker (SIGTERM to its process group, SIGKILL after 60 s)
 #   --dry-run  print the gcloud command instead of running it
-#   TRAINER_FLAGS  passed on to grow_jax.main, e.g. --config.train.steps=100
+#   TRAINER_FLAGS  passed on to grow_jax.main, e.g. --config.total_steps=100
 
 set -euo pipefail
 # shellcheck source=common.sh

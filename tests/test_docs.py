@@ -1,11 +1,15 @@
 """The repository explains itself: docs/design.md's module table and each package's `__init__` docstring name
-every module there is (and none that is gone), and no document points outside the repository."""
+every module there is (and none that is gone), no document points outside the repository, every
+`--config.a.b=` override a document or script shows is a real config key, and the GPU install line names the CUDA
+that setup.cfg's `gpu` extra installs."""
 
 import ast
+import configparser
 import os
 import re
 
 from config_files import ROOT
+from grow_jax.train.config import base_config
 
 PACKAGE = os.path.join(ROOT, "grow_jax")
 
@@ -63,3 +67,50 @@ def test_no_document_or_source_points_outside_the_repository():
           if outside.search(line):
             hits.append(f"{os.path.relpath(path, ROOT)}:{number}")
   assert hits == []
+
+
+def _documents():
+  """Every file a user reads or runs, outside tests/: docs, READMEs, launchers, configs, experiments, the package."""
+  for folder, dirs, names in os.walk(ROOT):
+    dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("__pycache__", "node_modules", "tests")]
+    for name in names:
+      if name.endswith((".py", ".md", ".sh", ".sbatch")):
+        yield os.path.join(folder, name)
+
+
+OVERRIDE_PLACEHOLDERS = {"a.b", "KEY"}     # `--config.a.b=x`, `--config.KEY=VALUE`: the syntax, not a key
+
+
+def _has_key(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def test_every_config_override_in_the_docs_and_scripts_is_a_real_key():
+  overrides = []
+  for path in _documents():
+    for number, line in enumerate(open(path, errors="replace"), 1):
+      for key in re.findall(r"--config\.([A-Za-z_][\w.]*?)=", line):
+        if key not in OVERRIDE_PLACEHOLDERS:
+          overrides.append((f"{os.path.relpath(path, ROOT)}:{number}", key))
+  assert len(overrides) > 10                                              # the documents were read
+  config = base_config()
+  unknown = [f"{where}: --config.{key}" for where, key in overrides if not _has_key(config, key)]
+  assert unknown == [], "not keys of grow_jax.train.config.base_config()"
+
+
+def test_the_gpu_install_line_names_the_cuda_the_gpu_extra_installs():
+  extras = configparser.ConfigParser()
+  extras.read(os.path.join(ROOT, "setup.cfg"))
+  [cuda] = re.findall(r"jax\[cuda(\d+)\]", extras["options.extras_require"]["gpu"])
+  claims = []
+  for path in _documents():
+    for number, line in enumerate(open(path, errors="replace"), 1):
+      for version in re.findall(r"\.\[gpu\]\W*\(?[^()]*?CUDA (\d+)", line):
+        claims.append((f"{os.path.relpath(path, ROOT)}:{number}", version))
+  assert claims                                                           # the install lines were read
+  assert [where for where, version in claims if version != cuda] == [], f"the gpu extra installs CUDA {cuda}"
