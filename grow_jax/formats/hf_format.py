@@ -40,49 +40,72 @@ _NORMS = {
 
 
 # ---- config ------------------------------------------------------------------------------------------
+# What a Gemma 3 config.json means by a key it leaves out: transformers' Gemma3TextConfig defaults (copied from
+# transformers/models/gemma3/configuration_gemma3.py; the same from 4.50 to 5.x). Released configs rely on them:
+# Gemma 3 4B's text_config sets only hidden_size, intermediate_size, num_hidden_layers, sliding_window and
+# rope_scaling. A config.json that names no model_type must write the architecture out (_ARCHITECTURE).
+GEMMA3_TEXT_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "query_pre_attn_scalar": 256,
+    "sliding_window": 4096, "sliding_window_pattern": 6, "layer_types": None, "rope_parameters": None,
+    "rope_scaling": None, "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0, "rms_norm_eps": 1e-6,
+    "final_logit_softcapping": None, "attn_logit_softcapping": None, "max_position_embeddings": 131_072,
+    "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0,
+}
+_ARCHITECTURE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim")
+_MODEL_TYPES = ("gemma3_text", "gemma3")
+
+
 def config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
-  """ModelConfig from an HF Gemma 3 config.json dict (text config, or a multimodal one's text_config)."""
-  if "text_config" in hf and "hidden_size" not in hf:
-    hf = hf["text_config"]
-  model_type = hf.get("model_type", "gemma3_text")
-  if model_type not in ("gemma3_text", "gemma3"):
-    raise ConfigError(f"config.json model_type={model_type!r}: expected 'gemma3_text' (Gemma 3)")
-  required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "head_dim")
-  missing = [k for k in required if k not in hf]
-  if missing:
-    raise ConfigError(f"config.json is missing {missing}; expected a Gemma 3 text config")
-  local_base, global_base, global_scale = 10_000.0, 1_000_000.0, 1.0
-  rope = hf.get("rope_parameters")
-  if isinstance(rope, Mapping) and "full_attention" in rope:        # transformers >= 5
-    full, sliding = rope["full_attention"], rope.get("sliding_attention", {})
-    global_base = float(full.get("rope_theta", global_base))
-    local_base = float(sliding.get("rope_theta", local_base))
-    if full.get("rope_type", "default") == "linear":
-      global_scale = float(full["factor"])
-  else:                                                               # transformers 4.x names
-    global_base = float(hf.get("rope_theta", global_base))
-    local_base = float(hf.get("rope_local_base_freq", local_base))
-    scaling = hf.get("rope_scaling") or {}
-    if scaling.get("rope_type", scaling.get("type")) == "linear":
-      global_scale = float(scaling["factor"])
+  """ModelConfig from an HF Gemma 3 config.json dict (text config, or a multimodal one's text_config), the keys
+  it leaves out read as transformers' Gemma3TextConfig defaults. A malformed value is a ConfigError naming it."""
+  if not isinstance(hf, Mapping):
+    raise ConfigError(f"config.json holds {type(hf).__name__} {hf!r:.80}: expected a JSON object")
+  model_type, where = hf.get("model_type"), ""
+  if "text_config" in hf and "hidden_size" not in hf:          # multimodal (Gemma3ForConditionalGeneration)
+    if not isinstance(hf["text_config"], Mapping):
+      raise ConfigError(f"config.json text_config={hf['text_config']!r:.80}: expected a JSON object (the text "
+                        "decoder's config)")
+    hf, where = hf["text_config"], "text_config."
+    model_type = hf.get("model_type", "gemma3_text" if model_type == "gemma3" else None)
+  if model_type is None:
+    missing = [k for k in _ARCHITECTURE if k not in hf]
+    if missing:
+      raise ConfigError(f"config.json is missing {missing} and names no model_type; expected a Gemma 3 text "
+                        "config (model_type 'gemma3_text')")
+  elif model_type not in _MODEL_TYPES:
+    raise ConfigError(f"config.json {where}model_type={model_type!r}: expected 'gemma3_text' (Gemma 3)")
+  hf = {**GEMMA3_TEXT_DEFAULTS, **hf}
+  integer = lambda key: _integer(hf[key], where + key)
+
+  local_base, global_base, global_scale = _rope(hf, where)
   attention_types = None
-  if hf.get("layer_types"):
-    attention_types = tuple(GLOBAL if t == "full_attention" else LOCAL for t in hf["layer_types"])
+  if hf["layer_types"]:
+    if not isinstance(hf["layer_types"], (list, tuple)):
+      raise ConfigError(f"config.json {where}layer_types={hf['layer_types']!r:.80}: expected a list")
+    kinds = {"full_attention": GLOBAL, "sliding_attention": LOCAL}
+    unknown = sorted({str(t) for t in hf["layer_types"] if t not in kinds})
+    if unknown:
+      raise ConfigError(f"config.json {where}layer_types holds {unknown}: expected 'full_attention' or "
+                        "'sliding_attention' per layer")
+    attention_types = tuple(kinds[t] for t in hf["layer_types"])
+  eos = hf["eos_token_id"]
   kwargs = dict(
-      vocab_size=int(hf["vocab_size"]), embed_dim=int(hf["hidden_size"]),
-      hidden_dim=int(hf["intermediate_size"]), num_layers=int(hf["num_hidden_layers"]),
-      num_heads=int(hf["num_attention_heads"]), num_kv_heads=int(hf["num_key_value_heads"]),
-      head_dim=int(hf["head_dim"]),
-      query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", hf["head_dim"])),
-      sliding_window=int(hf.get("sliding_window", 512)),
+      vocab_size=integer("vocab_size"), embed_dim=integer("hidden_size"), hidden_dim=integer("intermediate_size"),
+      num_layers=integer("num_hidden_layers"), num_heads=integer("num_attention_heads"),
+      num_kv_heads=integer("num_key_value_heads"), head_dim=integer("head_dim"),
+      query_pre_attn_scalar=_number(hf["query_pre_attn_scalar"], where + "query_pre_attn_scalar"),
+      sliding_window=integer("sliding_window"),
       local_base_frequency=local_base, global_base_frequency=global_base, global_scale_factor=global_scale,
-      sliding_window_pattern=int(hf.get("sliding_window_pattern", 6)), attention_types=attention_types,
-      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      final_logit_softcap=hf.get("final_logit_softcapping"), attn_logit_softcap=hf.get("attn_logit_softcapping"),
-      max_position_embeddings=int(hf.get("max_position_embeddings", 32_768)),
-      bos_token_id=int(hf.get("bos_token_id", 2) or 2), eos_token_id=_first(hf.get("eos_token_id", 1)),
-      pad_token_id=int(hf.get("pad_token_id", 0) or 0),
+      sliding_window_pattern=integer("sliding_window_pattern"), attention_types=attention_types,
+      rms_norm_eps=_number(hf["rms_norm_eps"], where + "rms_norm_eps"),
+      final_logit_softcap=_number(hf["final_logit_softcapping"], where + "final_logit_softcapping", optional=True),
+      attn_logit_softcap=_number(hf["attn_logit_softcapping"], where + "attn_logit_softcapping", optional=True),
+      max_position_embeddings=integer("max_position_embeddings"),
+      bos_token_id=2 if hf["bos_token_id"] is None else integer("bos_token_id"),
+      eos_token_id=_integer(eos[0] if isinstance(eos, (list, tuple)) and eos else eos, where + "eos_token_id"),
+      pad_token_id=0 if hf["pad_token_id"] is None else integer("pad_token_id"),
   )
   kwargs.update(overrides)
   config = ModelConfig(**kwargs)
@@ -94,12 +117,65 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
   return config
 
 
+def _rope(hf: Mapping[str, Any], where: str) -> tuple[float, float, float]:
+  """(local base, global base, global linear scale) as transformers' Gemma3TextConfig reads them: transformers 5's
+  per-layer-kind rope_parameters, then the 4.x names (rope_scaling over the global layers' entry; rope_theta and
+  rope_local_base_freq where no rope_theta is given)."""
+  rope = hf["rope_parameters"]
+  if rope is not None and not (isinstance(rope, Mapping) and set(rope) <= {"full_attention", "sliding_attention"}):
+    raise ConfigError(f"config.json {where}rope_parameters={rope!r:.80}: expected {{'full_attention': {{...}}, "
+                      "'sliding_attention': {...}}")
+  sources = {}                          # layer kind -> [(dict, where)], later entries win
+  for kind in ("full_attention", "sliding_attention"):
+    given = (rope or {}).get(kind) or {}
+    if not isinstance(given, Mapping):
+      raise ConfigError(f"config.json {where}rope_parameters.{kind}={given!r:.80}: expected a JSON object")
+    sources[kind] = [(given, f"{where}rope_parameters.{kind}.")]
+  if hf["rope_scaling"]:
+    if not isinstance(hf["rope_scaling"], Mapping):
+      raise ConfigError(f"config.json {where}rope_scaling={hf['rope_scaling']!r:.80}: expected a JSON object or null")
+    sources["full_attention"].append((hf["rope_scaling"], f"{where}rope_scaling."))
+
+  def pick(kind, *keys, default):
+    """(value, its key in config.json) of the last source of `kind` holding one of `keys`."""
+    for given, at in reversed(sources[kind]):
+      for key in keys:
+        if key in given:
+          return given[key], at + key
+    return default
+
+  global_base = _number(*pick("full_attention", "rope_theta", default=(hf["rope_theta"], where + "rope_theta")))
+  local_base = _number(*pick("sliding_attention", "rope_theta",
+                             default=(hf["rope_local_base_freq"], where + "rope_local_base_freq")))
+  scale = 1.0
+  for kind in ("full_attention", "sliding_attention"):
+    rope_type, at = pick(kind, "rope_type", "type", default=("default", ""))
+    if rope_type not in ("default", "linear"):
+      raise ConfigError(f"config.json {at}={rope_type!r}: expected 'default' or 'linear' (Gemma 3)")
+    if rope_type == "linear" and kind == "sliding_attention":
+      raise ConfigError(f"config.json {at}='linear': Gemma 3 scales the RoPE of its global layers only")
+    if rope_type == "linear":
+      factor, at = pick(kind, "factor", default=(None, at.rsplit(".", 1)[0] + ".factor"))
+      scale = _number(factor, at)
+  return local_base, global_base, scale
+
+
+def _integer(value, key: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+    raise ConfigError(f"config.json {key}={value!r:.80}: expected an integer")
+  return int(value)
+
+
+def _number(value, key: str, *, optional: bool = False) -> float | None:
+  if value is None and optional:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ConfigError(f"config.json {key}={value!r:.80}: expected a number" + (" or null" if optional else ""))
+  return float(value)
+
+
 def _int_if_integral(x):
   return int(x) if float(x).is_integer() else float(x)
-
-
-def _first(x) -> int:
-  return int(x[0]) if isinstance(x, (list, tuple)) else int(x)
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
