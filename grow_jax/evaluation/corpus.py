@@ -9,6 +9,15 @@ from the cached hidden states and the base's (kept) embedding matrix, chunk by c
 model's, so the KL is exact in float32 and memory stays O(batch * chunk * V). The cache lives in memory
 and optionally on disk or gs:// (`cache_dir`), keyed by a hash of the base config, base parameters (or a given
 `base_id`) and the corpus tokens.
+
+Where the reference lives: on the device mesh (the trainer's; one device without one), put there once. The
+base parameters are placed sharded like the model's (`train/sharding.py` PARAM_RULES) for the one forward pass
+that computes the hidden states, then dropped; the hidden states stay with their batch rows split over the
+data axes (`data`, `fsdp`) and the embedding sharded like the model's embedder. The hidden states are kept in
+the dtype the base computes them in (bfloat16 for a bfloat16 model): the model side casts them to its own
+compute dtype, so the KL is the same as with a float32 copy. The disk file holds float32 (numpy has no
+bfloat16), the same format as before. Process 0 alone writes it; which branch every process takes (load or
+compute) is process 0's decision, broadcast, since computing is a collective.
 """
 
 from __future__ import annotations
@@ -25,25 +34,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grow_jax import files
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from grow_jax import files, tree_paths
+from grow_jax.errors import ShardingError
 from grow_jax.evaluation.scoring import (Metrics, Params, Row, encode_text, make_batches, map_chunks,
                                          score_rows, scored_hidden)
 from grow_jax.model.config import ModelConfig
 from grow_jax.model.transformer import unembed
+from grow_jax.train import sharding
 
 _log = logging.getLogger(__name__)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _final_hidden(params, inputs, input_mask, score_positions, *, config: ModelConfig):
-  return scored_hidden(config, params, inputs, input_mask, score_positions)
+@functools.partial(jax.jit, static_argnames=("config", "out_sharding"))
+def _final_hidden(params, inputs, input_mask, score_positions, *, config: ModelConfig,
+                  out_sharding: NamedSharding | None = None):
+  """The base's final hidden states (B, W, D) at the scored positions, left where `out_sharding` says."""
+  return _constrained(scored_hidden(config, params, inputs, input_mask, score_positions), out_sharding)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "base_softcap", "chunk"))
+def _constrained(tree, out_sharding: NamedSharding | None):
+  return tree if out_sharding is None else jax.lax.with_sharding_constraint(tree, out_sharding)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "base_softcap", "chunk", "out_sharding"))
 def _nll_and_kl(params, inputs, input_mask, score_positions, targets, base_hidden, base_embedding, *,
-                config: ModelConfig, base_softcap: float | None, chunk: int):
+                config: ModelConfig, base_softcap: float | None, chunk: int,
+                out_sharding: NamedSharding | None = None):
   """Per scored position (B, W): the model's NLL of the next token and KL(base ‖ model) of the next-token
-  distributions, from one forward pass."""
+  distributions, from one forward pass; both replicated (`out_sharding`), so every process can read them."""
   hidden = scored_hidden(config, params, inputs, input_mask, score_positions)
   embedding = params["embedder"]["input_embedding"]
 
@@ -53,7 +73,8 @@ def _nll_and_kl(params, inputs, input_mask, score_positions, targets, base_hidde
     nll = -jnp.take_along_axis(logp, t[..., None], axis=-1)[..., 0]
     return nll, jnp.sum(jnp.exp(logq) * (logq - logp), axis=-1)
 
-  return map_chunks(one, chunk, hidden, base_hidden.astype(hidden.dtype), targets)
+  out = map_chunks(one, chunk, hidden, base_hidden.astype(hidden.dtype), targets)
+  return _constrained(out, out_sharding)
 
 
 def rolling_rows(tokens: Sequence[int], max_len: int) -> list[Row]:
@@ -113,23 +134,74 @@ def params_fingerprint(params: Params) -> str:
   return h.hexdigest()
 
 
+def reference_mesh() -> Mesh:
+  """The mesh of a reference built without one: this process's first device alone (where a jit of host
+  arrays runs anyway)."""
+  return Mesh(np.asarray(jax.local_devices()[:1]).reshape((1,) * len(sharding.MESH_AXES)), sharding.MESH_AXES,
+              axis_types=(AxisType.Auto,) * len(sharding.MESH_AXES))
+
+
+def _base_shardings(params: Params, mesh: Mesh):
+  """The model's sharding rules for the base parameters; a leaf whose dims this mesh does not divide (the
+  base's MLP may be narrower than the grown model the mesh was chosen for) is replicated instead."""
+  def one(path, leaf):
+    spec = sharding.spec_for(path)
+    try:
+      sharding.check_spec(path, leaf.shape, spec, mesh)
+    except ShardingError:
+      spec = P()
+    return NamedSharding(mesh, spec)
+
+  return tree_paths.map_with_path(one, params)
+
+
+def _put(x, target: NamedSharding) -> jax.Array:
+  """A leaf (host array, the same on every process, or a jax.Array) as a global array with `target`."""
+  if isinstance(x, jax.Array) and (jax.process_count() == 1 or not x.is_fully_addressable):
+    return jax.device_put(x, target)
+  return sharding.put_global(np.asarray(x), target)
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  """The whole of a global array on this host (an all-gather across processes: every process calls it)."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _decided_by_process_0(value: bool) -> bool:
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+
+
 class BaseReference:
   """The base model's side of KL(base ‖ model) on a fixed corpus, computed once and cached.
 
-  Holds the corpus batches, the base model's final hidden states per batch (float32, memory and
-  optionally `cache_dir/kl_base_<key>.npz`) and the base embedding matrix. `kl_divergence` runs the
-  model on the same batches and recomputes the base logits from the cached hidden states.
+  Holds the corpus batches and, on `mesh` (default: `reference_mesh()`), the base model's final hidden
+  states per batch (`hidden`: jax.Arrays in the base's compute dtype, rows over the data axes; also
+  `cache_dir/kl_base_<key>.npz` in float32) and the base embedding matrix (`embedding`, sharded like the
+  model's). `kl_divergence` runs the model on the same batches and recomputes the base logits from them.
+  `batch_size` must be a multiple of the mesh's data * fsdp size (the trainer checks eval.batch_size so).
   """
 
   def __init__(self, base_config: ModelConfig, base_params: Params, rows: Sequence[Row], *,
                batch_size: int = 8, bucket: int = 32, logits_chunk: int = 64, cache_dir: str | None = None,
-               base_id: str | None = None, num_bytes: int | None = None):
+               base_id: str | None = None, num_bytes: int | None = None, mesh: Mesh | None = None):
     self.base_config = base_config
     self.num_bytes = num_bytes
     self.logits_chunk = logits_chunk
+    self.mesh = mesh if mesh is not None else reference_mesh()
+    groups = sharding.data_parallel_size(self.mesh)
+    if batch_size % groups:
+      raise ShardingError(f"KL reference: batch_size={batch_size} is not divisible by the data-parallel size "
+                          f"data*fsdp={groups} (mesh {sharding.describe(self.mesh)}); expected a multiple of {groups}")
+    self.rows_sharding = NamedSharding(self.mesh, P(sharding.BATCH_AXES))
+    self.replicated = sharding.replicated(self.mesh)
     self.batches = make_batches(rows, batch_size=batch_size, bucket=bucket, chunk=logits_chunk,
                                 pad_id=base_config.pad_token_id)
-    self.embedding = base_params["embedder"]["input_embedding"]
     key = hashlib.sha256()
     key.update(base_config.to_json().encode())
     key.update((base_id or params_fingerprint(base_params)).encode())
@@ -139,21 +211,28 @@ class BaseReference:
     self.key = key.hexdigest()[:24]
     start = time.time()
     path = os.path.join(cache_dir, f"kl_base_{self.key}.npz") if cache_dir else None     # local or gs://
-    if path and files.as_path(path).exists():
+    shardings = _base_shardings(base_params, self.mesh)
+    dtype = jnp.dtype(base_config.dtype)
+    if path and _decided_by_process_0(files.as_path(path).exists()):
       with files.as_path(path).open("rb") as f, np.load(f) as stored:
-        self.hidden = [stored[f"batch_{i}"] for i in range(len(self.batches))]
+        self.hidden = [_put(stored[f"batch_{i}"].astype(dtype), self.rows_sharding) for i in range(len(self.batches))]
+      self.embedding = _put(base_params["embedder"]["input_embedding"], shardings["embedder"]["input_embedding"])
       source = f"loaded from {path}"
     else:
-      self.hidden = [np.asarray(jax.device_get(_final_hidden(base_params, b.inputs, b.input_mask,
-                                                             b.score_positions, config=base_config)),
-                                np.float32)
-                     for b in self.batches]
+      placed = jax.tree.map(_put, base_params, shardings)
+      self.hidden = [_final_hidden(placed, b.inputs, b.input_mask, b.score_positions, config=base_config,
+                                   out_sharding=self.rows_sharding) for b in self.batches]
+      self.embedding = placed["embedder"]["input_embedding"]
+      del placed                                     # only the embedding stays on the devices
       source = "computed"
       if path:
-        files.write_with(path, lambda tmp: _savez(tmp, {f"batch_{i}": h for i, h in enumerate(self.hidden)}))
-        source += f", saved to {path}"
-    _log.info("KL base reference %s: %d batches, %.1f MiB of hidden states, %s in %.1f s", self.key,
-              len(self.batches), self.nbytes / 2**20, source, time.time() - start)
+        stored = {f"batch_{i}": _to_host(h).astype(np.float32) for i, h in enumerate(self.hidden)}   # every process
+        if jax.process_index() == 0:                 # one writer per file
+          files.write_with(path, lambda tmp: _savez(tmp, stored))
+          source += f", saved to {path}"
+    _log.info("KL base reference %s: %d batches, %.1f MiB of hidden states (%s) and a %s embedding on mesh %s, "
+              "%s in %.1f s", self.key, len(self.batches), self.nbytes / 2**20, dtype.name,
+              "x".join(map(str, self.embedding.shape)), sharding.describe(self.mesh), source, time.time() - start)
 
   @classmethod
   def from_texts(cls, base_config: ModelConfig, base_params: Params, tokenizer, texts: Sequence[str], *,
@@ -163,7 +242,8 @@ class BaseReference:
 
   @property
   def nbytes(self) -> int:
-    return sum(h.nbytes for h in self.hidden)
+    """Bytes of the cached hidden states (all batches, the whole mesh)."""
+    return sum(h.size * h.dtype.itemsize for h in self.hidden)
 
 
 def kl_divergence(config: ModelConfig, params: Params, reference: BaseReference) -> Metrics:
@@ -177,7 +257,7 @@ def kl_divergence(config: ModelConfig, params: Params, reference: BaseReference)
     nll, kl = jax.device_get(_nll_and_kl(
         params, batch.inputs, batch.input_mask, batch.score_positions, batch.targets, hidden,
         reference.embedding, config=config, base_softcap=reference.base_config.final_logit_softcap,
-        chunk=min(reference.logits_chunk, batch.targets.shape[1])))
+        chunk=min(reference.logits_chunk, batch.targets.shape[1]), out_sharding=reference.replicated))
     values = np.asarray(kl)[batch.score_mask]
     kl_total += float(values.sum(dtype=np.float64))
     nll_total += float(np.asarray(nll)[batch.score_mask].sum(dtype=np.float64))

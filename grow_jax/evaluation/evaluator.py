@@ -70,11 +70,12 @@ class Evaluator:
     base_id: a stable name of the base weights for the KL disk cache key (default: hash the params).
     batch_size, max_len, bucket, logits_chunk: batching (see the module docstring).
     cache_dir: where the KL base hidden states are stored (None: memory only).
+    mesh: the device mesh the KL base reference lives on, sharded (the trainer's; None: one device).
   """
 
   def __init__(self, tokenizer, tasks: Sequence[EvalTask], *, base: tuple[ModelConfig, Params] | None = None,
                base_id: str | None = None, batch_size: int = 8, max_len: int = 512, bucket: int = 32,
-               logits_chunk: int = 64, cache_dir: str | None = None):
+               logits_chunk: int = 64, cache_dir: str | None = None, mesh=None):
     names = [t.name for t in tasks]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -84,7 +85,7 @@ class Evaluator:
                        "need base=(base_config, base_params)")
     self.tokenizer, self.tasks, self.base, self.base_id = tokenizer, list(tasks), base, base_id
     self.batch = dict(batch_size=batch_size, bucket=bucket, logits_chunk=logits_chunk)
-    self.max_len, self.cache_dir = max_len, cache_dir
+    self.max_len, self.cache_dir, self.mesh = max_len, cache_dir, mesh
     self._prepared: dict[str, Any] = {}
 
   def _prepare(self, task: EvalTask):
@@ -102,7 +103,8 @@ class Evaluator:
     elif task.kind == "kl":
       base_config, base_params = self.base
       prepared = corpus.BaseReference.from_texts(base_config, base_params, tok, task.examples, max_len=self.max_len,
-                                          cache_dir=self.cache_dir, base_id=self.base_id, **self.batch)
+                                          cache_dir=self.cache_dir, base_id=self.base_id, mesh=self.mesh,
+                                          **self.batch)
     else:
       prepared = None
     self._prepared[task.name] = prepared
@@ -162,7 +164,7 @@ def evaluate_all(config: ModelConfig, params: Params, tokenizer, tasks: Sequence
                  out: str | None = None, **kwargs) -> dict[str, Metrics]:
   """Score one model on `tasks`; write {task: {metric: value}} to `out` as JSON if given.
 
-  kwargs go to `Evaluator` (base, base_id, batch_size, max_len, bucket, logits_chunk, cache_dir).
+  kwargs go to `Evaluator` (base, base_id, batch_size, max_len, bucket, logits_chunk, cache_dir, mesh).
   """
   results = Evaluator(tokenizer, tasks, **kwargs)(config, params)
   if out:

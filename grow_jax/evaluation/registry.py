@@ -28,7 +28,8 @@ EvalFn = Callable[[Params], Metrics]
 
 @dataclasses.dataclass
 class EvalContext:
-  """What an evaluation factory may use. The trainer fills the trainer-only fields (heldout_batches, mesh)."""
+  """What an evaluation factory may use. The trainer fills the trainer-only fields (heldout_batches, mesh; the
+  KL base reference lives on `mesh` when it is given)."""
 
   model_config: ModelConfig
   tokenizer: Any = None
@@ -122,7 +123,7 @@ def _data_task_fn(name: str, split: str | None, ctx: EvalContext) -> EvalFn:
       raise ConfigError(f"evaluation {name!r} computes KL(base ‖ model) and needs a base model")
     base = ctx.base_model()
   evaluator = Evaluator(ctx.tokenizer, tasks, base=base, base_id=ctx.base_id, batch_size=ctx.batch_size,
-                        max_len=ctx.max_len, cache_dir=ctx.cache_dir)
+                        max_len=ctx.max_len, cache_dir=ctx.cache_dir, mesh=ctx.mesh)
   return lambda params: merged_metrics(evaluator(ctx.model_config, params), tasks)
 
 
@@ -173,7 +174,7 @@ _SMOKE_TEXTS = (
 def _smoke(task: EvalTask, ctx: EvalContext) -> EvalFn:
   base = ctx.base_model() if task.kind == "kl" else None
   evaluator = Evaluator(ctx.tokenizer, [task], base=base, base_id=ctx.base_id, batch_size=ctx.batch_size,
-                        max_len=ctx.max_len, cache_dir=ctx.cache_dir)
+                        max_len=ctx.max_len, cache_dir=ctx.cache_dir, mesh=ctx.mesh)
   return lambda params: evaluator(ctx.model_config, params)[task.name]
 
 
