@@ -144,7 +144,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.diagnostics_every_steps = 50
 
   # Device mesh: sizes of the ('data', 'fsdp', 'tensor') axes; one of them may be -1 (= fill the rest).
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # dcn_data / dcn_fsdp: how many TPU slices (multislice) or nodes (GPU clusters) the data / fsdp axis spans
+  # over the data-centre network (each must divide its axis; 1 = inside one slice / node). See train/sharding.py.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1))
   return c
 
 

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from grow_jax import tree_paths
@@ -30,11 +31,20 @@ BATCH_AXES = ("data", "fsdp")
 
 
 # ---- mesh --------------------------------------------------------------------------------------------
+# config.mesh: the sizes of the mesh axes (data, fsdp, tensor; one may be -1 = fill) and how many slices or
+# nodes the data and fsdp axes span over the slow data-centre network (dcn_data, dcn_fsdp; default 1 = one
+# slice). Each axis of size s with dcn size k is k outer blocks of s / k devices inside a slice / node: the
+# gradient all-reduce of 'data' (or the parameter all-gathers of 'fsdp') cross the slow network, while
+# 'tensor' and the rest of 'fsdp' stay on the fast interconnect (TPU ICI, NVLink), as MaxText's ici_* x dcn_*.
+DCN_KEYS = {"data": "dcn_data", "fsdp": "dcn_fsdp"}
+
+
 def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> dict[str, int]:
   """Resolves the -1 entry of {'data', 'fsdp', 'tensor'} so the product is `num_devices`."""
-  unknown = sorted(set(mesh_config) - set(MESH_AXES))
+  unknown = sorted(set(mesh_config) - set(MESH_AXES) - set(DCN_KEYS.values()))
   if unknown:
-    raise ShardingError(f"config.mesh has unknown axes {unknown}; expected {list(MESH_AXES)}")
+    raise ShardingError(f"config.mesh has unknown keys {unknown}; expected {list(MESH_AXES)} and "
+                        f"{list(DCN_KEYS.values())}")
   sizes = {a: int(mesh_config.get(a, 1)) for a in MESH_AXES}
   described = ",".join(f"{a}={s}" for a, s in sizes.items())
   fill = [a for a, s in sizes.items() if s == -1]
@@ -51,14 +61,82 @@ def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> dict[str, in
   return sizes
 
 
+def dcn_shape(mesh_config: Mapping[str, int], sizes: Mapping[str, int]) -> dict[str, int]:
+  """How many slices / nodes each mesh axis spans (config.mesh.dcn_*; 1 for 'tensor'), checked against the
+  resolved axis sizes `sizes`."""
+  dcn = {a: 1 for a in MESH_AXES}
+  for axis, key in DCN_KEYS.items():
+    value = mesh_config.get(key, 1)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise ShardingError(f"config.mesh.{key}={value!r}: expected a positive integer (the number of slices or "
+                          f"nodes the {axis!r} axis spans; 1 = inside one slice / node)")
+    if sizes[axis] % value:
+      raise ShardingError(f"config.mesh.{key}={value} does not divide config.mesh.{axis}={sizes[axis]}: each of "
+                          f"the {value} slices / nodes must hold an equal part of the {axis!r} axis")
+    dcn[axis] = int(value)
+  return dcn
+
+
 def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+  """The ('data', 'fsdp', 'tensor') mesh over `devices` (default: all devices), laid out on the hardware.
+
+  Inside a slice / node, jax.experimental.mesh_utils.create_device_mesh places the axes on the physical
+  topology (TPU ICI torus: 'tensor' first on the best-connected chips), splitting a physical axis where the
+  sizes require it (allow_split_physical_axes: (1, 16, 4) on a v6e 8x8, whose axes are 8 and 8). With
+  config.mesh.dcn_data / dcn_fsdp > 1 the mesh is hybrid, as mesh_utils.create_hybrid_device_mesh builds it:
+  one such mesh per slice (TPU multislice, devices' slice_index) or per group of consecutive processes (GPU
+  and CPU clusters: a node), placed as the outer blocks of the data / fsdp axes.
+  """
   devices = list(jax.devices() if devices is None else devices)
   sizes = mesh_shape(mesh_config, len(devices))
-  shape = tuple(sizes[a] for a in MESH_AXES)
-  if len(devices) == len(jax.devices()):
-    # make_mesh picks a device order that follows the physical topology (TPU ICI rings).
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  dcn = dcn_shape(mesh_config, sizes)
+  ici = {a: sizes[a] // dcn[a] for a in MESH_AXES}
+  described = ",".join(f"{a}={s}" for a, s in sizes.items()) + "".join(
+      f",{k}={dcn[a]}" for a, k in DCN_KEYS.items())
+  granules = _granules(devices, math.prod(dcn.values()), described)
+  per_granule = [_physical_mesh(tuple(ici[a] for a in MESH_AXES), g, described) for g in granules]
+  order = np.arange(len(granules)).reshape(tuple(dcn[a] for a in MESH_AXES))
+  blocks = np.vectorize(lambda i: per_granule[i], otypes=[object])(order)
+  array = np.block(blocks.tolist()) if len(granules) > 1 else per_granule[0]
+  return Mesh(array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _granules(devices: Sequence[Any], count: int, described: str) -> list[list[Any]]:
+  """The devices in `count` groups joined by the slow network: TPU slices (slice_index) when the devices span
+  several, else groups of consecutive processes (a node of a GPU cluster: its processes are consecutive
+  under SLURM's block distribution and torchrun-style launchers). Every group has the same device count."""
+  slices = sorted({getattr(d, "slice_index", 0) for d in devices})
+  if len(slices) > 1:
+    if count != len(slices):
+      raise ShardingError(f"config.mesh={described}: the devices span {len(slices)} slices, so dcn_data * "
+                          f"dcn_fsdp must be {len(slices)} (the slices are joined by the data-centre network)")
+    groups = [[d for d in devices if d.slice_index == s] for s in slices]
+  elif count == 1:
+    return [list(devices)]
+  else:
+    if devices[0].platform == "tpu":
+      raise ShardingError(f"config.mesh={described}: the devices form one TPU slice (all ICI); dcn_data and "
+                          "dcn_fsdp count slices of a multislice job: expected 1")
+    processes = sorted({d.process_index for d in devices})
+    if len(processes) % count:
+      raise ShardingError(f"config.mesh={described}: dcn_data * dcn_fsdp = {count} nodes do not divide the "
+                          f"{len(processes)} processes (each node holds the same number of processes)")
+    per = len(processes) // count
+    node = {p: i // per for i, p in enumerate(processes)}
+    groups = [[d for d in devices if node[d.process_index] == g] for g in range(count)]
+  if len({len(g) for g in groups}) > 1:
+    raise ShardingError(f"config.mesh={described}: the slices / nodes hold unequal device counts "
+                        f"{sorted(len(g) for g in groups)}; expected the same count in each")
+  return groups
+
+
+def _physical_mesh(shape: tuple[int, ...], devices: Sequence[Any], described: str) -> np.ndarray:
+  try:
+    return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  except (AssertionError, NotImplementedError, ValueError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ShardingError(f"config.mesh={described}: {len(devices)} {devices[0].device_kind} devices cannot be "
+                        f"laid out as {'x'.join(map(str, shape))}: {first}") from None
 
 
 def data_parallel_size(mesh: Mesh) -> int:
