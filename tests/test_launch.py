@@ -95,6 +95,8 @@ def test_missing_required_flag_is_one_line_naming_it(script, args, flag):
     ("tpu_run.sh", TPU + ["--config=c.py", "--workdir=gs://b/w", "--config.seed=1"], "put it after --"),
     ("slurm.sbatch", ["--config=c.py", "--workdir=/w", "--nodes=2"], "unknown flag --nodes"),
     ("slurm.sbatch", ["--config=c.py", "--workdir=/w", "--stage-dest=/tmp/m"], "--stage-dest needs --stage-src"),
+    ("slurm.sbatch", ["--config=c.py", "--workdir=/w", "--mem-fraction=90%"],
+     "memory fraction '90%' (--mem-fraction or $XLA_PYTHON_CLIENT_MEM_FRACTION): expected a positive number"),
     ("stage_model.sh", TPU + ["--src=gs://b/m"], "a gs:// --src needs --dest"),
     ("stage_model.sh", TPU + ["--src=/no/such/dir"], "--src=/no/such/dir is not a directory"),
     ("stage_model.sh", TPU + ["--src=gs://b/m", "--dest=~other/m"], "~USER is not supported"),
@@ -250,7 +252,7 @@ def test_stage_model_slurm_needs_an_allocation():
 
 
 SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu-node-[07-08]", "SLURM_NTASKS": "2",
-             "SLURM_JOB_NUM_NODES": "2"}
+             "SLURM_JOB_NUM_NODES": "2", "XLA_PYTHON_CLIENT_MEM_FRACTION": "", "XLA_CLIENT_MEM_FRACTION": ""}
 
 
 def test_slurm_srun_line():
@@ -258,8 +260,23 @@ def test_slurm_srun_line():
                           "--", "--config.seed=1", env=SLURM_ENV))
   # grow_jax.distributed computes every process's coordinator, id and GPUs from the SLURM_* variables.
   assert srun == ["srun", "--kill-on-bad-exit=1", "env", "GROW_JAX_DISTRIBUTED=slurm", "JAX_PLATFORMS=cuda",
-                  "python", "-m", "grow_jax.main", "--config=configs/x.py:variant=tiny", "--workdir=/shared/w",
-                  "--config.seed=1"]
+                  "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9", "python", "-m", "grow_jax.main",
+                  "--config=configs/x.py:variant=tiny", "--workdir=/shared/w", "--config.seed=1"]
+
+
+@pytest.mark.parametrize("env, flags, exported", [
+    ({}, [], "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9"),                      # JAX's 0.75 leaves a quarter unused
+    ({}, ["--mem-fraction=0.8"], "XLA_PYTHON_CLIENT_MEM_FRACTION=0.8"),
+    ({"XLA_PYTHON_CLIENT_MEM_FRACTION": ".95"}, [], "XLA_PYTHON_CLIENT_MEM_FRACTION=.95"),
+    # The newer name, when the user set it, carries the value: jaxlib refuses both names at once.
+    ({"XLA_CLIENT_MEM_FRACTION": "0.7"}, [], "XLA_CLIENT_MEM_FRACTION=0.7"),
+    ({"XLA_CLIENT_MEM_FRACTION": "0.7"}, ["--mem-fraction=0.85"], "XLA_CLIENT_MEM_FRACTION=0.85"),
+])
+def test_slurm_sets_the_gpu_memory_fraction(env, flags, exported):
+  [srun] = printed(launch("slurm.sbatch", "--config=c.py", "--workdir=/w", *flags, "--dry-run",
+                          env={**SLURM_ENV, **env}))
+  assert [a for a in srun if "MEM_FRACTION" in a] == [exported]
+  assert srun.index(exported) < srun.index("python")
 
 
 def test_slurm_stages_the_model_first():

@@ -257,12 +257,14 @@ def sbatch(env, *args, expect=0):
      [("node01", [0]), ("node01", [0]), ("node02", [0]), ("node02", [0])]),
 ])
 def test_slurm_every_process_gets_its_distributed_arguments(cluster, options, layout):
-  runs, _ = sbatch(cluster, *options, "launch/slurm.sbatch", "--config=configs/x.py", "--workdir=/shared/w",
+  env = {k: v for k, v in cluster.items() if not k.endswith("MEM_FRACTION")}
+  runs, _ = sbatch(env, *options, "launch/slurm.sbatch", "--config=configs/x.py", "--workdir=/shared/w",
                    "--", "--config.name=a b")
   assert [(Path(r["home"]).name, r["plan"]["kwargs"]["local_device_ids"]) for r in runs] == layout
   for i, run in enumerate(runs):
     assert run["argv"] == ["--config=configs/x.py", "--workdir=/shared/w", "--config.name=a b"]
     assert run["env"]["JAX_PLATFORMS"] == "cuda" and run["env"]["GROW_JAX_DISTRIBUTED"] == "slurm"
+    assert run["env"]["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.9" and "XLA_CLIENT_MEM_FRACTION" not in run["env"]
     assert run["plan"] == {"mode": "slurm", "kwargs": {
         "coordinator_address": "node01:61586", "num_processes": len(layout), "process_id": i,
         "local_device_ids": layout[i][1], "cluster_detection_method": "deactivate"}}

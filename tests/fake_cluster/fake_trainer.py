@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 VARS = ("GROW_JAX_DISTRIBUTED", "JAX_PLATFORMS", "FAKE_LAUNCHED_JAX_PLATFORMS", "SLURM_PROCID", "SLURM_LOCALID",
-        "SLURM_NODEID", "CUDA_VISIBLE_DEVICES")
+        "SLURM_NODEID", "CUDA_VISIBLE_DEVICES", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_CLIENT_MEM_FRACTION")
 
 record = {"argv": sys.argv[1:], "cwd": os.getcwd(), "home": os.environ.get("HOME"), "pid": os.getpid(),
           "env": {k: os.environ[k] for k in VARS if k in os.environ}}
