@@ -7,7 +7,7 @@
     sharding.py     the device mesh, path rules -> NamedSharding, global batches
     checkpointing.py orbax checkpoints of the state, the data position and the run's meta; resume order
     trained.py      a trained model (workdir or params file) and the weights it started from
-    preemption.py   SIGTERM recorded: the loop saves after the current step and exits cleanly
+    preemption.py   SIGTERM and Ctrl-C recorded: the loop saves after the current step and exits cleanly
     workdir.py      one live run per workdir; writability
     writers.py      metrics.jsonl, TensorBoard, progress
     summary.py      the accounting table at start, the before/after table at the end

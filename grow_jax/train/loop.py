@@ -10,7 +10,7 @@ the module that owns its concept:
   3. state: restored from a checkpoint, or the init weights grown and the method's state built (setup.py);
      then config.json, the checkpointer and the metric writers
   4. jit the step with explicit shardings and a donated state; the evaluations (evaluation/registry.py)
-  5. the loop: train, log, diagnose, evaluate, checkpoint; SIGTERM saves and exits; NaN/inf stops the run
+  5. the loop: train, log, diagnose, evaluate, checkpoint; SIGTERM or Ctrl-C saves and exits; NaN/inf stops the run
 
 Every file goes through grow_jax/files.py's one path type, so the workdir may be local or gs://bucket/dir.
 """
@@ -135,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                            f"{e.strerror or e}. {_kept(ckpt)}") from None
 
     # ==== 5. The loop ====================================================================================
-    stop = preemption.SignalFlag(signal.SIGTERM)
+    stop = preemption.SignalFlag(signal.SIGTERM, signal.SIGINT)    # preemption, Ctrl-C
     metrics = writers.StepMetrics(writer, config.batch_size * config.data.seq_len, lambda: _kept(ckpt))
     last: dict[str, Any] = {"step": start_step}
     first_eval: dict[str, Any] = {}
@@ -178,7 +178,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           save(step)
           metrics.restart_clock()
         if stopping:
-          writer.print(f"stopped by signal {stop.signum} at step {step}; checkpoint saved")
+          writer.print(f"stopped by signal {stop.name or '(sent to another process)'} at step {step}; "
+                       "checkpoint saved")
           break
       if step == start_step and start_step > 0:
         writer.print(f"nothing to do: the checkpoint is at step {step} >= total_steps={config.total_steps}")
