@@ -52,7 +52,7 @@ def test_list_prints_every_run_in_the_order_the_runner_takes_them_and_honours_on
     final = {"capitals_gen:validation/exact_match_norm": 0.6}
     if chrf is not None:
       final["gettext_en_fr:validation/chrf"] = chrf
-    runs.write_record(out, run, _record(run, **final))
+    runs.write_record(out, run, {**_record(run, **final), **runs.identity_fields(study, run)})
   todo = [r.id for r in runs.pending(study, runs.load_records(out))]    # l2sp's sweep, sft's test, sft's seed 1
 
   def listed(*args):
@@ -280,6 +280,8 @@ def _done_smoke_study(out):
              high.id: _record(high, **{**val, "gettext_en_fr:validation/chrf": 9.0}, **test)}
   (seed1,) = [r for r in runs.pending(study, records) if r.phase == "seeds"]
   records[seed1.id] = _record(seed1, **val, **test)
+  for record in records.values():                    # with run identities, as the runner writes them
+    record.update(runs.identity_fields(study, runs.record_run(record), tested=any(k in record["final"] for k in test)))
   for run_id, record in records.items():
     runs.write_record(out, runs.Run(record["task"], record["method"], tuple(map(tuple, record["hparams"])),
                                     record["seed"], record["phase"]), record)
@@ -313,6 +315,13 @@ def test_a_borrow_refuses_a_twin_that_trains_differently_or_is_scored_on_other_s
     runs.borrowed_record(_borrower(tmp_path, theirs, extra_batch=1), run, str(tmp_path / "mine"))
   with pytest.raises(ConfigError, match="gettext_en_fr:validation is scored on 5 examples here and on 4 there"):
     runs.borrowed_record(_borrower(tmp_path, theirs, limit=5), run, str(tmp_path / "mine"))
+  stale = json.loads(open(os.path.join(theirs, "runs", run.file_name)).read())
+  stale["config"]["optimizer.warmup_steps"], stale["identity"] = 5, "0" * 16      # their record, made otherwise
+  runs.write_record(str(tmp_path / "stale"), run, stale)
+  with pytest.raises(ConfigError, match=r"their record translation/sft/learning_rate=0.001/seed=0 under .* differs "
+                                        r"from what study forgetting_smoke now asks for: optimizer.warmup_steps "
+                                        r"5 -> 1"):
+    runs.borrowed_record(_borrower(tmp_path, str(tmp_path / "stale")), run, str(tmp_path / "mine"))
   missing = runs.Run(run.task, run.method, run.hparams, 2, "seeds")             # no twin: trained here
   assert runs.borrowed_record(_borrower(tmp_path, theirs), missing, str(tmp_path / "mine")) is None
   selected = runs.Run(run.task, run.method, (("optimizer.learning_rate", 0.003),), 0, "test")

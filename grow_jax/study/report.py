@@ -275,6 +275,37 @@ def cost_lines(records: Mapping[str, dict]) -> list[str]:
   return lines
 
 
+def integrity_lines(records: Mapping[str, dict]) -> list[str]:
+  """What the records say about their own provenance (runs.py, "Integrity"): records from before run identities,
+  records made from a modified checkout, test phases that retrained their run elsewhere."""
+  rs = list(records.values())
+  lines = []
+  legacy = [r for r in rs if "identity" not in r]
+  if legacy:
+    lines.append(f"Run identities: {len(legacy)} of {len(rs)} records predate stored run identities; they were "
+                 "checked against the study file on what they stored (steps, batch size, sequence length, mode, grid "
+                 "point, seed, and the sets and example counts they were scored on), not on every config key.")
+  dirty = [r for r in rs if r.get("dirty") or r.get("test_source", {}).get("dirty")]
+  if dirty:
+    lines.append(f"{len(dirty)} record(s) were made from a checkout with modified tracked files (their "
+                 "`dirty_files` name them): " + ", ".join(sorted(r["id"] for r in dirty)) + ".")
+  retrained = [r for r in rs if r.get("test_retrained")]
+  if retrained:
+    lines.append(f"{len(retrained)} test phase(s) retrained their run (its params were not kept) and reproduced its "
+                 "validation metrics within the study's tolerance: " + ", ".join(sorted(r["id"] for r in retrained))
+                 + ".")
+  return lines
+
+
+def override_lines(records: Mapping[str, dict], task: str) -> list[str]:
+  """The task's selection overrides (runs.override_selection), from the records' selection files."""
+  out = []
+  for (t, method), selection in sorted(getattr(records, "frozen", {}).items()):
+    for o in selection.get("overrides", []) if t == task else []:
+      out.append(f"{method}: frozen at {', '.join(o['from'])}, re-selected ({o['to']}) on {o['date']}: {o['reason']}")
+  return ["Selection overrides: " + "; ".join(out)] if out else []
+
+
 def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> str:
   """results.csv, results.md and the plots under `out_dir`; returns the markdown."""
   spec = study.spec
@@ -285,6 +316,8 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
            ""]
   lines += [spec.description.strip(), ""]
   lines += cost_lines(records) + [""]
+  integrity = integrity_lines(records)
+  lines += integrity + [""] if integrity else []
   for task, report in spec.report.items():
     methods = study.methods(task)
     lines += [f"## {task}", ""]
@@ -292,6 +325,8 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
     if picked:
       lines += ["Selected on validation (" + str(report.get("selection", "")) + "): " + "; ".join(
           f"{m}: " + pick_text(study, selected, task, m) for m in picked), ""]
+    overrides = override_lines(records, task)
+    lines += overrides + [""] if overrides else []
     metrics = [tuple(m) for m in report["metrics"]]
     lines += [summary_table(task, metrics, grouped, methods, reference=report.get("reference", "sft")), ""]
     if report.get("pareto"):

@@ -9,7 +9,8 @@ A study file (see experiments/studies/) defines
                       '@<method>' takes the value selected for that method), extend_edges (the grid-edge rule:
                       how many points a geometric grid key may gain past an edge its pick sits on), seeds,
                       seeded_methods, task_methods, validation_eval and test_eval {task: [[entry, limit], ...]},
-                      order, curves {every, max_examples, tasks {task: [entries]}, methods}, borrow, report
+                      order, curves {every, max_examples, tasks {task: [entries]}, methods}, borrow, report,
+                      reproduce_tolerance {'<entry>/<metric>' glob: absolute tolerance} (see below)
     select(task, method, runs, reference) -> run   the rule, fixed in advance, that picks a grid point on
                       validation (reference: the task's 'base' record and the records selected so far)
 
@@ -25,6 +26,20 @@ every trained run's params under kept/); selection (`select`, validation metrics
 at the other seeds, validation and test). A 'base' run per task scores the untrained model on both. Runs go in
 the study's `order` (blocks of (task, methods)), so the questions that matter most are answered first.
 
+Integrity (what makes a record safe to re-use):
+  * Identity: a record stores its run's resolved training config (flat dotted keys, periodic evaluations aside),
+    the sets it was scored on with their limits, and `identity`, a hash of both (`identity_fields`). A record
+    whose identity differs from what the study file now asks for is refused, naming the differing keys
+    (`check_records`): never re-used, never retrained behind the user's back. Records written before identities
+    existed are checked on what they stored (`_legacy_problems`).
+  * Frozen selections: a method's test phase writes `<out>/selections/<task>__<method>.json` (the point chosen on
+    validation, its grid and candidates); afterwards a grid or validation record that would select another point
+    stops the runner (`selections`) unless --override_selection records who/when/why (`override_selection`).
+  * Reproduction: a test phase whose sweep params are gone (another machine) retrains the run and must reproduce
+    its recorded validation metrics within the study's `reproduce_tolerance` (default `REPRODUCE_TOLERANCE`)
+    before the test sets are scored.
+  * Source: each record notes the git commit and whether tracked files were modified (`source_state`).
+
 --out and the run workdirs may be local or gs:// (every read and write goes through grow_jax/files.py).
 """
 
@@ -32,10 +47,12 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
 import importlib.util
 import itertools
 import json
 import logging
+import math
 import os
 import subprocess
 import time
@@ -44,7 +61,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import ml_collections
 
 from grow_jax import files
-from grow_jax.errors import ConfigError, TrainingDivergedError
+from grow_jax.errors import ConfigError, GrowJaxError, TrainingDivergedError
 from grow_jax.train import config as config_lib
 
 _log = logging.getLogger(__name__)
@@ -98,6 +115,7 @@ class StudySpec:
   order: list = dataclasses.field(default_factory=list)    # [[task, [methods]], ...]: run these blocks first
   borrow: dict[str, list] = dataclasses.field(default_factory=dict)   # method -> [study, out dir, method there]
   extend_edges: int = 0                  # points a numeric grid key may gain past an edge its selection sits on
+  reproduce_tolerance: dict[str, float] = dataclasses.field(default_factory=dict)   # metric glob -> abs tolerance
 
 
 @dataclasses.dataclass
@@ -145,6 +163,10 @@ def load_study(text: str) -> Study:
   if isinstance(spec.extend_edges, bool) or not isinstance(spec.extend_edges, int) or spec.extend_edges < 0:
     raise ConfigError(f"--study={text!r}: get_study()['extend_edges'] is {spec.extend_edges!r}; expected an "
                       "integer >= 0 (how many points a grid key may gain past an edge)")
+  for pattern, tol in spec.reproduce_tolerance.items():
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+      raise ConfigError(f"--study={text!r}: get_study()['reproduce_tolerance'][{pattern!r}] is {tol!r}; expected "
+                        "an absolute tolerance >= 0")
   for task, entries in spec.test_eval.items():
     shared = sorted({e for e, _ in entries} & {e for e, _ in spec.validation_eval.get(task, [])})
     if shared:
@@ -223,12 +245,46 @@ def run_config(study: Study, run: Run, workdir_root: str) -> tuple[ml_collection
 
 
 # ---- executing a run -------------------------------------------------------------------------------------
+SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))    # the checkout whose state a record notes
+
+
 def git_commit() -> str:
   try:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
+                          cwd=SOURCE_DIR, timeout=10).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return "unknown"
+
+
+def source_state(exclude: str | None = None, where: str | None = None) -> dict[str, Any]:
+  """The code a record was made with: {'commit', 'dirty'} and, for a modified tree, 'dirty_files' (the tracked
+  files that differ from the commit) and 'dirty_diff_sha256' (a hash of `git diff HEAD`, which names the exact
+  change). `exclude`: a local directory left out (the study's own --out: records written since the last commit
+  are results, not code); `where`: the checkout (default: the one grow_jax runs from). Not a git checkout:
+  {'commit': 'unknown'}."""
+  where = where or SOURCE_DIR
+
+  def git(*args, text=True):
+    return subprocess.run(["git", *args], capture_output=True, text=text, cwd=where, timeout=60)
+
+  try:
+    head, top = git("rev-parse", "--short", "HEAD"), git("rev-parse", "--show-toplevel")
+    if head.returncode or top.returncode:
+      return {"commit": "unknown"}
+    pathspec = ["--", "."]
+    if exclude and "://" not in exclude:
+      rel = os.path.relpath(os.path.abspath(exclude), top.stdout.strip())
+      if rel != "." and not rel.startswith(os.pardir):
+        pathspec.append(f":(exclude){rel}")
+    status = git("-C", top.stdout.strip(), "status", "--porcelain", "--untracked-files=no", *pathspec)
+    changed = sorted(line[3:] for line in status.stdout.splitlines() if line.strip())
+    state = {"commit": head.stdout.strip(), "dirty": bool(changed)}
+    if changed:
+      diff = git("-C", top.stdout.strip(), "diff", "HEAD", "--binary", *pathspec, text=False).stdout
+      state.update(dirty_files=changed, dirty_diff_sha256=hashlib.sha256(diff).hexdigest())
+    return state
+  except (OSError, subprocess.SubprocessError):
+    return {"commit": "unknown"}
 
 
 def evaluate(entries, config, model_config, params, tokenizer, base_model=None) -> dict[str, float]:
@@ -274,6 +330,11 @@ _CURVE_KEYS = ("eval.tasks", "eval_every_steps", "eval.max_examples", "eval.at_s
 def training_config(study: Study, run: Run) -> dict[str, Any]:
   """The run's config as flat {dotted key: value}, without the periodic-evaluation keys."""
   config, _ = run_config(study, run, "")
+  return {k: v for k, v in _flat(config).items() if k not in _CURVE_KEYS}
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{dotted key: value} of every leaf."""
   flat = {}
 
   def walk(prefix, node):
@@ -283,7 +344,7 @@ def training_config(study: Study, run: Run) -> dict[str, Any]:
       else:
         flat[prefix + key] = value
   walk("", config.to_dict())
-  return {k: v for k, v in flat.items() if k not in _CURVE_KEYS}
+  return flat
 
 
 def scored_entries(study: Study, run: Run) -> list[tuple[str, int]]:
@@ -294,6 +355,132 @@ def scored_entries(study: Study, run: Run) -> list[tuple[str, int]]:
     return [tuple(e) for e in spec.test_eval[run.task]]
   tests = [] if run.phase == "sweep" else spec.test_eval[run.task]
   return [tuple(e) for e in list(spec.validation_eval[run.task]) + list(tests)]
+
+
+# ---- a run's identity ------------------------------------------------------------------------------------
+_ABSENT = "(absent)"
+
+
+def _canonical(value):
+  """As JSON stores it (tuples become lists), so a value computed now compares equal to one read back."""
+  return json.loads(json.dumps(value, sort_keys=True))
+
+
+def record_run(record: Mapping[str, Any]) -> Run:
+  """The run a record is of (its test phase records into the sweep run's record)."""
+  return Run(record["task"], record["method"], tuple(tuple(kv) for kv in record["hparams"]), record["seed"],
+             record["phase"])
+
+
+def evaluation_spec(study: Study, run: Run, tested: bool = False) -> dict[str, list]:
+  """The sets, with their limits, a record of `run` is scored on: {'validation': [[entry, limit], ...]} and
+  'test' for a base or seed run, or for a sweep run once its test phase is `tested`."""
+  spec = study.spec
+  out = {"validation": [list(e) for e in spec.validation_eval[run.task]]}
+  if run.phase in ("base", "seeds") or tested:
+    out["test"] = [list(e) for e in spec.test_eval[run.task]]
+  return out
+
+
+def identity_fields(study: Study, run: Run, tested: bool = False) -> dict[str, Any]:
+  """What a record stores to be recognised later: {'config': the resolved training config (flat dotted keys, the
+  periodic-evaluation keys aside: they change nothing in training), 'evaluations': `evaluation_spec`,
+  'identity': a hash of both}."""
+  config = _canonical(training_config(study, run))
+  evaluations = _canonical(evaluation_spec(study, run, tested))
+  text = json.dumps({"config": config, "evaluations": evaluations}, sort_keys=True)
+  return {"config": config, "evaluations": evaluations, "identity": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def _config_problems(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+  """'key old -> new' for every dotted key whose value differs. A key the record lacks matches when the study
+  leaves it at base_config()'s default: a knob added to the trainer since, at the behaviour it had before."""
+  defaults = _canonical(_flat(config_lib.base_config()))
+  out = []
+  for key in sorted(set(old) | set(new)):
+    if key not in old and key in new and key in defaults and new[key] == defaults[key]:
+      continue
+    if old.get(key, _ABSENT) != new.get(key, _ABSENT):
+      out.append(f"{key} {old.get(key, _ABSENT)!r} -> {new.get(key, _ABSENT)!r}")
+  return out
+
+
+def _evaluation_problems(old: Mapping[str, list], new: Mapping[str, list]) -> list[str]:
+  out = []
+  for phase in sorted(set(old) | set(new)):
+    before, now = dict(map(tuple, old.get(phase, []))), dict(map(tuple, new.get(phase, [])))
+    out += [f"{phase}_eval[{entry}] {before.get(entry, _ABSENT)} -> {now.get(entry, _ABSENT)}"
+            for entry in sorted(set(before) | set(now)) if before.get(entry, _ABSENT) != now.get(entry, _ABSENT)]
+  return out
+
+
+def _legacy_problems(study: Study, run: Run, record: Mapping[str, Any]) -> list[str]:
+  """A record written before identities (no 'identity'): the keys it did store — steps, batch size, sequence
+  length, mode, its grid point and seed — against the study's resolved config now, and the sets it was scored
+  on (with their example counts, where the metric records one) against the study's sets and limits."""
+  config = _canonical(training_config(study, run))
+  implied = {"batch_size": record.get("batch_size"), "data.seq_len": record.get("seq_len"),
+             "train.mode": record.get("mode"), "seed": record["seed"], **dict(run.hparams)}
+  if run.method != "base":                 # a base record's 'steps' is 0 whatever the config says
+    implied["total_steps"] = record.get("steps")
+  out = [f"{key} {value!r} -> {config.get(key, _ABSENT)!r}" for key, value in sorted(_canonical(implied).items())
+         if value != config.get(key, _ABSENT)]
+  if record.get("diverged"):               # scored on nothing
+    return out
+  scored: dict[str, Any] = {}
+  for key, value in record.get("final", {}).items():
+    entry, metric = key.split("/", 1)
+    scored.setdefault(entry, None)
+    if metric == "num_examples":
+      scored[entry] = int(value)
+  validation = {e: n for e, n in study.spec.validation_eval[run.task]}
+  test = {e: n for e, n in study.spec.test_eval[run.task]}
+  tested = run.phase in ("base", "seeds") or "test_seconds" in record
+  expected = {**validation, **(test if tested else {})}
+  for entry in sorted(set(scored) | set(expected)):
+    where = "validation_eval" if entry in validation else "test_eval"
+    if entry not in scored:
+      out.append(f"{where}[{entry}] not scored -> {expected[entry]}")
+    elif entry not in expected:
+      out.append(f"{where}[{entry}] scored -> {_ABSENT}")
+    elif scored[entry] is not None and scored[entry] != expected[entry]:
+      out.append(f"{where}[{entry}] {scored[entry]} scored -> {expected[entry]}")
+  return out
+
+
+def identity_problems(study: Study, record: Mapping[str, Any]) -> list[str]:
+  """How a record differs from what the study file now asks for its run: ['<dotted key> old -> new', ...]
+  (empty: the record may be re-used)."""
+  run = record_run(record)
+  if "identity" not in record:
+    return _legacy_problems(study, run, record)
+  now = identity_fields(study, run, tested="test" in record.get("evaluations", {}))
+  if now["identity"] == record["identity"]:
+    return []
+  return (_config_problems(record.get("config", {}), now["config"])
+          + _evaluation_problems(record.get("evaluations", {}), now["evaluations"]))
+
+
+def _in_study(study: Study, record: Mapping[str, Any]) -> bool:
+  """Whether a record is of a task and method the study still declares (others are never re-used)."""
+  task = record.get("task")
+  return task in study.spec.tasks and (record.get("method") == "base" or record.get("method") in study.methods(task))
+
+
+def check_records(study: Study, records: Mapping[str, dict], out_dir: str) -> None:
+  """Refuses (one line) records of the study whose identity differs from what the study file now asks for."""
+  bad = [(run_id, problems) for run_id, record in sorted(records.items())
+         if _in_study(study, record) and (problems := identity_problems(study, record))]
+  if not bad:
+    return
+  (first, problems), others = bad[0], [run_id for run_id, _ in bad[1:]]
+  more = f"; and {len(others)} more ({', '.join(others[:3])}{', …' if len(others) > 3 else ''})" if others else ""
+  named = {p.split(" ", 1)[0] for p in problems}
+  extra = sorted({p.split(" ", 1)[0] for _, ps in bad[1:] for p in ps} - named)
+  more += f", which also differ in {', '.join(extra)}" if extra else ""
+  raise ConfigError(f"study {study.name}: {len(bad)} recorded run(s) under {out_dir}/runs differ from what the study "
+                    f"file now asks for; {first}: {', '.join(problems)}{more}. Revert the study file, or remove "
+                    "those records to run them again")
 
 
 def borrowed_record(study: Study, run: Run, out_dir: str) -> dict | None:
@@ -314,6 +501,10 @@ def borrowed_record(study: Study, run: Run, out_dir: str) -> dict | None:
   theirs = load_records(other_out).get(twin.id)
   if theirs is None or theirs.get("diverged"):
     return None
+  stale = identity_problems(other, theirs)
+  if stale:
+    raise ConfigError(f"{where}: their record {twin.id} under {other_out}/runs differs from what study {other.name} "
+                      f"now asks for: {', '.join(stale)}")
   mine, their_config = training_config(study, run), training_config(other, twin)
   differ = sorted(k for k in set(mine) | set(their_config) if mine.get(k) != their_config.get(k))
   if differ:
@@ -333,13 +524,53 @@ def borrowed_record(study: Study, run: Run, out_dir: str) -> dict | None:
     swept["final"].update(final)
     swept["test_seconds"] = 0.0
     swept["borrowed_test_from"] = source_id
+    if "identity" in swept:
+      swept.update(identity_fields(study, run, tested=True))
     return swept
-  record = {k: v for k, v in theirs.items() if k != "curve"}
+  record = {k: v for k, v in theirs.items() if k not in ("curve", "config", "evaluations", "identity")}
   record.update(id=run.id, method=run.method, phase=run.phase, study=study.name, final=final,
                 borrowed_from=source_id, borrowed_seconds=theirs["seconds"], train_seconds=0.0,
                 eval_seconds=0.0, seconds=0.0)
   record.pop("test_seconds", None)
+  if "identity" in theirs:                 # their config equals ours (checked above); a record from before
+    record.update(identity_fields(study, run))   # identities stays one, checked on what it stored
   return record
+
+
+# A test phase on a machine without the sweep's params retrains the run; before the test sets are scored it must
+# reproduce the validation metrics selection read, each within an absolute tolerance: the first glob over
+# '<entry>/<metric>' that matches, the study's `reproduce_tolerance` before these defaults. On the machine that
+# trained it a retrain is bit-identical (the sweep's params are kept there anyway); another platform's arithmetic
+# may flip a greedy decode or two: ~1 of 58 validation countries (0.017), ~1 chrF/BLEU point on 150 pairs.
+REPRODUCE_TOLERANCE = {"*/num_examples": 0.0, "*/num_tokens": 0.0, "*/chrf": 1.0, "*/bleu": 1.0, "*": 0.02}
+
+
+class ReproductionError(GrowJaxError, RuntimeError):
+  """A retrained run that does not reproduce its recorded validation metrics within the study's tolerance."""
+
+
+def tolerance(study: Study, metric: str) -> float:
+  """The absolute tolerance a retrained run's `metric` ('<entry>/<metric>') is held to."""
+  for pattern, tol in [*study.spec.reproduce_tolerance.items(), *REPRODUCE_TOLERANCE.items()]:
+    if fnmatch.fnmatchcase(metric, pattern):
+      return float(tol)
+  return 0.0
+
+
+def check_reproduced(study: Study, run: Run, record: Mapping[str, Any], reproduced: Mapping[str, float]) -> None:
+  """Raises ReproductionError (one line: each metric, recorded and reproduced values, tolerance) unless every
+  validation metric of the retrained `run` is within tolerance of its `record`."""
+  misses = []
+  for metric, value in sorted(reproduced.items()):
+    if metric not in record["final"]:
+      continue
+    recorded, tol = record["final"][metric], tolerance(study, metric)
+    if not abs(value - recorded) <= tol and not (math.isnan(value) and math.isnan(recorded)):
+      misses.append(f"{metric} recorded {recorded:.6g}, reproduced {value:.6g} (tolerance {tol:g})")
+  if misses:
+    raise ReproductionError(f"study {study.name}: {run.id} retrained for its test phase does not reproduce its "
+                            f"recorded validation: {'; '.join(misses)}; its test sets are not scored (another "
+                            "platform? the study's reproduce_tolerance states what may differ)")
 
 
 def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_workdir: bool = False,
@@ -355,6 +586,8 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   borrowed = borrowed_record(study, run, out_dir)
   if borrowed is not None:
     write_record(out_dir, run, borrowed)
+    if run.phase == "test":
+      write_selection(study, out_dir, run)
     return borrowed
   config, workdir = run_config(study, run, workdir_root)
   tokenizer = load_tokenizer(config.data.tokenizer or config.init.source)
@@ -362,22 +595,32 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   if run.phase == "test":
     record = load_records(out_dir)[run.id]
     stored = params_path(workdir_root, study, run)
-    if not files.as_path(stored).exists():                # another machine: train the sweep run again (deterministic)
-      loop.train_and_evaluate(config, workdir)
-      params_file.save_params_file(stored, *load_trained_params(workdir)[:2])
+    if not files.as_path(stored).exists():                # another machine: train the sweep run again, which
+      loop.train_and_evaluate(config, workdir)            # must reproduce what selection read before any test
+      model_config, params, _ = load_trained_params(workdir)
       files.remove_tree(workdir)
+      validation = [tuple(e) for e in study.spec.validation_eval[run.task]]
+      reproduced = evaluate(validation, config, model_config, params, tokenizer)
+      check_reproduced(study, run, record, reproduced)
+      params_file.save_params_file(stored, model_config, params)
+      record["test_retrained"] = reproduced
     model_config, params = params_file.load_params_file(stored)
     record["final"].update(evaluate(scored_entries(study, run), config, model_config, params, tokenizer))
     record["test_seconds"] = time.time() - t0
     record["seconds"] += record["test_seconds"]
+    record["test_source"] = source_state(exclude=out_dir)
+    if "identity" in record:                 # a record from before identities stays one (checked on what it stored)
+      record.update(identity_fields(study, run, tested=True))
     write_record(out_dir, run, record)
+    write_selection(study, out_dir, run)
     _drop_unselected_params(study, run, workdir_root, out_dir)
     return record
   record = {"id": run.id, "task": run.task, "method": run.method, "hparams": [list(kv) for kv in run.hparams],
-            "seed": run.seed, "phase": run.phase, "study": study.name, "commit": git_commit(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "steps": 0 if run.method == "base" else config.total_steps,
+            "seed": run.seed, "phase": run.phase, "study": study.name, "study_arg": study.arg,
+            **source_state(exclude=out_dir), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "steps": 0 if run.method == "base" else config.total_steps,
             "batch_size": config.batch_size, "seq_len": config.data.seq_len, "mode": config.train.mode,
-            "device": f"{jax.devices()[0].platform} x{jax.device_count()}"}
+            "device": f"{jax.devices()[0].platform} x{jax.device_count()}", **identity_fields(study, run)}
   if run.method == "base":
     model_config, params = formats.load_checkpoint(config.init.source, seed=config.seed,
                                                    **config_lib.model_overrides(config))
@@ -434,16 +677,98 @@ def read_curve(workdir: str) -> list[dict[str, Any]]:
 
 
 # ---- the records -----------------------------------------------------------------------------------------
-def load_records(out_dir: str) -> dict[str, dict]:
-  """Every finished run's record, by run id."""
-  runs_dir = files.as_path(out_dir) / "runs"
-  records = {}
-  if runs_dir.is_dir():
-    for path in sorted(runs_dir.iterdir(), key=lambda p: p.name):
+class Records(dict):
+  """Run id -> record (`load_records`); `.frozen` (task, method) -> the method's selection file (`write_selection`)."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.frozen: dict[tuple[str, str], dict] = {}
+
+
+def load_records(out_dir: str, study: Study | None = None) -> Records:
+  """Every finished run's record, by run id, and the frozen selections. With `study`: refuses records whose
+  identity differs from what the study file now asks for (`check_records`)."""
+  root = files.as_path(out_dir)
+  records = Records()
+  for folder in ("runs", "selections"):
+    if not (root / folder).is_dir():
+      continue
+    for path in sorted((root / folder).iterdir(), key=lambda p: p.name):
       if path.name.endswith(".json"):
         record = json.loads(path.read_text())
-        records[record["id"]] = record
+        if folder == "runs":
+          records[record["id"]] = record
+        else:
+          records.frozen[(record["task"], record["method"])] = record
+  if study is not None:
+    check_records(study, records, out_dir)
   return records
+
+
+def _selection_path(out_dir: str, task: str, method: str) -> str:
+  return os.path.join(out_dir, "selections", f"{task}__{method}.json")
+
+
+def frozen_point(records: Mapping[str, dict], key: tuple[str, str]) -> set[str]:
+  """The run ids a method's selection is frozen at (empty: not frozen): its selection file's run once its test is
+  scored (None after an override, until the next test); without a file, the sweep records whose test phase ran
+  (records from before selection files)."""
+  chosen = getattr(records, "frozen", {}).get(key)
+  if chosen is not None:
+    return {chosen["run"]} if chosen.get("run") else set()
+  return {r["id"] for r in records.values() if (r.get("task"), r.get("method")) == key
+          and r.get("phase") == "sweep" and "test_seconds" in r}
+
+
+def _frozen_error(key: tuple[str, str], frozen: set[str], would: str) -> ConfigError:
+  task, method = key
+  return ConfigError(f"{task}/{method}: the selection is frozen at {', '.join(sorted(frozen))} (its test is scored), "
+                     f"but the grid and validation records now {would}; re-select only with "
+                     f"--override_selection='{task}/{method}=<who, when, why>'")
+
+
+def write_selection(study: Study, out_dir: str, run: Run) -> dict:
+  """Freezes a method's selection as its test phase is scored: `<out>/selections/<task>__<method>.json` with the
+  point chosen on validation, the grid and the candidates it was chosen among, when and from what code; the
+  overrides recorded before are kept."""
+  records = load_records(out_dir)
+  key = (run.task, run.method)
+  selected = selections(study, records, freeze=False)
+  candidates = [r.id for r in expand(study, selected) if (r.task, r.method, r.phase) == (*key, "sweep")]
+  previous = records.frozen.get(key, {})
+  selection = {"task": run.task, "method": run.method, "run": run.id, "hparams": [list(kv) for kv in run.hparams],
+               "grid": method_grid(study, selected, *key), "candidates": candidates,
+               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "source": source_state(exclude=out_dir),
+               "overrides": previous.get("overrides", [])}
+  files.write_text(_selection_path(out_dir, *key), json.dumps(selection, indent=1, sort_keys=True) + "\n")
+  return selection
+
+
+def override_selection(study: Study, out_dir: str, target: str, reason: str) -> str:
+  """--override_selection '<task>/<method>=<reason>': unfreezes a frozen selection that the grid or validation
+  records would now change, recording who/when/why (`reason`) in its selection file; the method is then selected
+  anew and its new pick tested. Returns a line saying what was done."""
+  task, _, method = target.partition("/")
+  if task not in study.spec.tasks or method not in study.methods(task):
+    raise ConfigError(f"--override_selection={target}={reason}: expected <task>/<method> of study {study.name} "
+                      f"(tasks {sorted(study.spec.tasks)})")
+  if not reason.strip():
+    raise ConfigError(f"--override_selection={target}=: give a reason (who, when, why); it is recorded")
+  key = (task, method)
+  records = load_records(out_dir, study)
+  frozen = frozen_point(records, key)
+  if not frozen:
+    return f"{target}: its selection is not frozen; nothing to override"
+  would = selections(study, records, freeze=False).get(key)
+  if would is not None and would["id"] in frozen:
+    return f"{target}: the records still select {would['id']}; nothing to override"
+  previous = records.frozen.get(key, {})
+  entry = {"from": sorted(frozen), "to": would["id"] if would else "a grid with untrained points", "reason": reason,
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "source": source_state(exclude=out_dir)}
+  selection = {**previous, "task": task, "method": method, "run": None,
+               "overrides": previous.get("overrides", []) + [entry]}
+  files.write_text(_selection_path(out_dir, *key), json.dumps(selection, indent=1, sort_keys=True) + "\n")
+  return f"{target}: selection frozen at {', '.join(sorted(frozen))} unfrozen ({reason}); it now selects {entry['to']}"
 
 
 def _geometric(values: Sequence) -> bool:
@@ -486,10 +811,12 @@ def _round(x: float) -> float:
   return float(f"{x:.6g}")                 # 3.0000000000000004e-06 -> 3e-06: the run id and config read as meant
 
 
-def selections(study: Study, records: Mapping[str, dict]) -> Selected:
+def selections(study: Study, records: Mapping[str, dict], *, freeze: bool = True) -> Selected:
   """(task, method) -> the selected sweep record, for every method whose sweep is complete. With the study's
   `extend_edges`, a selection on the edge of its grid extends the grid (`extend_at_edges`) instead, and the
-  method is selected once the new points are done."""
+  method is selected once the new points are done. A selection frozen by its test (`frozen_point`) that the grid
+  or the validation records would now change raises ConfigError naming both points (`freeze`=False: the pick
+  the records make, frozen or not)."""
   out = Selected()
   changed = True
   while changed:                           # '@method' grids become nameable as their reference is selected
@@ -502,16 +829,22 @@ def selections(study: Study, records: Mapping[str, dict]) -> Selected:
       done = [records[r.id] for r in sweep if r.id in records]
       finite = [r for r in done if not r.get("diverged")]    # a diverged grid point is never selected
       base = records.get(Run(run.task, "base", (), study.spec.seeds[0], "base").id)
+      frozen = frozen_point(records, key) if freeze else set()
       if sweep and len(done) == len(sweep) and finite and base is not None:
         reference = {"base": base, **{m: rec for (t, m), rec in out.items() if t == run.task}}
         pick = study.select(run.task, run.method, finite, reference)
         grown = extend_at_edges(study.spec.grids.get(run.method, {}), method_grid(study, out, *key),
                                 dict(pick["hparams"]), study.spec.extend_edges)
         if grown is None:
+          if frozen and pick["id"] not in frozen:
+            raise _frozen_error(key, frozen, f"select {pick['id']}")
           out[key] = pick
         else:
           out.grids[key] = grown
         changed = True
+      elif frozen and len(done) < len(sweep):
+        raise _frozen_error(key, frozen, "name grid points never trained: " + ", ".join(
+            r.id for r in sweep if r.id not in records))
   return out
 
 
@@ -550,10 +883,11 @@ def pending(study: Study, records: Mapping[str, dict], only: str | None = None) 
 def run_all(study: Study, out_dir: str, workdir_root: str, *, only: str | None = None, max_runs: int | None = None,
             keep_workdirs: bool = False, keep_params: bool = False,
             on_record: Callable[[dict], None] | None = None) -> int:
-  """Executes pending runs until none is left (selections unlock further runs); returns how many ran."""
+  """Executes pending runs until none is left (selections unlock further runs); returns how many ran. Records whose
+  identity differs from the study file, or a frozen selection the records would change, stop it first."""
   done = 0
   while max_runs is None or done < max_runs:
-    todo = pending(study, load_records(out_dir), only)
+    todo = pending(study, load_records(out_dir, study), only)
     if not todo:
       break
     run = todo[0]
