@@ -5,8 +5,12 @@ import dataclasses
 import functools
 import importlib.util
 import itertools
+import json
 import math
 import os
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -173,3 +177,89 @@ def test_data_and_fsdp_over_nodes():
 def test_gpu_cluster_sizes_that_do_not_fit_are_config_errors(nodes, mesh_config, message):
   with pytest.raises(ConfigError, match=message):
     sharding.make_mesh(mesh_config, gpu_cluster(nodes, 8, 1))
+
+
+# ---- which rows of the global batch each process loads -----------------------------------------------------
+def shards_of(mesh):
+  """{process: the data x fsdp shards its devices address}."""
+  out = {}
+  for (i, j, _), d in np.ndenumerate(mesh.devices):
+    out.setdefault(d.process_index, set()).add(i * mesh.shape["fsdp"] + j)
+  return out
+
+
+def test_one_process_loads_the_whole_batch():
+  assert sharding.batch_blocks(sharding.make_mesh(config((2, 2, 2)))) == (0, 1)
+
+
+@needs_libtpu
+@pytest.mark.parametrize("shape, blocks", [((1, 4, 4), 2), ((2, 2, 4), 2), ((1, 2, 8), 2), ((1, 1, 16), 1), ((1, 16, 1), 4),
+                                           ((4, 4, 1), 4), ((2, 8, 1), 4)])
+def test_processes_that_address_the_same_rows_share_a_block(monkeypatch, shape, blocks):
+  # v5e 4x4: 4 hosts of 2x2 chips. tensor=4 lies along a torus axis of 4, across two hosts.
+  on_the_slice(monkeypatch, "v5e:4x4")
+  mesh = sharding.make_mesh(config(shape))
+  shards = shards_of(mesh)
+  got = {p: sharding.batch_blocks(mesh, process_index=p) for p in range(4)}
+  assert {n for _, n in got.values()} == {blocks}
+  for p, q in itertools.combinations(range(4), 2):
+    assert (got[p][0] == got[q][0]) == (shards[p] == shards[q])
+  # blocks are numbered in the order of their first shard
+  firsts = sorted((min(shards[p]), b) for p, (b, _) in got.items())
+  assert [b for _, b in firsts] == sorted(b for _, b in firsts)
+
+
+@needs_libtpu
+def test_processes_that_share_some_rows_but_not_all_are_an_error():
+  devices = sorted(topology("v5e:4x4"), key=lambda d: d.id)
+  by_process = {p: [d for d in devices if d.process_index == p] for p in range(4)}
+  layout = [[0, 0], [0, 1], [0, 1], [1, 1], [2, 2], [2, 2], [3, 3], [3, 3]]   # fsdp shard -> (process, process)
+  taken = {p: iter(ds) for p, ds in by_process.items()}
+  array = np.array([[next(taken[p]) for p in row] for row in layout], dtype=object).reshape(1, 8, 2)
+  mesh = jax.sharding.Mesh(array, sharding.MESH_AXES)
+  with pytest.raises(ShardingError, match=r"processes 0 and 1 address overlapping but different batch shards "
+                                          r"\(\[0, 1, 2\] and \[1, 2, 3\]\)"):
+    sharding.batch_blocks(mesh, process_index=0)
+
+
+# ---- real processes: each process a node of the hybrid mesh -----------------------------------------------
+NODE = r"""
+import json, sys
+import jax, numpy as np
+jax.distributed.initialize(f"localhost:{sys.argv[1]}", 2, int(sys.argv[2]))
+from jax.experimental import multihost_utils
+from grow_jax.train import sharding
+mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2, dcn_data=2))
+block, blocks = sharding.batch_blocks(mesh)
+rows = np.arange(8 * 3, dtype=np.int32).reshape(8, 3)[block * 4:(block + 1) * 4]   # this block of a global batch
+batch = sharding.global_batch({"tokens": rows}, mesh, accum=2)["tokens"]
+print(json.dumps({"data_process": [[d.process_index for d in m.flat] for m in mesh.devices],
+                  "block": [block, blocks],
+                  "batch": multihost_utils.process_allgather(batch, tiled=True).tolist()}))
+"""
+
+
+def test_two_processes_as_two_nodes_data_crosses_them(tmp_path):
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu", PYTHONPATH=root)
+  procs = [subprocess.Popen([sys.executable, "-c", NODE, str(port), str(i)], env=env, cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = []
+  for p in procs:
+    try:
+      outs.append(p.communicate(timeout=300))
+    finally:
+      if p.poll() is None:
+        p.kill()
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  for i, (out, _) in enumerate(outs):
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["data_process"] == [[0] * 4, [1] * 4]          # data index i: node (process) i
+    assert got["block"] == [i, 2]
+    # the global batch is the same rows whatever the process count: microbatch a holds rows a, a + 2, ...
+    expected = np.arange(24).reshape(8, 3)
+    np.testing.assert_array_equal(got["batch"], np.stack([expected[0::2], expected[1::2]]))

@@ -23,7 +23,8 @@ Iteration: `BatchIterator` streams the sequences in a seeded permutation per epo
 may straddle two epochs). Its position is `state() == {"epoch": e, "index": i}` (JSON-able);
 `restore(state)` makes the following batches identical to those of the run that saved it. Every process
 builds the same global batch and returns its own contiguous slice of rows: the global batch does not depend on
-the process count.
+the process count. The slices are data blocks (`grow_jax.train.sharding.batch_blocks`): processes whose devices
+address the same rows of the sharded batch (a tensor group spanning hosts) share a block and load the same rows.
 """
 
 from __future__ import annotations
@@ -183,7 +184,9 @@ class BatchIterator(Iterator[Batch]):
     drop_remainder: at the end of a finite stream, drop the last partial batch (else pad it with empty rows).
     length_buckets: padding mode only: pad each batch to the smallest bucket length >= its longest sequence
       (seq_len is always a bucket); None pads to seq_len.
-    process_index, process_count: default `jax.process_index()` / `jax.process_count()`.
+    process_index, process_count: this process's data block and the number of blocks (the trainer passes
+      `sharding.batch_blocks(mesh)`); default `jax.process_index()` / `jax.process_count()`, right when every
+      process's devices address rows of their own.
   """
 
   def __init__(self, sequences: Sequence[TokenizedSequence], *, batch_size: int, seq_len: int, pad_id: int,

@@ -53,7 +53,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   workdir = os.fspath(files.as_path(workdir))
   is_main = jax.process_index() == 0
-  pi, pc = jax.process_index(), jax.process_count()
 
   # ==== 1. Checks: cheap, before any heavy work, nothing written ===========================================
   config_lib.check(config)
@@ -61,13 +60,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if config.resume_from:
     files.check_reachable(config.resume_from, "config.resume_from")
   mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch_size(config.batch_size, config.grad_accum_steps, mesh, pc)
-  sharding.check_batch_size(config.eval.batch_size, 1, mesh, pc, field="eval.batch_size")
+  sharding.check_batch_size(config.batch_size, config.grad_accum_steps, mesh)
+  sharding.check_batch_size(config.eval.batch_size, 1, mesh, field="eval.batch_size")
+  # The rows this process loads: its block of the global batch (processes whose devices address the same
+  # rows, as when a tensor group spans hosts, load the same block).
+  block, blocks = sharding.batch_blocks(mesh)
   resume = _find_resume(config, workdir)
   mc = _model_config(config, resume)
   tokenizer = _tokenizer(config)
   train_iter = pipeline.batch_iterator(config, config.data.train_split, batch_size=config.batch_size,
-                                       model_config=mc, tokenizer=tokenizer, process_index=pi, process_count=pc)
+                                       model_config=mc, tokenizer=tokenizer, process_index=block, process_count=blocks)
   train_setup, _ = setup_lib.build(config, mc, abstract_params(mc), mesh, abstract=True)
   if resume.checkpointer is not None:
     checkpointing.compare_trees(train_setup.abstract_state, resume.checkpointer.stored_tree(resume.step),
@@ -109,7 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     all_finite = jax.jit(_all_finite, out_shardings=rep)
     model_params = jax.jit(train_setup.method.model_params)
     divergence = (jax.jit(lambda p: growth.clone_divergence(mc, p), out_shardings=rep) if mc.is_grown else None)
-    evaluations = _evaluations(config, mc, mesh, workdir, tokenizer, capacity, pi, pc)
+    evaluations = _evaluations(config, mc, mesh, workdir, tokenizer, capacity, block, blocks)
     evaluations.update(eval_fns or {})
     batches = pipeline.Prefetcher(train_iter, lambda b: sharding.global_batch(b, mesh, config.grad_accum_steps))
 
@@ -339,7 +341,7 @@ def _target_capacity(config, train_iter, mesh) -> int:
   position = train_iter.state()
   sample = [sharding.to_microbatches(next(train_iter), config.grad_accum_steps) for _ in range(8)]
   train_iter.restore(position)
-  groups = sharding.data_parallel_size(mesh) // jax.process_count()      # this process's shards
+  groups = sharding.data_parallel_size(mesh) // sharding.batch_blocks(mesh)[1]      # this process's shards
   capacity = step_lib.target_capacity_for(sample, groups=max(groups, 1))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
@@ -348,11 +350,11 @@ def _target_capacity(config, train_iter, mesh) -> int:
   return capacity
 
 
-def _evaluations(config, mc, mesh, workdir, tokenizer, capacity, pi, pc) -> dict[str, EvalFn]:
+def _evaluations(config, mc, mesh, workdir, tokenizer, capacity, block, blocks) -> dict[str, EvalFn]:
   def heldout_batches(split, batch_size, limit):
     return pipeline.batch_iterator(config, split or config.data.eval_split, batch_size=batch_size, model_config=mc,
-                                   tokenizer=tokenizer, max_examples=limit, finite=True, process_index=pi,
-                                   process_count=pc)
+                                   tokenizer=tokenizer, max_examples=limit, finite=True, process_index=block,
+                                   process_count=blocks)
 
   def base_model():
     """The init source's own weights, before growth: the KL reference."""

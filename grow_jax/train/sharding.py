@@ -5,14 +5,16 @@ Mesh axes (all `AxisType.Auto`, so ordinary sharded matmuls compile without anno
     fsdp    data parallelism whose members also split the parameters and optimizer state (ZeRO-3 style)
     tensor  Megatron-style tensor parallelism: attention heads and MLP hidden units split across devices
 
-Batches are split over ('data', 'fsdp'). Parameters follow `PARAM_RULES`: the first regex that matches a
-leaf's whole path ('/'-joined dict keys, `re.fullmatch` as every path rule in grow_jax) gives its PartitionSpec; a leaf no rule matches is an error naming it, and
-so is a dimension that its mesh axes do not divide. Optimizer states are sharded like the parameter whose path
-and shape they carry (Adam moments), scalars (step counters) are replicated on the mesh.
+Batches are split over ('data', 'fsdp'); each process loads the rows its devices address (`batch_blocks`).
+Parameters follow `PARAM_RULES`: the first regex that matches a leaf's whole path ('/'-joined dict keys,
+`re.fullmatch` as every path rule in grow_jax) gives its PartitionSpec; a leaf no rule matches is an error
+naming it, and so is a dimension that its mesh axes do not divide. Optimizer states are sharded like the
+parameter whose path and shape they carry (Adam moments), scalars (step counters) are replicated on the mesh.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any, Iterable, Mapping, Sequence
@@ -233,8 +235,14 @@ def batch_sharding(mesh: Mesh, rank: int = 3, batch_dim: int = 1) -> NamedShardi
   return NamedSharding(mesh, P(*spec))
 
 
-def check_batch_size(batch_size: int, grad_accum_steps: int, mesh: Mesh, process_count: int, *,
+def check_batch_size(batch_size: int, grad_accum_steps: int, mesh: Mesh, process_count: int | None = None, *,
                      field: str = "batch_size") -> None:
+  """The batch splits into grad_accum_steps microbatches whose rows divide over data x fsdp.
+
+  process_count is not used: which rows each process loads follows from the mesh (`batch_blocks`), and a
+  microbatch that data x fsdp divides also divides into those blocks. It is accepted for older callers.
+  """
+  del process_count
   if grad_accum_steps < 1:
     raise ShardingError(f"grad_accum_steps={grad_accum_steps}: expected a positive integer")
   if batch_size % grad_accum_steps:
@@ -245,9 +253,44 @@ def check_batch_size(batch_size: int, grad_accum_steps: int, mesh: Mesh, process
     raise ShardingError(f"{field}={batch_size} / grad_accum_steps={grad_accum_steps} = {micro} rows per "
                         f"microbatch is not divisible by the data-parallel size data*fsdp={dp} "
                         f"(mesh {describe(mesh)}); expected a multiple of {dp * grad_accum_steps}")
-  if micro % process_count:
-    raise ShardingError(f"{field}={batch_size}: {micro} rows per microbatch are not divisible by the "
-                        f"{process_count} processes")
+
+
+def batch_blocks(mesh: Mesh, process_index: int | None = None) -> tuple[int, int]:
+  """(block, blocks): the global batch is `blocks` equal blocks of rows, and this process loads block `block`.
+
+  Processes whose devices address the same batch rows (a tensor or fsdp group spanning hosts: tensor=4 on a
+  v5e 4x4, whose hosts hold 2x2 chips) form one block and load the same rows; when every process addresses
+  rows of its own, blocks is the process count and block the process index. Block b is rows
+  [b * B / blocks, (b + 1) * B / blocks) of the global batch the data pipeline builds (the same whatever the
+  process count); `global_batch` places them on the rows of the array its devices address.
+  """
+  rows = _process_rows(mesh)
+  pi = jax.process_index() if process_index is None else process_index
+  if pi not in rows:
+    raise ShardingError(f"process {pi} has no device in the mesh {describe(mesh)}; expected every process to "
+                        "hold part of the mesh")
+  blocks = sorted(set(rows.values()), key=min)
+  return blocks.index(rows[pi]), len(blocks)
+
+
+@functools.lru_cache(maxsize=32)
+def _process_rows(mesh: Mesh) -> dict[int, frozenset[int]]:
+  """{process index: the data x fsdp shards (batch row blocks) its devices address}, checked to form equal,
+  disjoint blocks."""
+  dp = data_parallel_size(mesh)
+  rows: dict[int, set[int]] = {}
+  for device, index in batch_sharding(mesh, rank=1, batch_dim=0).devices_indices_map((dp,)).items():
+    rows.setdefault(device.process_index, set()).update(range(dp)[index[0]])
+  out = {p: frozenset(r) for p, r in rows.items()}
+  distinct = sorted(set(out.values()), key=min)
+  for i, a in enumerate(distinct):
+    for b in distinct[i + 1:]:
+      if a & b or len(a) != len(b):
+        pa, pb = (min(p for p, r in out.items() if r == x) for x in (a, b))
+        raise ShardingError(f"mesh {describe(mesh)}: processes {pa} and {pb} address overlapping but different "
+                            f"batch shards ({sorted(a)} and {sorted(b)}); expected processes to share all their "
+                            "batch rows or none (lay the mesh out with sharding.make_mesh)")
+  return out
 
 
 def to_microbatches(local_batch: Mapping[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
@@ -267,13 +310,14 @@ def to_microbatches(local_batch: Mapping[str, np.ndarray], accum: int) -> dict[s
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh, accum: int = 1) -> dict[str, jax.Array]:
-  """This process's rows -> global (A, B, T) arrays sharded over ('data', 'fsdp') (multi-host safe)."""
+  """This process's block of rows (`batch_blocks`) -> global (A, B, T) arrays sharded over ('data', 'fsdp')
+  (multi-host safe); processes of one block pass the same rows."""
   micro = to_microbatches(local_batch, accum)
-  pc = jax.process_count()
+  blocks = len(set(_process_rows(mesh).values()))
   out = {}
   for k, v in micro.items():
     sharding = batch_sharding(mesh, v.ndim)
-    shape = (v.shape[0], v.shape[1] * pc, *v.shape[2:])
+    shape = (v.shape[0], v.shape[1] * blocks, *v.shape[2:])
     out[k] = jax.make_array_from_process_local_data(sharding, v, shape)
   return out
 
