@@ -11,6 +11,8 @@
     capital_probes.py   the same questions answered by generation (can fall to 0): capitals_gen, capitals_lettered
     stdlib_text.py      offline English prose from stdlib docstrings (perplexity / KL): stdlib_text
     arithmetic.py       offline generated arithmetic word problems, 5 options: arithmetic, arithmetic_cloze
+    fictional_facts.py  offline facts about invented people, trained as statements, asked in held-out question
+                        phrasings: fictional_facts (generation), fictional_facts_mc (4-way choice)
     batching.py         tokenisation, padding/packing, resumable shuffling iterator, per-process slices
     pipeline.py         a config's task -> this process's batches; Prefetcher
     synthetic.py        the synthetic permutation task (tests, plumbing), same iterator interface

@@ -320,5 +320,5 @@ def _factory(name: str) -> TaskFactory:
 
 def _ensure_builtin_tasks() -> None:
   """Imports the modules that register the built-in tasks (cheap: they import heavy libraries lazily)."""
-  from grow_jax.data import (arithmetic, capital_probes, gettext_catalogs, knowledge_probe,  # noqa: F401
-                             paper_tasks, stdlib_text)
+  from grow_jax.data import (arithmetic, capital_probes, fictional_facts, gettext_catalogs,  # noqa: F401
+                             knowledge_probe, paper_tasks, stdlib_text)
