@@ -1,17 +1,26 @@
 r"""The paper's setting on Gemma 3 1B (pretrained): grow every (or a targeted set of) MLP x2 and fine-tune on a
 new task; compare with SFT and LoRA. For TPU / GPU: bf16 compute, f32 weights, FSDP (+ optional tensor) mesh.
 
+Data first, once, where the Hugging Face hub is reachable (the default task, translation_en_fr, is its first
+200k WMT14 training pairs; the staged copy also holds the validation split, WinoGrande's and stdlib_text's):
+  python -m grow_jax.data.stage --config=configs/paper_1b.py --out=gs://BUCKET/data
+  python -m grow_jax.data.stage --config=configs/paper_1b.py:task=scitail --out=gs://BUCKET/data   # per task
+Then every run reads it with no network (launch/README.md, "Data: stage once, read everywhere"):
+  python -m grow_jax.main --config=configs/paper_1b.py:mode=g_freeze --config.data.staged=gs://BUCKET/data \
+      --config.init.source=hf:$HOME/models/gemma-3-1b-pt --workdir=$HOME/runs/1b_gfreeze_translation
   python -m grow_jax.main --config=configs/paper_1b.py:mode=g_freeze,task=scitail \
-      --config.init.source=hf:$HOME/models/gemma-3-1b-pt --workdir=$HOME/runs/1b_gfreeze_scitail
-  python -m grow_jax.main --config=configs/paper_1b.py:mode=g_freeze,plan=$HOME/runs/plan_1b_scitail.json \
-      --workdir=$HOME/runs/1b_gfreeze_scitail_targeted
-  python -m grow_jax.main --config=configs/paper_1b.py:mode=sft,task=mathqa --workdir=...
+      --config.data.staged=gs://BUCKET/data --workdir=$HOME/runs/1b_gfreeze_scitail
+  python -m grow_jax.main --config=configs/paper_1b.py:mode=g_freeze,task=scitail,plan=$HOME/runs/plan_1b_scitail.json \
+      --config.data.staged=gs://BUCKET/data --workdir=$HOME/runs/1b_gfreeze_scitail_targeted
+Without --config.data.staged (and $GROW_JAX_STAGED_DATA) every process reads the hub itself.
 
 Args: mode (g_freeze|g_train|g_freeze_norms|g_freeze_attn|sft|lora|l2sp|ewc), task
-(translation_en_fr|scitail|sciq|mathqa|...), layers ('all' or '0,3,5'), plan (a growth-plan JSON: its layers
-grow; layers must stay 'all'), steps, batch, seq_len, lr (0 = the mode's default), tensor (tensor-parallel
-size), ckpt (init source), accum. Evaluates before and after on the task, WinoGrande and stdlib prose.
-Hyperparameters are our choice: the paper does not publish them.
+(translation_en_fr|scitail|sciq|mathqa|...), limit (hub tasks: the first `limit` records of each split,
+streamed; default 200000; 0 = all of WMT14's 40.8M pairs, hours of download and tokenization before step 1),
+layers ('all' or '0,3,5'), plan (a growth-plan JSON: its layers grow; layers must stay 'all'), steps, batch,
+seq_len, lr (0 = the mode's default), tensor (tensor-parallel size), ckpt (init source), accum. Other task
+options: --config.data.options.KEY=VALUE (revision, dataset, ...). Evaluates before and after on the task,
+WinoGrande and stdlib prose. Hyperparameters are our choice: the paper does not publish them.
 
 Targeted growth (the paper grows ~9-10 of 26 layers), per task:
   1. a pilot SFT run on the task, short (here 200 steps), checkpoints kept for the pilot-length check:

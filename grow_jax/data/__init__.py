@@ -14,7 +14,9 @@
     fictional_facts.py  offline facts about invented people, trained as statements, asked in held-out question
                         phrasings: fictional_facts (generation), fictional_facts_mc (4-way choice)
     batching.py         tokenisation, padding/packing, resumable shuffling iterator, per-process slices
-    pipeline.py         a config's task -> this process's batches; Prefetcher
+    pipeline.py         a config's task (its options, a staged copy) -> this process's batches; Prefetcher
+    stage.py            staged datasets: a task's records built once into a directory or gs:// path that every
+                        worker reads with no network; python -m grow_jax.data.stage
     synthetic.py        the synthetic permutation task (tests, plumbing), same iterator interface
 
 Typical use:
@@ -30,11 +32,13 @@ from grow_jax.data.batching import (BATCH_KEYS, BatchIterator, SequenceTooLongEr
                                     tokenize_example, tokenize_examples)
 from grow_jax.data.cache import data_dir, hash_split
 from grow_jax.errors import CacheError, TaskError
-from grow_jax.data.tasks import KNOWN_METRICS, Example, MalformedRecordError, Task, get_task, list_tasks, register_task, task_options
+from grow_jax.data.tasks import (KNOWN_METRICS, Example, MalformedRecordError, Task, build_task, get_task,
+                                  list_tasks, open_task, register_task, task_options)
 
 __all__ = [
     "BATCH_KEYS", "BatchIterator", "CacheError", "Example", "KNOWN_METRICS", "MalformedRecordError",
-    "SequenceTooLongError", "Task", "TaskError", "TokenizedSequence", "Tokenizer", "data_dir", "get_task",
+    "SequenceTooLongError", "Task", "TaskError", "TokenizedSequence", "Tokenizer", "build_task", "data_dir",
+    "get_task", "open_task",
     "hash_split", "list_tasks", "pack_rows", "pad_batch", "process_slice", "register_task", 
     "task_options", "tokenize_example", "tokenize_examples",
 ]

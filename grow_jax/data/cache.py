@@ -3,6 +3,9 @@
 Layout: `<data_dir>/<name>-<version>[-<params digest>]/{<split>.jsonl, manifest.json}`. A dataset directory is
 built in a temporary sibling and renamed into place in one step, so a reader sees either nothing or a complete
 dataset (concurrent builders on a shared filesystem: the first rename wins, the others discard their copy).
+The same format holds staged datasets (`grow_jax.data.stage`), which may also live on object storage (gs://):
+there every file is one object upload and the manifest is written last, so a dataset is complete once its
+manifest exists; `read_manifest` / `read_split` read either kind of path.
 
 `data_dir` resolution: explicit argument > `$GROW_JAX_DATA_DIR` > `$GROW_JAX_CACHE/data` (the model cache's
 root, so one variable moves every cache) > `~/.cache/grow_jax/data`.
@@ -68,28 +71,27 @@ def dataset_path(root: pathlib.Path, name: str, version: str, params: Mapping[st
   return root / f"{name}-{version}{suffix}"
 
 
-def write_dataset(path: pathlib.Path, splits: Mapping[str, Iterable[Mapping[str, Any]]],
-                  manifest: Mapping[str, Any]) -> pathlib.Path:
-  """Writes `splits` as `<split>.jsonl` plus `manifest.json` (counts added) atomically at `path`.
+def write_dataset(path: pathlib.Path | str, splits: Mapping[str, Iterable[Mapping[str, Any]]],
+                  manifest: Mapping[str, Any], *, replace: bool = False) -> pathlib.Path | str:
+  """Writes `splits` as `<split>.jsonl` plus `manifest.json` (counts added) atomically at `path` (a local
+  directory, or a gs:// prefix: objects, the manifest last).
 
-  If `path` already exists (another process finished first), keeps it and discards this copy.
+  If `path` already exists (another process finished first), keeps it and discards this copy; with `replace`,
+  the new copy replaces it once complete (on object storage: the old manifest goes first, so no reader takes
+  the half-written copy for a dataset).
   """
+  from grow_jax import files
+  if files.is_remote(path):
+    return _write_remote(path, splits, manifest)
+  path = pathlib.Path(os.path.expanduser(os.fspath(path)))
+  if replace:
+    files.write_dir(path, lambda tmp: _write_into(tmp, splits, manifest))
+    return path
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
   try:
     tmp.chmod(0o755)   # mkdtemp makes it private; the finished dataset is an ordinary shared directory
-    counts = {}
-    for split, records in splits.items():
-      n = 0
-      with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
-        for record in records:
-          f.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
-          n += 1
-      counts[split] = n
-    full = {**manifest, "counts": counts, "splits": list(splits),
-            "built_with": {"python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}}
-    (tmp / MANIFEST).write_text(json.dumps(full, indent=2, ensure_ascii=False, sort_keys=True) + "\n",
-                                encoding="utf-8")
+    _write_into(tmp, splits, manifest)
     try:
       os.rename(tmp, path)
     except OSError:
@@ -102,8 +104,55 @@ def write_dataset(path: pathlib.Path, splits: Mapping[str, Iterable[Mapping[str,
   return path
 
 
-def read_manifest(path: pathlib.Path) -> dict[str, Any]:
+def _write_into(directory: pathlib.Path, splits: Mapping[str, Iterable[Mapping[str, Any]]],
+                manifest: Mapping[str, Any]) -> None:
+  counts = {}
+  for split, records in splits.items():
+    with open(directory / f"{split}.jsonl", "w", encoding="utf-8") as f:
+      counts[split] = _write_records(f, records)
+  (directory / MANIFEST).write_text(_manifest_text(manifest, counts, list(splits)), encoding="utf-8")
+
+
+def _write_records(f, records: Iterable[Mapping[str, Any]]) -> int:
+  n = 0
+  for record in records:
+    f.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+    n += 1
+  return n
+
+
+def _manifest_text(manifest: Mapping[str, Any], counts: Mapping[str, int], splits: list[str]) -> str:
+  full = {**manifest, "counts": dict(counts), "splits": splits,
+          "built_with": {"python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}}
+  return json.dumps(full, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def _write_remote(path: str, splits: Mapping[str, Iterable[Mapping[str, Any]]], manifest: Mapping[str, Any]) -> str:
+  """Object storage: each split is spooled to a local file and uploaded as one object; the manifest, written
+  last, makes the dataset complete (an old one is removed first)."""
+  from grow_jax import files
+  root = files.as_path(path)
+  files.remove_file(root / MANIFEST)
+  counts = {}
+  for split, records in splits.items():
+    with tempfile.NamedTemporaryFile("w+", encoding="utf-8", suffix=".jsonl") as f:
+      counts[split] = _write_records(f, records)
+      f.flush()
+      with open(f.name, "rb") as src, (root / f"{split}.jsonl").open("wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 22)
+  files.write_text(root / MANIFEST, _manifest_text(manifest, counts, list(splits)))
+  return path
+
+
+def _as_path(path):
+  """A local pathlib.Path or, for gs://, an epath.Path (read_manifest / read_split take either)."""
+  from grow_jax import files
+  return files.as_path(path) if files.is_remote(path) else pathlib.Path(os.path.expanduser(os.fspath(path)))
+
+
+def read_manifest(path: pathlib.Path | str) -> dict[str, Any]:
   """The manifest of a dataset directory; raises `CacheError` if the directory is not a complete dataset."""
+  path = _as_path(path)
   try:
     return json.loads((path / MANIFEST).read_text(encoding="utf-8"))
   except FileNotFoundError:
@@ -112,13 +161,14 @@ def read_manifest(path: pathlib.Path) -> dict[str, Any]:
     raise CacheError(f"corrupt manifest {path / MANIFEST}: {e}") from None
 
 
-def read_split(path: pathlib.Path, split: str) -> list[dict[str, Any]]:
+def read_split(path: pathlib.Path | str, split: str) -> list[dict[str, Any]]:
   """The records of `<path>/<split>.jsonl`; a bad line raises `CacheError` naming file and line."""
+  path = _as_path(path)
   file = path / f"{split}.jsonl"
   if not file.exists():
     raise CacheError(f"dataset {path} has no split file {file.name}")
   records = []
-  with open(file, "rb") as f:
+  with file.open("rb") as f:
     for lineno, raw in enumerate(f, 1):
       try:
         records.append(json.loads(raw.decode("utf-8")))

@@ -11,7 +11,12 @@
 Every task takes `data_files={split: path or [paths]}` to read JSON/JSONL files in the dataset's real schema
 through `datasets.load_dataset("json", ...)` instead of the hub (tests use this; so can air-gapped machines with
 exported copies), `cache_dir=` for the `datasets` cache, `revision=` (e.g. "refs/convert/parquet" for
-script-based hub repos that `datasets` >= 4 no longer runs) and `streaming=`.
+script-based hub repos that `datasets` >= 4 no longer runs), `streaming=`, and `limit=N`: only the first N
+records of each split (of the stored `train` split for tasks that derive validation/test from it), streamed, so
+the rest is never downloaded, prepared or tokenized (WMT14 fr-en's train split is 40.8M pairs). Streaming reads
+the dataset's files in their listed order without shuffling, so the same N gives the same records everywhere.
+
+For machines without the hub (cluster nodes), stage the data once: `python -m grow_jax.data.stage`.
 
 Prompts are our reading (the paper publishes none); see `prompts.py`.
 """
@@ -19,6 +24,7 @@ Prompts are our reading (the paper publishes none); see `prompts.py`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -45,9 +51,13 @@ class HubDataset:
 
 
 def hub_source(task: str, hub: HubDataset, *, data_files: DataFiles = None, cache_dir: str | None = None,
-               streaming: bool = False, revision: str | None = None
+               streaming: bool = False, revision: str | None = None, limit: int | None = None
                ) -> tuple[tuple[str, ...], Callable[[str], Iterable[Record]]]:
-  """(splits, source) for a task whose records come from `hub` or from local `data_files`."""
+  """(splits, source) for a task whose records come from `hub` or from local `data_files`; with `limit`, the
+  first `limit` records of each stored split, streamed (nothing after them is read)."""
+  if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
+    raise TaskError(f"task {task!r}: limit={limit!r}; expected a positive number of records (or None: all)")
+  streaming = streaming or limit is not None
   if data_files is not None:
     if not isinstance(data_files, Mapping) or not data_files:
       raise TaskError(f"task {task!r}: data_files must be a non-empty mapping split -> path(s), "
@@ -64,6 +74,11 @@ def hub_source(task: str, hub: HubDataset, *, data_files: DataFiles = None, cach
     splits = stored
 
   def load(split: str) -> Iterable[Record]:
+    records = _load(split)
+    # islice, not IterableDataset.take: take reads the next table of the stream ahead (datasets 5.2)
+    return itertools.islice(records, limit) if limit is not None else records
+
+  def _load(split: str) -> Iterable[Record]:
     import datasets  # heavy: imported on first use only
     if data_files is not None:
       return datasets.load_dataset("json", data_files={split: data_files[split]}, split=split,
@@ -74,8 +89,9 @@ def hub_source(task: str, hub: HubDataset, *, data_files: DataFiles = None, cach
     except Exception as e:  # network, auth, missing config...: say which task and what to do instead
       raise RuntimeError(
           f"task {task!r}: could not load {hub.path!r} (config {hub.name!r}, split {split!r}) from the Hugging "
-          f"Face hub: {type(e).__name__}: {e}. Without hub access, pass data_files={{split: path}} to read "
-          "local JSON files in the same schema.") from e
+          f"Face hub: {type(e).__name__}: {e}. Without hub access, stage the data once where the hub is "
+          "reachable (python -m grow_jax.data.stage) and point config.data.staged or $GROW_JAX_STAGED_DATA at "
+          "it, or pass data_files={split: path} to read local JSON files in the same schema.") from e
 
   def source(split: str) -> Iterable[Record]:
     if hub.derive_splits is None:
@@ -106,10 +122,10 @@ def _scitail_gold(r: Record) -> int:
 
 @register_task("scitail")
 def scitail(data_files: DataFiles = None, cache_dir: str | None = None, streaming: bool = False,
-            revision: str | None = None) -> Task:
+            revision: str | None = None, limit: int | None = None) -> Task:
   """SciTail entailment (tsv_format) as a yes/no question; target "yes" (entails) or "no" (neutral)."""
   splits, source = hub_source("scitail", SCITAIL, data_files=data_files, cache_dir=cache_dir,
-                              streaming=streaming, revision=revision)
+                              streaming=streaming, revision=revision, limit=limit)
   return Task(name="scitail", splits=splits, source=source, prompt=_scitail_prompt,
               target=lambda r: _YES_NO[_scitail_gold(r)], choices=lambda r: _YES_NO, gold=_scitail_gold,
               metrics=("acc", "exact_match"), description="SciTail science entailment, yes/no")
@@ -130,11 +146,12 @@ def _sciq_item(r: Record, style: str, with_support: bool) -> prompts.MultipleCho
 
 @register_task("sciq")
 def sciq(style: str = "cloze", with_support: bool = True, data_files: DataFiles = None,
-         cache_dir: str | None = None, streaming: bool = False, revision: str | None = None) -> Task:
+         cache_dir: str | None = None, streaming: bool = False, revision: str | None = None,
+         limit: int | None = None) -> Task:
   """SciQ 4-way science QA; `with_support` prepends the supporting paragraph (as lm-eval-harness does)."""
   prompts.check_style("sciq", style)
   splits, source = hub_source("sciq", SCIQ, data_files=data_files, cache_dir=cache_dir, streaming=streaming,
-                              revision=revision)
+                              revision=revision, limit=limit)
   item = lambda r: _sciq_item(r, style, with_support)  # noqa: E731
   return Task(name="sciq", splits=splits, source=source, prompt=lambda r: item(r).prompt,
               target=lambda r: item(r).target, choices=lambda r: item(r).choices, gold=lambda r: item(r).gold,
@@ -174,11 +191,11 @@ def _mathqa_item(r: Record, style: str) -> prompts.MultipleChoice:
 
 @register_task("mathqa")
 def mathqa(style: str = "lettered", data_files: DataFiles = None, cache_dir: str | None = None,
-           streaming: bool = False, revision: str | None = None) -> Task:
+           streaming: bool = False, revision: str | None = None, limit: int | None = None) -> Task:
   """MathQA 5-way math word problems; default "lettered" (the options are numbers the model must see)."""
   prompts.check_style("mathqa", style)
   splits, source = hub_source("mathqa", MATHQA, data_files=data_files, cache_dir=cache_dir, streaming=streaming,
-                              revision=revision)
+                              revision=revision, limit=limit)
   return Task(name="mathqa", splits=splits, source=source, prompt=lambda r: _mathqa_item(r, style).prompt,
               target=lambda r: _mathqa_item(r, style).target, choices=lambda r: _mathqa_item(r, style).choices,
               gold=lambda r: _mathqa_item(r, style).gold, metrics=("acc", "acc_norm", "exact_match"),
@@ -226,11 +243,11 @@ def _winogrande_prompt(r: Record) -> str:
 
 @register_task("winogrande")
 def winogrande(config: str = "winogrande_xl", data_files: DataFiles = None, cache_dir: str | None = None,
-               streaming: bool = False, revision: str | None = None) -> Task:
+               streaming: bool = False, revision: str | None = None, limit: int | None = None) -> Task:
   """WinoGrande: 2-way pronoun resolution; partial scoring for log-likelihood, a question for generation."""
   hub = HubDataset("allenai/winogrande", config, WINOGRANDE_SPLITS)
   splits, source = hub_source("winogrande", hub, data_files=data_files, cache_dir=cache_dir, streaming=streaming,
-                              revision=revision)
+                              revision=revision, limit=limit)
   return Task(name="winogrande", splits=splits, source=source, prompt=_winogrande_prompt,
               target=lambda r: _winogrande_options(r)[_winogrande_gold(r)], choices=_winogrande_options,
               gold=_winogrande_gold, partial=winogrande_partial, metrics=("acc", "exact_match"),
@@ -268,13 +285,13 @@ def translation_task(name: str, splits: Sequence[str], source: Callable[[str], I
 
 @register_task("translation_en_fr")
 def translation_en_fr(dataset: str = "wmt14", data_files: DataFiles = None, cache_dir: str | None = None,
-                      streaming: bool = False, revision: str | None = None) -> Task:
-  """English -> French from the hub: `dataset` "wmt14" (newstest2013/2014 as validation/test; train is
-  40M pairs: use `streaming=True` and a `limit`) or "opus_books" (train only on the hub; validation/test are
-  carved out by a hash of the English text)."""
+                      streaming: bool = False, revision: str | None = None, limit: int | None = None) -> Task:
+  """English -> French from the hub: `dataset` "wmt14" (newstest2013/2014 as validation/test, 3000 pairs
+  each; train is 40.8M pairs: pass `limit`, e.g. 200_000, to stream only the first ones) or "opus_books" (train
+  only on the hub; validation/test are carved out by a hash of the English text)."""
   if dataset not in TRANSLATION_DATASETS:
     raise TaskError(f"task 'translation_en_fr': unknown dataset {dataset!r}; known: {list(TRANSLATION_DATASETS)}")
   splits, source = hub_source("translation_en_fr", TRANSLATION_DATASETS[dataset], data_files=data_files,
-                              cache_dir=cache_dir, streaming=streaming, revision=revision)
+                              cache_dir=cache_dir, streaming=streaming, revision=revision, limit=limit)
   return translation_task("translation_en_fr", splits, source, f"English->French translation ({dataset})")
 

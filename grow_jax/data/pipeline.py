@@ -6,16 +6,83 @@
 
 Every iterator has `state()` / `restore(state)`, which the trainer checkpoints, so a resumed run continues
 with exactly the batches it would have seen.
+
+Which data: `config.data.task` with `config.data.options` (its options; other tasks get their defaults), read
+from the staged copy `config.data.staged` (else `$GROW_JAX_STAGED_DATA`) when one is set, else from each task's
+own source. The trainer hands this view to the whole process with `use_config(config)` (so its evaluations read
+the same data as its training), which also checks, before any heavy work, that a staged copy holds every task,
+option set and split the run reads (`data_reads`: what `python -m grow_jax.data.stage --config=...` stages).
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
-from grow_jax.data import synthetic
+from grow_jax.data import synthetic, tasks
 from grow_jax.errors import DataError
+
+
+def task_options(config, name: str) -> dict[str, Any]:
+  """The options `config` gives task `name`: the set (not None) `config.data.options` for its own task,
+  none for any other."""
+  options = config.data.get("options") if name == config.data.task else None
+  if not options:
+    return {}
+  return {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in options.items() if v is not None}
+
+
+def staged_dir(config) -> str | None:
+  """The staged data a run reads: `config.data.staged`, else `$GROW_JAX_STAGED_DATA`, else None."""
+  return config.data.get("staged") or os.environ.get(tasks.ENV_STAGED) or None
+
+
+def data_reads(config) -> dict[str, tuple[dict[str, Any], list[str]]]:
+  """Every data task a run of `config` reads, {task: (options, [splits])}: the training task's train split
+  (and the eval split `heldout_loss` scores), each data task of `config.eval.tasks` on its split
+  (`task:split`, else `config.eval.split`, else the task's validation/test split, as the evaluation registry
+  picks), and the reference text of a method that needs one (EWC)."""
+  from grow_jax import methods
+  reads: dict[str, tuple[dict[str, Any], list[str]]] = {}
+  known = tasks.list_tasks()
+
+  def add(name: str, split: str) -> None:
+    if name == "synthetic" or name not in known:
+      return
+    splits = reads.setdefault(name, (task_options(config, name), []))[1]
+    if split not in splits:
+      splits.append(split)
+
+  add(config.data.task, config.data.train_split)
+  for entry in config.eval.tasks:
+    name, _, split = entry.partition(":")
+    if name == "heldout_loss":
+      add(config.data.task, split or config.data.eval_split)
+    elif name in known:
+      add(name, split or config.eval.split or _default_split(name, task_options(config, name)))
+  if methods.method_class(config.train.mode).needs_reference_data:
+    add(config.train.reference_task or ("synthetic" if config.data.task == "synthetic" else "stdlib_text"),
+        config.data.eval_split)
+  return reads
+
+
+def _default_split(name: str, options: Mapping[str, Any]) -> str:
+  splits = tasks.build_task(name, **options).splits
+  return "validation" if "validation" in splits else "test" if "test" in splits else splits[0]
+
+
+def use_config(config) -> None:
+  """The trainer's hand-off: this process reads data as `config` says (`tasks.use_run_data`): its own task with
+  `config.data.options` wherever it is named (training, heldout loss, evaluations), and every task from the
+  staged copy, if one is set, which is checked here to hold all that `data_reads(config)` lists."""
+  staged = staged_dir(config)
+  own = {} if config.data.task == "synthetic" else {config.data.task: task_options(config, config.data.task)}
+  tasks.use_run_data(staged, own)
+  if staged:
+    from grow_jax.data import stage
+    stage.check_reads(staged, data_reads(config))
 
 
 def batch_iterator(config, split: str, *, batch_size: int, model_config, tokenizer=None, task: str | None = None,
@@ -44,7 +111,8 @@ def batch_iterator(config, split: str, *, batch_size: int, model_config, tokeniz
   limit = max_examples if max_examples and max_examples > 0 else None
   if not finite and config.data.num_examples > 0:
     limit = config.data.num_examples
-  examples = data.get_task(task).examples(split, limit=limit)
+  source = tasks.open_task(task, task_options(config, task), staged=staged_dir(config))
+  examples = source.examples(split, limit=limit)
   sequences, _ = data.tokenize_examples(examples, tokenizer, config.data.seq_len, on_overflow="skip")
   if not sequences:
     raise DataError(f"config.data.task={task!r} split {split!r} has no usable examples ({len(examples)} read, "

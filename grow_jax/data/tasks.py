@@ -29,7 +29,16 @@ A record that a template cannot handle (missing field, wrong type, empty target,
 
 Registry: task modules register factories `(**options) -> Task` with `@register_task(name)`;
 `get_task(name, **options)` builds one. Options are the factory's keyword arguments (e.g. `data_files=` to
-read a paper task from local JSON files, `data_dir=` for the offline tasks' cache).
+read a paper task from local JSON files, `limit=` to read only the first records of a hub dataset, `data_dir=`
+for the offline tasks' cache); `check_options` refuses one a task does not take, naming the ones it does.
+A training config sets them as `config.data.options` (the keys of `CONFIG_OPTIONS`).
+
+Where records come from: `build_task(name, **options)` is the task reading its own source (the hub, the
+offline cache). `get_task` is what the rest of grow_jax calls: the same, unless a staged copy is in use
+(`python -m grow_jax.data.stage`; `$GROW_JAX_STAGED_DATA`, or the trainer's `config.data.staged` through
+`use_run_data`), in which case the records come from that copy (`open_task`) and nothing touches the network;
+inside a training run the config's options for its own task fill in the options not given, so its evaluations
+read the same data as its training.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import dataclasses
 import inspect
 import itertools
 import logging
+import os
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from grow_jax.errors import TaskError
@@ -296,19 +306,89 @@ def task_options(name: str) -> list[str]:
   return list(inspect.signature(_factory(name)).parameters)
 
 
-def get_task(name: str, **options: Any) -> Task:
-  """Builds the registered task `name` with `options`.
+# The task options a training config can set (`config.data.options`, grow_jax/train/config.py) and their types:
+# every keyword option of the built-in tasks. A config hands its task only the options that are set (not None).
+CONFIG_OPTIONS: dict[str, type] = {
+    "dataset": str, "config": str, "style": str, "with_support": bool, "shots": int,     # which data / format
+    "limit": int, "revision": str, "data_files": object, "streaming": bool,              # hub tasks' loading
+    "cache_dir": str, "data_dir": str,                                                   # where caches live
+    "num_problems": int, "seed": int, "packages": object, "heldout_packages": object,    # offline tasks' builds
+    "num_entities": int,
+}
+
+
+def check_options(name: str, options: Mapping[str, Any], *, field: str | None = None) -> None:
+  """Raises for an option task `name` does not take: one line naming the option, the task and its options
+  (`TaskError`; `ConfigError` naming `field`.<option> when `field` is given, e.g. 'config.data.options')."""
+  known = task_options(name)
+  unknown = [k for k in options if k not in known]
+  if not unknown:
+    return
+  key = unknown[0]
+  if field is not None:
+    from grow_jax.errors import ConfigError
+    raise ConfigError(f"{field}.{key}={options[key]!r}: task {name!r} does not take option {key!r}; "
+                      f"its options: {known}")
+  raise TaskError(f"task {name!r} does not take options {unknown}; its options: {known}")
+
+
+def full_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+  """Every option of task `name`: `options` with the task's defaults filled in (an unknown one: `TaskError`)."""
+  check_options(name, options)
+  bound = inspect.signature(_factory(name)).bind(**options)
+  bound.apply_defaults()
+  return dict(bound.arguments)
+
+
+def build_task(name: str, **options: Any) -> Task:
+  """The registered task `name` with `options`, reading its own source (never a staged copy).
 
   Raises:
     TaskError: unknown task (the message lists the known ones) or an option the task does not take.
   """
   factory = _factory(name)
-  try:
-    inspect.signature(factory).bind(**options)
-  except TypeError as e:
-    raise TaskError(f"task {name!r} does not take options {sorted(options)} ({e}); "
-                    f"its options: {task_options(name)}") from None
+  check_options(name, options)
   return factory(**options)
+
+
+ENV_STAGED = "GROW_JAX_STAGED_DATA"
+_run_data: dict[str, Any] = {"staged": None, "options": {}}
+
+
+def use_run_data(staged: str | None, options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+  """Sets this process's data view (the trainer calls it through `pipeline.use_config`): `staged`, a staged
+  directory that every `get_task` then reads (None: `$GROW_JAX_STAGED_DATA`, if set), and per-task default
+  options ({task: {option: value}}). Replaces the previous view; `use_run_data(None)` restores the default."""
+  _run_data["staged"] = staged or None
+  _run_data["options"] = {name: dict(opts) for name, opts in (options or {}).items()}
+
+
+def staged_root() -> str | None:
+  """The staged directory `get_task` reads: the run's (`use_run_data`), else `$GROW_JAX_STAGED_DATA`, else None."""
+  return _run_data["staged"] or os.environ.get(ENV_STAGED) or None
+
+
+def open_task(name: str, options: Mapping[str, Any] | None = None, *, staged: str | None = None) -> Task:
+  """The task `name` with `options`; with `staged` (a directory or gs:// path of `python -m grow_jax.data.stage`)
+  its records come from that staged copy, which must hold this task with these options (else a one-line
+  `DataError` naming both)."""
+  options = dict(options or {})
+  task = build_task(name, **options)
+  if not staged:
+    return task
+  from grow_jax.data import stage
+  return stage.staged_task(staged, name, task, options)
+
+
+def get_task(name: str, **options: Any) -> Task:
+  """The registered task `name` with `options` (see the module docstring: inside a training run the run's
+  options for `name` fill in those not given, and a staged copy in use supplies the records).
+
+  Raises:
+    TaskError: unknown task (the message lists the known ones) or an option the task does not take.
+    DataError: a staged copy in use that does not hold this task with these options.
+  """
+  return open_task(name, {**_run_data["options"].get(name, {}), **options}, staged=staged_root())
 
 
 def _factory(name: str) -> TaskFactory:

@@ -129,7 +129,15 @@ def base_config() -> ml_collections.ConfigDict:
       task="synthetic", seq_len=32, packing=False, train_split="train", eval_split="validation",
       num_examples=-1,                # examples in the train split (-1 = the task's own size / unbounded)
       tokenizer="",                   # tokenizer source for real tasks ('' = config.init.source)
+      staged="",                      # a staged copy of every task the run reads (python -m grow_jax.data.stage),
+                                      # a directory or gs:// path, read with no network; '' = $GROW_JAX_STAGED_DATA,
+                                      # else each task's own source (the hub, the offline cache)
   ))
+  # The task's own options (None = the task's default; a task refuses one it does not take), e.g.
+  # --config.data.options.limit=200000 (hub tasks: only the first N records of each split, streamed),
+  # .revision, .dataset, .style, .data_files="{'train': 'a.jsonl'}". Keys: grow_jax.data.tasks.CONFIG_OPTIONS.
+  from grow_jax.data.tasks import CONFIG_OPTIONS
+  c.data.options = ml_collections.ConfigDict({k: config_dict.placeholder(t) for k, t in CONFIG_OPTIONS.items()})
 
   # Periodic evaluation: entries of grow_jax.evaluation.registry (heldout_loss, smoke_*) or grow_jax.data tasks
   # (scored as evaluation/tasks.py says: translation BLEU/chrF, multiple-choice acc, perplexity + KL to the init model),
@@ -177,6 +185,9 @@ def expand_sweep(module, base_arg: str | None = None) -> list[ml_collections.Con
   return out
 
 
+PAPER_LIMIT = 200_000     # records per split the paper configs read from a hub task (config arg `limit`)
+
+
 def paper_config(arg, *, default_lr: dict[str, float], ckpt: str, tensor: int = 1,
                  accum: int = 1) -> ml_collections.ConfigDict:
   """The paper's setting shared by configs/paper_*.py: a pretrained Gemma 3 grown x2 (all layers, given layers,
@@ -184,12 +195,14 @@ def paper_config(arg, *, default_lr: dict[str, float], ckpt: str, tensor: int = 
   mesh; evaluated before and after on the task itself, WinoGrande (the paper's original-knowledge probe) and
   general-text drift.
 
-  Args after ':' — mode, task, layers ('all' | '0,3,5'), plan (a growth-plan JSON of
-  `python -m grow_jax.growth.plan`: its layers grow; needs layers=all), steps, batch, seq_len, lr (0 = the
-  mode's default), tensor, ckpt, accum. Hyperparameters are our choice: the paper does not publish them.
+  Args after ':' — mode, task, limit (hub tasks: read only the first `limit` records of each split, streamed;
+  default 200000, so translation_en_fr reads 200k of WMT14's 40.8M training pairs; 0 = every record),
+  layers ('all' | '0,3,5'), plan (a growth-plan JSON of `python -m grow_jax.growth.plan`: its layers grow;
+  needs layers=all), steps, batch, seq_len, lr (0 = the mode's default), tensor, ckpt, accum. Hyperparameters
+  are our choice: the paper does not publish them.
   """
-  arg = parse_arg(arg, mode="g_freeze", task="translation_en_fr", layers="all", plan="", steps=2000, batch=64,
-                  seq_len=512, lr=0.0, tensor=tensor, ckpt=ckpt, accum=accum)
+  arg = parse_arg(arg, mode="g_freeze", task="translation_en_fr", limit=PAPER_LIMIT, layers="all", plan="",
+                  steps=2000, batch=64, seq_len=512, lr=0.0, tensor=tensor, ckpt=ckpt, accum=accum)
   if arg.layers == "targeted":
     raise ConfigError("config arg layers='targeted': targeted layers come from a growth plan now: pass "
                       "plan=<plan.json> (python -m grow_jax.growth.plan; see the config file's docstring)")
@@ -205,6 +218,11 @@ def paper_config(arg, *, default_lr: dict[str, float], ckpt: str, tensor: int = 
   c.batch_size = arg.batch
   c.grad_accum_steps = arg.accum
   c.data.task = arg.task
+  from grow_jax.data import tasks as task_lib
+  if arg.limit < 0:
+    raise ConfigError(f"config arg limit={arg.limit}: expected a number of records (0 = every record)")
+  if arg.limit and arg.task in task_lib.list_tasks() and "limit" in task_lib.task_options(arg.task):
+    c.data.options.limit = arg.limit
   c.data.seq_len = arg.seq_len
   c.data.packing = True
   c.train.mode = arg.mode
@@ -312,6 +330,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   from grow_jax import data
   tasks = ["synthetic"] + data.list_tasks()
   _need(config.data.task in tasks, "data.task", config.data.task, f"one of {tasks}")
+  _check_data_options(config)
   if config.train.reference_task:
     _need(config.train.reference_task in tasks, "train.reference_task", config.train.reference_task,
           f"'' (stdlib_text; synthetic for synthetic runs) or one of {tasks}")
@@ -325,6 +344,27 @@ def check(config: ml_collections.ConfigDict) -> None:
     methods.checked_options(config.train.mode, method_options(config))
   except ConfigError as e:          # the method's own message names the option: put it in its config section
     raise ConfigError(f"config.train.{e}" if re.match(r"\w+=", str(e)) else f"config.train: {e}") from None
+
+
+def _check_data_options(config) -> None:
+  """config.data.options: options the task takes, with values it accepts (the task is built, nothing read)."""
+  from grow_jax.data import pipeline, tasks as task_lib
+  from grow_jax.errors import TaskError
+  options = {k: v for k, v in config.data.options.items() if v is not None}
+  if config.data.task == "synthetic":
+    if options:
+      key = sorted(options)[0]
+      raise ConfigError(f"config.data.options.{key}={options[key]!r}: task 'synthetic' takes no options")
+    return
+  options = pipeline.task_options(config, config.data.task)
+  task_lib.check_options(config.data.task, options, field="config.data.options")
+  if "limit" in options:
+    _need(isinstance(options["limit"], int) and options["limit"] > 0, "data.options.limit", options["limit"],
+          "a positive number of records (None: all)")
+  try:
+    task_lib.build_task(config.data.task, **options)
+  except TaskError as e:
+    raise ConfigError(f"config.data.options: {e}") from None
 
 
 def optimizer_config(config) -> dict[str, Any]:

@@ -56,6 +56,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # ==== 1. Checks: cheap, before any heavy work, nothing written ===========================================
   config_lib.check(config)
+  pipeline.use_config(config)        # data: config.data.options and the staged copy (checked) for every task read
   files.check_reachable(workdir)
   if config.resume_from:
     files.check_reachable(config.resume_from, "config.resume_from")
