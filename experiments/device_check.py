@@ -1,7 +1,7 @@
 r"""Checks on one accelerator (an NVIDIA H200 in mind), as one command that fits in ~8 minutes; writes
 <out>/device_check.md (tables), <out>/device_check.json (raw numbers) and prints as it goes.
 
-  experiments/device_check.sh OUT_DIR              # installs the gpu extra if JAX sees no GPU, then this
+  experiments/device_check.sh OUT_DIR              # dependencies, the GPU extra if needed, then this
   python experiments/device_check.py --out=OUT_DIR [--modes=sft,g_freeze,g_train,lora] [--real]
   python experiments/device_check.py --out=/tmp/dc --dry-run    # the same code paths, tiny sizes, CPU, < 1 min
 
@@ -11,9 +11,7 @@ r"""Checks on one accelerator (an NVIDIA H200 in mind), as one command that fits
    `jax.default_matmul_precision('highest')`; says which one is exactly 0.
 2. Device vs CPU: the 270M's logits on the device (default and highest precision) against the same forward
    on the host CPU in this process: max |Δ|, max |Δ| / std(logits), share of positions with the same argmax.
-4. Last, if time is left: the decode loop of generate() on the device (270M shape, batch 8): weight copies
-   per step in the compiled loop and tokens/s, weights as stored vs transposed as on CPU (should the
-   platform get an entry in generation.DECODE_PERMUTATIONS?).
+   (The CPU backend must be available: device_check.sh sets JAX_PLATFORMS=cuda,cpu.)
 3. Train steps of Gemma 3 1B (random weights of the `gemma3_1b` preset, bf16 compute, f32 params and Adam)
    for each mode, each in its own subprocess (so peak memory is per mode): the batch that fills --fill of the
    device's bytes_limit is computed from XLA's memory analysis of four cheap compiles (1- and 2-layer versions
@@ -22,13 +20,26 @@ r"""Checks on one accelerator (an NVIDIA H200 in mind), as one command that fits
    of --steps after a warm-up). Reported: batch, step time, tokens/s, model FLOPs per token
    (experiments/flops.py: matmuls where the mode computes them), MFU against the measured bf16 matmul peak
    (a 16384^2 bf16 matmul, best of 6), peak device memory (`memory_stats()['peak_bytes_in_use']`).
-   A mode that would start after --deadline_s is skipped and listed as such.
-Every part runs in a child process (the parent never initialises the accelerator, so it holds no memory;
-children get XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 unless it is set).
+4. The decode loop of generate() on the device (270M shape, batch 8): weight copies per step in the compiled
+   loop and tokens/s, weights as stored vs transposed as on CPU (should the platform get an entry in
+   generation.DECODE_PERMUTATIONS?).
+
+Order and time: what JAX sees and the bf16 peak first (~20 s), then the first two modes (default: the 1B SFT
+and G-Freeze timings, the point of the run), then checks 1-2, the other modes, and the decode loop last. A
+part starts only with its budget left before --deadline_s (a mode: --mode_budget_s, checks 1-2 and the decode
+loop: --part_budget_s) and is stopped at the deadline; skipped parts are listed as such. Every part runs in a
+child process (the parent never initialises the accelerator, so it holds no memory; children get
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 unless it or XLA_CLIENT_MEM_FRACTION is set).
 
 --dry-run (or DEVICE_CHECK_DRY_RUN=1): the tiny preset (1 layer for checks 1-2, 2 layers for 3) on CPU in
 place of the 270M and the 1B, small batches and matmuls, a pretend 64 MiB device, f32 and XLA's backend
 optimisation off (fast compiles): checks the script's code paths, measures nothing.
+
+Steps device_check.sh takes before JAX starts, in this file so they are tested: --missing_deps (each
+setup.cfg install_requires entry that is not installed, too old, or does not import, one per line; the standard
+library only), --jax_pins (name==version of the installed JAX distributions, so that installing a missing
+dependency leaves a preinstalled JAX + CUDA as it is), --gpu_check (one line: the GPUs JAX sees, or why none;
+exit status 1 without one).
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -47,6 +59,99 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 MODES = ("sft", "g_freeze", "g_train", "lora")
+
+
+# ---- before JAX: dependencies, pins, the GPU (device_check.sh runs these first) -------------------------------
+def requirements(setup_cfg: str) -> list[str]:
+  """The `install_requires` entries of setup.cfg (its comment lines dropped)."""
+  import configparser
+  parser = configparser.ConfigParser()
+  if not parser.read(setup_cfg):
+    raise FileNotFoundError(f"no setup.cfg at {setup_cfg}")
+  return [line.strip() for line in parser["options"]["install_requires"].splitlines()
+          if line.strip() and not line.strip().startswith("#")]
+
+
+def _normalized(name: str) -> str:
+  return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _parse_requirement(spec: str):
+  """(name, specifier or None, whether its environment marker applies here)."""
+  try:
+    from packaging.requirements import Requirement
+  except ImportError:
+    try:
+      from pip._vendor.packaging.requirements import Requirement
+    except ImportError:                                   # no packaging at all: names only
+      return re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec).group(0), None, True
+  requirement = Requirement(spec)
+  return requirement.name, requirement.specifier, requirement.marker is None or requirement.marker.evaluate()
+
+
+def missing_requirements(setup_cfg: str) -> list[tuple[str, str]]:
+  """(entry, why) for each install_requires entry that is not installed, has a version its specifier excludes,
+  or whose top-level module does not import (the module named like the distribution, e.g. ml_collections,
+  absl for absl-py; else any of its modules)."""
+  import importlib
+  import importlib.metadata as metadata
+  modules: dict[str, list[str]] = {}
+  for module, dists in metadata.packages_distributions().items():
+    for dist in dists:
+      modules.setdefault(_normalized(dist), []).append(module)
+  missing = []
+  for spec in requirements(setup_cfg):
+    name, specifier, applies = _parse_requirement(spec)
+    if not applies:
+      continue
+    try:
+      version = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      missing.append((spec, "not installed"))
+      continue
+    if specifier is not None and not specifier.contains(version, prereleases=True):
+      missing.append((spec, f"version {version} is installed"))
+      continue
+    names = [m for m in modules.get(_normalized(name), []) if m.isidentifier() and not m.startswith("_")]
+    named = sorted((m for m in names if _normalized(name).startswith(_normalized(m))), key=len, reverse=True)
+    errors = []
+    for module in named[:1] or names:
+      try:
+        importlib.import_module(module)
+        break
+      except Exception as e:  # noqa: BLE001 -- any failure to import is what this reports
+        errors.append(f"import {module}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+    else:
+      if errors:
+        missing.append((spec, errors[0]))
+  return missing
+
+
+def jax_pins() -> list[str]:
+  """name==version of the installed jax, jaxlib and jax CUDA plugin distributions."""
+  import importlib.metadata as metadata
+  pins = set()
+  for dist in metadata.distributions():
+    name = dist.metadata["Name"] or ""
+    if re.fullmatch(r"jax|jaxlib|jax-cuda\d+-(plugin|pjrt)", _normalized(name)):
+      pins.add(f"{name}=={dist.version}")
+  return sorted(pins)
+
+
+def gpu_check() -> int:
+  """Prints one line: the GPUs JAX sees (0), or why it sees none (1)."""
+  try:
+    import jax
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+  except Exception as e:  # noqa: BLE001 -- reported as one line
+    text = str(e).strip().splitlines()[0] if str(e).strip() else "no NVIDIA GPU is visible"
+    print(f"JAX sees no GPU ({type(e).__name__}: {text})")
+    return 1
+  if not gpus:
+    print(f"JAX {jax.__version__} sees no GPU, only {', '.join(sorted({d.platform for d in jax.devices()}))}")
+    return 1
+  print(f"JAX {jax.__version__} sees {len(gpus)} GPU(s): {gpus[0].device_kind}")
+  return 0
 
 
 def _dry(args) -> bool:
@@ -325,16 +430,14 @@ def _timed(fn) -> float:
   return time.perf_counter() - t
 
 
-def run_checks(args) -> dict:
-  """Checks 1-2 and the bf16 matmul peak (one process), plus what JAX sees."""
+def run_peak(args) -> dict:
+  """What JAX sees, and the bf16 matmul peak (the MFU denominator) unless the train steps are skipped."""
   import jax
   import flops as flops_lib
-  out = {"env": {"jax": jax.__version__, "python": sys.version.split()[0],
+  out = {"env": {"jax": jax.__version__, "python": sys.version.split()[0], "platform": jax.default_backend(),
                  "devices": ", ".join(f"{d.platform}:{d.device_kind}" for d in jax.devices())}}
   print(out["env"], flush=True)
-  if "checks" not in args.skip.split(","):
-    out.update(check_growth_and_parity(args))
-  if "train" not in args.skip.split(","):
+  if "train" not in args.skip.split(",") and (_dry(args) or out["env"]["platform"] != "cpu"):
     out["bf16_peak_flops"] = flops_lib.matmul_peak("bfloat16", n=256 if _dry(args) else 16384,
                                                    repeats=2 if _dry(args) else 6)
     print(f"bf16 matmul peak {out['bf16_peak_flops'] / 1e12:.2f} TFLOP/s", flush=True)
@@ -342,8 +445,10 @@ def run_checks(args) -> dict:
 
 
 def _run(part: str, args) -> dict:
+  if part == "peak":
+    return run_peak(args)
   if part == "checks":
-    return run_checks(args)
+    return check_growth_and_parity(args)
   if part == "decode":
     return check_decode(args)
   return run_mode(part.split(":", 1)[1], args)
@@ -358,13 +463,15 @@ def _child_argv(args, part: str, result_path: str) -> list[str]:
 
 
 def run_part(args, part: str, deadline: float) -> dict:
-  """`part` ('checks' or 'mode:<name>') in a child process, so the parent never holds accelerator memory
-  and each mode's peak memory is its own; in this process with --in_process."""
+  """`part` ('peak', 'checks', 'decode' or 'mode:<name>') in a child process, so the parent never holds
+  accelerator memory and each mode's peak memory is its own; in this process with --in_process. It starts only
+  with its budget left before the deadline (none for 'peak') and is stopped at the deadline."""
   name = part.split(":")[-1]
   remaining = deadline - time.monotonic()
   failed = {"mode": name} if part.startswith("mode:") else {}
-  if part != "checks" and remaining < args.mode_budget_s:
-    print(f"[{name}] skipped: {remaining:.0f} s left before the deadline", flush=True)
+  budget = 0.0 if part == "peak" else args.mode_budget_s if part.startswith("mode:") else args.part_budget_s
+  if remaining < budget:
+    print(f"[{name}] skipped: {remaining:.0f} s left before the deadline, {budget:.0f} s needed", flush=True)
     return {**failed, "skipped": f"{remaining:.0f} s left before --deadline_s"}
   if args.in_process:
     try:
@@ -374,7 +481,8 @@ def run_part(args, part: str, deadline: float) -> dict:
       return {**failed, "error": f"{type(e).__name__}: {e}"[:300]}
   path = os.path.join(args.out, f"part_{name}.json")
   env = dict(os.environ)
-  env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")      # the child may use the whole device
+  if not env.get("XLA_CLIENT_MEM_FRACTION"):                       # jaxlib refuses both names at once
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")      # the child may use the whole device
   try:
     proc = subprocess.run(_child_argv(args, part, path), timeout=max(30.0, remaining), cwd=ROOT, env=env)
   except subprocess.TimeoutExpired:
@@ -405,6 +513,8 @@ def report(args, env: dict, checks: dict | None, peak: float | None, modes: list
     lines += [f"| {p} | {v['max_abs']:.3g} | {v['max_rel_std']:.3g} | {100 * v['argmax_agree']:.2f}% |"
               for p, v in par.items()]
     lines.append("")
+  elif checks and ("checks_error" in checks or "checks_skipped" in checks):
+    lines += [f"## Growth and CPU parity: {checks.get('checks_error') or 'skipped, ' + checks['checks_skipped']}", ""]
   if checks and "tokens_per_s" in str(checks.get("decode")):
     d = checks["decode"]
     lines += [f"## Decode loop on {d['platform']} ({d['model']}, batch {d['batch']}, {d['prompt']}-token prompts, "
@@ -451,21 +561,40 @@ def main(argv=None):
                                                "compiles twice as fast)")
   p.add_argument("--param_dtype", default="float32")
   p.add_argument("--deadline_s", type=float, default=None,
-                 help="skip modes that would start later than this (from the start; default 420, dry: 300)")
+                 help="seconds from the start after which nothing runs: parts that would not fit are skipped, a "
+                      "running one is stopped (default 420, dry: 300; device_check.sh sets it)")
   p.add_argument("--mode_budget_s", type=float, default=None, help="a mode starts only with this much left "
-                                                                    "(default 75; dry: 5)")
+                                                                    "(default 120; dry: 5)")
+  p.add_argument("--part_budget_s", type=float, default=None, help="checks 1-2 and the decode loop start only with "
+                                                                    "this much left (default 45; dry: 5)")
+  p.add_argument("--missing_deps", action="store_true", help="print the setup.cfg dependencies that do not import "
+                                                             "(one per line; why on stderr) and exit")
+  p.add_argument("--jax_pins", action="store_true", help="print name==version of the installed JAX distributions")
+  p.add_argument("--gpu_check", action="store_true", help="one line: the GPUs JAX sees; exit status 1 without one")
+  p.add_argument("--setup_cfg", default=os.path.join(ROOT, "setup.cfg"), help="for --missing_deps")
   p.add_argument("--in_process", action="store_true",
                  help="every part in this process (debugging; peak memory is then cumulative)")
   p.add_argument("--_part", default=None, help=argparse.SUPPRESS)
   p.add_argument("--_result", default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  if args.missing_deps:                                   # before anything imports a dependency
+    for spec, why in missing_requirements(args.setup_cfg):
+      print(spec)
+      print(f"{spec}: {why}", file=sys.stderr)
+    return None
+  if args.jax_pins:
+    print("\n".join(jax_pins()))
+    return None
+  if args.gpu_check:
+    sys.exit(gpu_check())
   dry = _dry(args)
   if dry:                                                 # before JAX starts: fast CPU compiles
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
       os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
   defaults = dict(modes=("sft,lora", ",".join(MODES)), dtype=("float32", "bfloat16"), seq_len=(16, 512),
-                  probe_batch=(8, 8), batch_multiple=(2, 8), steps=(1, 5), deadline_s=(300, 420), mode_budget_s=(5, 75))
+                  probe_batch=(8, 8), batch_multiple=(2, 8), steps=(1, 5), deadline_s=(300, 420), mode_budget_s=(5, 120),
+                  part_budget_s=(5, 45))
   for name, (small, big) in defaults.items():
     if getattr(args, name) is None:
       setattr(args, name, small if dry else big)
@@ -482,12 +611,24 @@ def main(argv=None):
   start = time.monotonic()
   deadline = start + args.deadline_s
   skip = set(filter(None, args.skip.split(",")))
-  checks = run_part(args, "checks", deadline)
+  checks = run_part(args, "peak", deadline)
   peak = checks.get("bf16_peak_flops")
-  modes = [run_part(args, f"mode:{mode}", deadline) for mode in args.modes.split(",")] if "train" not in skip else []
-  if "decode" not in skip:                                # last: optional, runs only if time is left
-    checks["decode"] = run_part(args, "decode", deadline)
   env = checks.get("env", {"jax": "?", "python": "?", "devices": "? (" + checks.get("error", "") + ")"})
+  modes = []
+  if not dry and env.get("platform") == "cpu":            # not the accelerator: minutes of CPU compiles, no figure
+    print("JAX runs on the CPU here: only --dry-run runs on the CPU (device_check.sh checks for a GPU first)",
+          flush=True)
+    skip |= {"checks", "train", "decode"}
+  order = args.modes.split(",") if "train" not in skip else []
+  for part in ([f"mode:{m}" for m in order[:2]] + ["checks"] * ("checks" not in skip) +   # the 1B timings first
+               [f"mode:{m}" for m in order[2:]] + ["decode"] * ("decode" not in skip)):  # decode: last, optional
+    result = run_part(args, part, deadline)
+    if part.startswith("mode:"):
+      modes.append(result)
+    elif part == "decode":
+      checks["decode"] = result
+    else:                                                 # checks 1-2: their error or skip under its own key
+      checks.update({f"checks_{k}" if k in ("error", "skipped") else k: v for k, v in result.items()})
   text = report(args, env, checks, peak, modes)
   print("\n" + text)
   with open(os.path.join(args.out, "device_check.md"), "w") as f:
