@@ -73,18 +73,24 @@ TOPOLOGY_ALIASES = {
 def resolve_topology(name: str) -> tuple[str, Chip]:
   """'v5e-16' or 'v5e:4x4' -> ('v5e:4x4', the chip); anything else one clear error."""
   from grow_jax.errors import ConfigError
+  gpu = gpu_topology(name)
+  if gpu:
+    return gpu.name, CHIPS[gpu.chip]
   topology = TOPOLOGY_ALIASES.get(name.strip().lower(), name.strip().lower())
   generation, sep, shape = topology.partition(":")
   if not sep or generation not in CHIPS or not re.fullmatch(r"\d+(x\d+)+", shape):
     raise ConfigError(f"--topology={name!r}: expected a slice such as v5e-16, v6e-64, v5p-8 or a topology such as "
-                      f"v5e:4x4, v6e:8x8, v5p:2x2x2 (chips {sorted(set(CHIPS) - {'h100', 'h200'})}; "
+                      f"v5e:4x4, v6e:8x8, v5p:2x2x2, or GPUs h100, 8xh100, 2x8xh200 (chips {sorted(CHIPS)}; "
                       f"names: {', '.join(sorted(TOPOLOGY_ALIASES))})")
   return topology, CHIPS[generation]
 
 
 def topology_devices(topology: str) -> list[Any]:
-  """The compile-only devices of a TPU topology (needs libtpu: the `aot` extra)."""
+  """The compile-only devices of a TPU topology (needs libtpu: the `aot` extra) or of GPUs (gpu_topology)."""
   from grow_jax.errors import ConfigError
+  gpu = gpu_topology(topology)
+  if gpu:
+    return gpu_topology_devices(gpu)
   # Compile-only use: several processes may load libtpu at once (its lock file would refuse the second), and
   # there is no TPU VM metadata server to ask for the worker layout.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -98,6 +104,121 @@ def topology_devices(topology: str) -> list[Any]:
             ("unknown backend" in first.lower() or "not found" in first.lower() or "no module" in first.lower())
             else "")
     raise ConfigError(f"--topology={topology!r}: no compile-only TPU devices: {first}{hint}") from None
+
+
+# ---- NVIDIA GPUs: compile-only CUDA devices ----------------------------------------------------------
+# `--topology=h100` (one GPU), `8xh100` (one host of 8), `2x8xh100` (2 hosts of 8); the same with h200. The CUDA
+# plugin (`pip install -e ".[gpu]"`) builds compile-only devices from a GpuTargetConfigProto (XLA's
+# PJRT_GpuDeviceTopology_Create with the options `target_config` and `topology`, as jax's own
+# tests/aot_test.py::test_deviceless_aot_compile does), so no GPU and no driver are needed to compile.
+@dataclasses.dataclass(frozen=True)
+class GpuTopology:
+  chip: str                    # a key of CHIPS: h100 | h200
+  hosts: int
+  per_host: int
+
+  @property
+  def name(self) -> str:
+    if self.hosts == 1:
+      return self.chip if self.per_host == 1 else f"{self.per_host}x{self.chip}"
+    return f"{self.hosts}x{self.per_host}x{self.chip}"
+
+
+def gpu_topology(name: str) -> GpuTopology | None:
+  """'h100' -> 1 host of 1; '8xh100' -> 1 host of 8; '2x8xh200' -> 2 hosts of 8 H200s; not a GPU name -> None."""
+  *counts, chip = name.strip().lower().split("x")
+  if chip not in GPU_TARGETS or len(counts) > 2 or not all(c.isdigit() and int(c) > 0 for c in counts):
+    return None
+  counts = [1] * (2 - len(counts)) + [int(c) for c in counts]
+  return GpuTopology(chip, hosts=counts[0], per_host=counts[1])
+
+
+# XLA's device descriptions (xla/backends/gpu/target_config/specs/h100_sxm.txtpb and h200.txtpb at the XLA
+# commit jax 0.10.2 was built from, less `collective_memory_granularity`, a field that XLA does not know yet).
+_HOPPER_CORE = {"threads_per_block_limit": 1024, "threads_per_warp": 32, "shared_memory_per_block": 49152,
+                "shared_memory_per_core": 233472, "threads_per_core_limit": 2048, "core_count": 132,
+                "fpus_per_core": 128, "block_dim_limit_x": 2147483647, "block_dim_limit_y": 65535,
+                "block_dim_limit_z": 65535, "l2_cache_size": 52428800, "clock_rate_ghz": 1.98,
+                "shared_memory_per_block_optin": 232448, "registers_per_core_limit": 65536,
+                "registers_per_block_limit": 65536}
+# Newer fields (sm_90a, the per-dtype unit rates XLA's cost models read, NVLink): an older plugin that cannot
+# parse them gets the core fields alone.
+_HOPPER_SCALAR = ((4, 64, 1), (8, 64, 1), (10, 128, 2), (11, 128, 1), (12, 64, 1), (16, 128, 2))
+_HOPPER_MATRIX = ((2, 1024), (6, 1024), (10, 512), (11, 256), (12, 32), (16, 512), (19, 1024), (20, 1024),
+                  (23, 1024), (24, 1024), (25, 1024), (28, 1024), (29, 1024), (33, 1024), (35, 1024), (36, 1024))
+GPU_TARGETS = {
+    "h100": {"name": "NVIDIA H100 80GB HBM3", "memory_bandwidth": 3352320000000, "device_memory_size": 84942979072},
+    "h200": {"name": "NVIDIA H200 141GB HBM3e", "memory_bandwidth": 4800000000000,
+             "device_memory_size": 151397597184},
+}
+
+
+def gpu_target_config(chip: str, *, extended: bool = True) -> str:
+  """The GpuTargetConfigProto text of one GPU (a key of GPU_TARGETS) for the CUDA plugin's compile-only devices."""
+  spec = GPU_TARGETS[chip]
+  fields = {**_HOPPER_CORE, "memory_bandwidth": spec["memory_bandwidth"],
+            "device_memory_size": spec["device_memory_size"]}
+  lines = [f"  {k}: {v}" for k, v in fields.items()]
+  if not extended:
+    lines.append("  cuda_compute_capability { major: 9 }")
+  else:
+    rate = lambda key, clock, units, ops: (f"    rate_infos {{ key: {key} value {{ clock_rate_ghz: {clock} "
+                                            f"units_per_core: {units} ops_per_clock: {ops} }} }}")
+    lines += ["  cuda_compute_capability { major: 9 feature_extension: ACCELERATED_FEATURES }",
+              "  scalar_unit_description {", *(rate(k, 1.98, u, o) for k, u, o in _HOPPER_SCALAR), "  }",
+              "  matrix_unit_description {",
+              *(rate(k, 1.98 if k == 12 else 1.8295201, 4, o) for k, o in _HOPPER_MATRIX), "  }",
+              "  thread_dim_limit_x: 1024", "  thread_dim_limit_y: 1024", "  thread_dim_limit_z: 64",
+              '  device_vendor: "NVIDIA Corporation"', '  platform_version: "Compute Capability 9.0a"',
+              "  device_address_bits: 64", "  pcie_bandwidth: 34359738368", "  ecc_enabled: true",
+              f'  name: "{spec["name"]}"', "  device_interconnect_info { active_links: 18 }"]
+  return "\n".join(["gpu_device_info {", *lines, "}", 'platform_name: "CUDA"', "dnn_version_info { major: 9 minor: 10 }",
+                    f'device_description_str: "{spec["name"]}"', ""])
+
+
+def gpu_topology_devices(topology: GpuTopology) -> list[Any]:
+  """Compile-only CUDA devices of `topology` (needs the CUDA plugin: the `gpu` extra), on any machine."""
+  import importlib.util
+  import jax
+  from jax._src import xla_bridge
+  from jax.experimental import topologies
+  from grow_jax.errors import ConfigError
+  # The plugin checks the installed CUDA libraries against the driver when CUDA is among the platforms JAX
+  # starts, which fails where there is no GPU; a compile-only run needs no GPU backend: start the CPU one only.
+  if not jax.config.jax_platforms and not xla_bridge.backends_are_initialized():
+    jax.config.update("jax_platforms", "cpu")
+  shape = f"1x{topology.hosts}x{topology.per_host}"    # partitions x hosts per partition x devices per host
+  error = ""
+  for extended in (True, False):
+    try:
+      return list(topologies.get_topology_desc(platform="cuda", topology=shape,
+                                               target_config=gpu_target_config(topology.chip, extended=extended)
+                                               ).devices)
+    except Exception as e:      # the plugin missing or not started, or a description it cannot parse
+      error = (str(e).strip().splitlines() or [repr(e)])[0]
+      if "GpuTargetConfigProto" not in error:
+        break
+  plugin = importlib.util.find_spec("jax_plugins") and any(
+      importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (13, 12))
+  hint = ("" if "not implemented" not in error else
+          " (the CUDA plugin is not installed: pip install -e '.[gpu]')" if not plugin else
+          " (JAX started without the CUDA plugin, whose driver check needs a GPU: set JAX_PLATFORMS=cpu)")
+  raise ConfigError(f"--topology={topology.name!r}: no compile-only CUDA devices: {error}{hint}")
+
+
+def gpu_cost_analysis(compiled) -> dict[str, float]:
+  """XLA's HLO cost analysis of a compiled program's optimized per-device module, run by the CPU client: the
+  CUDA plugin does not implement cost_analysis() for compile-only executables ('GetCostAnalysis is not
+  supported'). The FLOPs of a matmul that XLA hands to a library call (cuBLAS, cuDNN) are not counted.
+  {} (no FLOPs, no roofline estimate) where this jaxlib cannot run it."""
+  try:
+    from jax._src import xla_bridge
+    from jax._src.lib import _jax
+    module = compiled.runtime_executable().hlo_modules()[0]
+    return dict(_jax.hlo_module_cost_analysis(xla_bridge.get_backend("cpu"), module))
+  except Exception as e:        # private jaxlib API: a later jax may move it
+    _log.warning("no cost analysis of the compiled program: %s", _last_line(e))
+    return {}
 
 
 # ---- the abstract run --------------------------------------------------------------------------------
@@ -152,7 +273,7 @@ def _memory(compiled) -> dict[str, int]:
 
 
 def _cost(compiled) -> dict[str, float]:
-  cost = compiled.cost_analysis()
+  cost = compiled.cost_analysis() or gpu_cost_analysis(compiled)
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   cost = cost or {}
