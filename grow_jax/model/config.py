@@ -35,6 +35,14 @@ from grow_jax.errors import ConfigError
 LOCAL = "local"    # sliding-window attention, RoPE base `local_base_frequency`
 GLOBAL = "global"  # full causal attention, RoPE base `global_base_frequency` (and `global_scale_factor`)
 
+# Rematerialisation policies of the decoder layers (model/transformer.py `REMAT_POLICIES` maps each to a
+# jax.checkpoint policy): "none" keeps every activation; the rest recompute inside each layer in the backward.
+REMAT_NAMES = ("none", "full", "dots", "dots_no_batch", "minimal", "save_dot_with_context_except_mlp",
+               "save_dot_except_mlpwi", "save_dot_except_mlp", "save_qkv_proj", "save_out_proj")
+# Fields that say how the forward is computed, not what the model is: never serialised (`to_dict`), so
+# checkpoint meta, params files and HF exports are the same whatever they are set to.
+COMPUTE_FIELDS = ("remat", "scan_layers")
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +80,10 @@ class ModelConfig:
   bos_token_id: int = 2
   eos_token_id: int = 1
   pad_token_id: int = 0
+  # Compute settings (COMPUTE_FIELDS; not architecture): per-layer rematerialisation (one of REMAT_NAMES)
+  # and a jax.lax.scan over runs of layers of identical parameter shapes, in the cache-free forward.
+  remat: str = "none"
+  scan_layers: bool = False
 
   def __post_init__(self):
     positive = ("vocab_size", "embed_dim", "hidden_dim", "num_layers", "num_heads", "num_kv_heads",
@@ -100,6 +112,10 @@ class ModelConfig:
           raise ConfigError(f"ModelConfig.mlp_branches[{i}]={layer!r}: expected one or more positive widths")
     if self.attn_branches is not None:
       self._check_attn_branches()
+    if self.remat not in REMAT_NAMES:
+      raise ConfigError(f"ModelConfig.remat={self.remat!r}: expected one of {list(REMAT_NAMES)}")
+    if not isinstance(self.scan_layers, bool):
+      raise ConfigError(f"ModelConfig.scan_layers={self.scan_layers!r}: expected True or False")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"ModelConfig.{name}={getattr(self, name)!r}: expected 'float32', 'bfloat16' "
@@ -156,7 +172,10 @@ class ModelConfig:
 
   # ---- serialisation (checkpoint metadata, workdir config.json) ----------------------------------
   def to_dict(self) -> dict[str, Any]:
+    """The architecture's fields (COMPUTE_FIELDS left out); `from_dict` accepts both."""
     d = dataclasses.asdict(self)
+    for key in COMPUTE_FIELDS:
+      del d[key]
     for key in ("attention_types", "mlp_branches"):
       if d[key] is not None:
         d[key] = [list(x) if isinstance(x, (tuple, list)) else x for x in d[key]]

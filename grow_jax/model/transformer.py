@@ -17,14 +17,15 @@ likewise: one head branch per entry of `config.layer_attn_branches(i)` (grown he
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from grow_jax import tree_paths
-from grow_jax.model.config import GLOBAL, ModelConfig, param_shapes
+from grow_jax.model.config import GLOBAL, REMAT_NAMES, ModelConfig, param_shapes
 
 Params = dict[str, Any]
 Cache = dict[str, Any]
@@ -64,17 +65,35 @@ class Einsum(nn.Module):
     return jnp.einsum(equation, x, w.astype(x.dtype))
 
 
-def apply_rope(x, positions, base_frequency: float, scale_factor: float = 1.0):
-  """Rotary embedding on the last axis of x (B, T, heads, H), halves convention (as HF and DeepMind)."""
-  head_dim = x.shape[-1]
+def rope_frequencies(head_dim: int, base_frequency: float, scale_factor: float = 1.0):
+  """(H/2,) float32 inverse frequencies of the rotary embedding (linear scaling divides them)."""
   fraction = 2 * jnp.arange(head_dim // 2, dtype=jnp.float32) / head_dim
-  inv_freq = 1.0 / (base_frequency ** fraction) / scale_factor
+  return 1.0 / (base_frequency ** fraction) / scale_factor
+
+
+def apply_rope(x, positions, inv_freq):
+  """Rotary embedding on the last axis of x (B, T, heads, H), halves convention (as HF and DeepMind);
+  inv_freq (H/2,) from `rope_frequencies`."""
   angles = positions.astype(jnp.float32)[..., None] * inv_freq          # (B, T, H/2)
   angles = angles[..., None, :]                                         # (B, T, 1, H/2)
   sin, cos = jnp.sin(angles), jnp.cos(angles)
   first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
   return out.astype(x.dtype)
+
+
+class LayerKind(NamedTuple):
+  """A layer's attention type as arrays, so that local and global layers share one scanned body:
+  inv_freq (H/2,) float32 RoPE frequencies (`rope_frequencies`), local () bool: the sliding window is on."""
+  inv_freq: Any
+  local: Any
+
+
+def layer_rope(config: ModelConfig, layer: int) -> tuple[float, float]:
+  """(RoPE base frequency, linear scale factor) of a layer: local 10k unscaled, global 1M scaled."""
+  if config.attention_type(layer) == GLOBAL:
+    return config.global_base_frequency, config.global_scale_factor
+  return config.local_base_frequency, 1.0
 
 
 class HeadBranch(nn.Module):
@@ -117,27 +136,31 @@ class Attention(nn.Module):
   layer: int
 
   @nn.compact
-  def __call__(self, x, positions, mask, query_index, key_index, cache: Cache | None):
+  def __call__(self, x, positions, mask, query_index, key_index, cache: Cache | None,
+               kind: LayerKind | None = None):
+    """kind: the attention type as arrays (the scanned forward); None = this layer's own, static."""
     cfg = self.config
     N, K, D, H = cfg.num_heads, cfg.num_kv_heads, cfg.embed_dim, cfg.head_dim
     pd = cfg.param_dtype
     query_norm = RMSNorm(cfg.rms_norm_eps, pd, name="_query_norm")
     key_norm = RMSNorm(cfg.rms_norm_eps, pd, name="_key_norm")
-    is_global = cfg.attention_type(self.layer) == GLOBAL
-    if is_global:
-      base, scale = cfg.global_base_frequency, cfg.global_scale_factor
+    if kind is None:
+      inv_freq = rope_frequencies(H, *layer_rope(cfg, self.layer))
+      local = cfg.attention_type(self.layer) != GLOBAL
     else:
-      base, scale = cfg.local_base_frequency, 1.0
+      inv_freq, local = kind
 
     def queries(q_einsum):
-      q = apply_rope(query_norm(q_einsum("BTD,NDH->BTNH", x)), positions, base, scale)
+      q = checkpoint_name(q_einsum("BTD,NDH->BTNH", x), "query_proj")
+      q = apply_rope(query_norm(q), positions, inv_freq)
       return q * jnp.asarray(cfg.query_pre_attn_scalar ** -0.5, q.dtype)
 
     new_cache = None if cache is None else {"index": cache["index"] + x.shape[1]}
 
     def keys_values(kv_einsum, suffix=""):
       k, v = kv_einsum("BSD,CKDH->CBSKH", x)
-      k = apply_rope(key_norm(k), positions, base, scale)
+      k, v = checkpoint_name(k, "key_proj"), checkpoint_name(v, "value_proj")
+      k = apply_rope(key_norm(k), positions, inv_freq)
       if cache is None:
         return k, v
       # Write this call's keys/values at [index, index + T) of the preallocated cache.
@@ -148,20 +171,26 @@ class Attention(nn.Module):
       new_cache["k" + suffix], new_cache["v" + suffix] = k, v
       return k.astype(x.dtype), v.astype(x.dtype)
 
-    if not is_global:
+    if local is not False:
       # Sliding window on sequence indices (as transformers does): key s visible from query t if t - s < W.
       window = (query_index[:, :, None] - key_index[None, None, :]) < cfg.sliding_window
+      if local is not True:        # a traced flag (scanned layers): the window applies where it is set
+        window = jnp.logical_or(window, jnp.logical_not(local))
       mask = jnp.logical_and(mask, window)
+
+    def project_out(attn_vec_einsum, encoded):
+      encoded = checkpoint_name(encoded, "context")
+      return checkpoint_name(attn_vec_einsum("BTNH,NHD->BTD", encoded), "out_proj")
 
     q = queries(Einsum((N, D, H), pd, name="q_einsum"))
     k, v = keys_values(Einsum((2, K, D, H), pd, name="kv_einsum"))
     encoded = attend(q, k, v, mask, cfg.attn_logit_softcap)
-    out = Einsum((N, H, D), pd, name="attn_vec_einsum")("BTNH,NHD->BTD", encoded)
+    out = project_out(Einsum((N, H, D), pd, name="attn_vec_einsum"), encoded)
     for j, (n_j, k_j) in enumerate(cfg.layer_attn_branches(self.layer)[1:], start=1):
       branch = HeadBranch(cfg, n_j, k_j, name=f"grown_{j}")
       kj, vj = keys_values(branch.kv_einsum, f"_{j}") if k_j else (k, v)
       encoded = attend(queries(branch.q_einsum), kj, vj, mask, cfg.attn_logit_softcap)
-      out = out + branch.attn_vec_einsum("BTNH,NHD->BTD", encoded)
+      out = out + project_out(branch.attn_vec_einsum, encoded)
     return out, new_cache
 
 
@@ -188,9 +217,9 @@ def mlp_branch(x, gating_einsum, linear):
   # One matmul with both halves (a free reshape): slicing gating[0] and gating[1] made XLA copy them
   # on every call, i.e. on every step of the decode loop.
   gating = gating_einsum.astype(x.dtype).reshape(2 * F, D)
-  gate, up = jnp.split(jnp.einsum("BTD,FD->BTF", x, gating), 2, axis=-1)
+  gate, up = jnp.split(checkpoint_name(jnp.einsum("BTD,FD->BTF", x, gating), "mlpwi"), 2, axis=-1)
   hidden = jax.nn.gelu(gate, approximate=True) * up
-  return jnp.einsum("BTF,FD->BTD", hidden, linear.astype(x.dtype))
+  return checkpoint_name(jnp.einsum("BTF,FD->BTD", hidden, linear.astype(x.dtype)), "mlpwo")
 
 
 class MLP(nn.Module):
@@ -218,11 +247,12 @@ class Block(nn.Module):
   layer: int
 
   @nn.compact
-  def __call__(self, x, positions, mask, query_index, key_index, cache):
+  def __call__(self, x, positions, mask, query_index, key_index, cache, kind: LayerKind | None = None):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.param_dtype, name=name)
     h = norm("pre_attention_norm")(x)
-    h, new_cache = Attention(cfg, self.layer, name="attn")(h, positions, mask, query_index, key_index, cache)
+    h, new_cache = Attention(cfg, self.layer, name="attn")(h, positions, mask, query_index, key_index, cache,
+                                                          kind)
     x = x + norm("post_attention_norm")(h)
     h = norm("pre_ffw_norm")(x)
     h = MLP(cfg, self.layer, name="mlp")(h)
@@ -279,6 +309,94 @@ class Transformer(nn.Module):
     return unembed(embedder.input_embedding, x, cfg.final_logit_softcap), new_cache
 
 
+# ---- rematerialised and scanned layers (the cache-free forward) --------------------------------------
+_QKV = ("query_proj", "key_proj", "value_proj")
+_save = jax.checkpoint_policies.save_only_these_names
+
+# config.remat -> the jax.checkpoint policy around each layer (None: no checkpoint). What a policy saves is
+# kept from the forward; everything else inside the layer is recomputed in the backward. The names are
+# MaxText's `remat_policy` values (the projection outputs are tagged with `checkpoint_name` as there:
+# query_proj, key_proj, value_proj, context = attention output before its projection, out_proj, mlpwi = the
+# gate/up projection, mlpwo = the down projection; grown branches carry the same names).
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,                                                          # keep everything (no remat)
+    "full": jax.checkpoint_policies.nothing_saveable,                      # keep only each layer's input
+    "dots": jax.checkpoint_policies.checkpoint_dots,                       # every matmul, attention's too
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,   # the weight matmuls
+    "minimal": _save(*_QKV, "out_proj", "mlpwi", "mlpwo"),                 # the same, by name
+    "save_dot_with_context_except_mlp": _save(*_QKV, "context", "out_proj"),
+    "save_dot_except_mlpwi": _save(*_QKV, "out_proj", "mlpwo"),
+    "save_dot_except_mlp": _save(*_QKV, "out_proj"),
+    "save_qkv_proj": _save(*_QKV),
+    "save_out_proj": _save("out_proj"),
+}
+assert tuple(REMAT_POLICIES) == REMAT_NAMES
+
+
+def layer_runs(params: Params, num_layers: int) -> list[tuple[int, ...]]:
+  """Maximal runs of consecutive layers whose parameters have the same tree, shapes and dtypes, i.e. what
+  one scanned body can run: growth of only some layers, or grown heads, split the stack."""
+  runs, last = [], None
+  for i in range(num_layers):
+    leaves, treedef = jax.tree_util.tree_flatten(params[f"layer_{i}"])
+    signature = (treedef, tuple((tuple(leaf.shape), jnp.dtype(leaf.dtype)) for leaf in leaves))
+    if runs and signature == last:
+      runs[-1] = (*runs[-1], i)
+    else:
+      runs.append((i,))
+    last = signature
+  return runs
+
+
+def layer_kinds(config: ModelConfig, layers) -> LayerKind:
+  """The attention types of `layers` stacked (scan input): the same frequencies the unrolled layers use."""
+  freqs = [rope_frequencies(config.head_dim, *layer_rope(config, i)) for i in layers]
+  local = [config.attention_type(i) != GLOBAL for i in layers]
+  return LayerKind(jnp.stack(freqs), jnp.asarray(local, dtype=bool))
+
+
+def apply_layers(config: ModelConfig, params: Params, x, positions, mask, query_index, key_index):
+  """The decoder layers on x (B, T, D) without a cache, each under `config.remat`'s jax.checkpoint policy;
+  with `config.scan_layers`, every run of `layer_runs` longer than one is a `jax.lax.scan` over its layers'
+  parameters stacked here (the params keep their per-layer layout), local and global layers sharing one
+  body through `LayerKind`."""
+  policy = REMAT_POLICIES[config.remat]
+
+  def layer_fn(i):
+    def run(layer_params, x, kind):
+      out, _ = Block(config, i).apply({"params": layer_params}, x, positions, mask, query_index, key_index,
+                                      None, kind)
+      return out
+    return run
+
+  for run in layer_runs(params, config.num_layers):
+    if config.scan_layers and len(run) > 1:
+      fn = layer_fn(run[0])         # the run's layers differ only in their weights and LayerKind
+      if policy is not None:
+        fn = jax.checkpoint(fn, policy=policy, prevent_cse=False)    # a scan body needs no CSE barrier
+      stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[params[f"layer_{i}"] for i in run])
+      x, _ = jax.lax.scan(lambda h, xs: (fn(xs[0], h, xs[1]), None), x, (stacked, layer_kinds(config, run)))
+      continue
+    for i in run:
+      fn = layer_fn(i)
+      if policy is not None:
+        fn = jax.checkpoint(fn, policy=policy)
+      x = fn(params[f"layer_{i}"], x, None)
+  return x
+
+
+def _forward_layered(config: ModelConfig, params: Params, tokens, positions, mask, query_index, key_index,
+                     return_hidden: bool):
+  """`Transformer` without a cache, its layers run by `apply_layers` (remat and/or scan)."""
+  embedder = Embedder(config.vocab_size, config.embed_dim, config.param_dtype)
+  x = embedder.apply({"params": params["embedder"]}, tokens, _dtype(config.dtype), method=Embedder.encode)
+  x = apply_layers(config, params, x, positions, mask, query_index, key_index)
+  x = RMSNorm(config.rms_norm_eps, config.param_dtype).apply({"params": params["final_norm"]}, x)
+  if return_hidden:
+    return x
+  return unembed(params["embedder"]["input_embedding"], x, config.final_logit_softcap)
+
+
 # ---- masks -------------------------------------------------------------------------------------------
 def attention_mask(input_mask, segment_ids=None):
   """(B, T, T) causal mask that also hides padding keys and keys of other packed segments."""
@@ -304,6 +422,8 @@ def forward(config: ModelConfig, params: Params, tokens, *, positions=None, inpu
   real tokens before each one (left or right padding both fine). segment_ids (B, T) int: packed examples
   attend only within their own segment (give per-segment `positions` too).
   With `return_hidden=True`, returns the final-norm hidden states (B, T, D) instead of logits.
+  `config.remat` / `config.scan_layers` choose how the layers run (`apply_layers`); the defaults run the
+  `Transformer` module's unrolled layers.
   """
   tokens = jnp.asarray(tokens)
   if input_mask is None:
@@ -315,6 +435,8 @@ def forward(config: ModelConfig, params: Params, tokens, *, positions=None, inpu
   T = tokens.shape[1]
   index = jnp.arange(T, dtype=jnp.int32)
   query_index = jnp.broadcast_to(index[None], tokens.shape)
+  if config.remat != "none" or config.scan_layers:
+    return _forward_layered(config, params, tokens, positions, mask, query_index, index, return_hidden)
   out, _ = Transformer(config).apply({"params": params}, tokens, positions, mask, query_index, index,
                                      None, return_hidden)
   return out

@@ -91,11 +91,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.init = ml_collections.ConfigDict(dict(source="random:tiny"))
 
   # ModelConfig fields to override after loading (dtype = compute dtype, param_dtype = storage dtype).
-  # For scratch sources any preset field may be overridden here (e.g. num_layers).
+  # For scratch sources any preset field may be overridden here (e.g. num_layers). Compute settings, for every
+  # source and on resume (not stored in checkpoints): remat = per-layer rematerialisation policy ('none',
+  # 'full', 'dots', 'dots_no_batch', 'minimal', 'save_dot_except_mlp', ...: grow_jax.model.config.REMAT_NAMES),
+  # scan_layers = one jax.lax.scan over runs of identical layers (compiles a deep model in the time of one layer).
   c.model = ml_collections.ConfigDict(dict(
       dtype=config_dict.placeholder(str), param_dtype=config_dict.placeholder(str),
       num_layers=config_dict.placeholder(int), hidden_dim=config_dict.placeholder(int),
-      vocab_size=config_dict.placeholder(int)))
+      vocab_size=config_dict.placeholder(int), remat=config_dict.placeholder(str),
+      scan_layers=config_dict.placeholder(bool)))
 
   # MLP growth applied to the init weights. factor: 0 = the method's default (2 for the growth methods
   # g_freeze / g_train / g_freeze_norms, 1 = no growth otherwise), 1 = no growth, k >= 2 = grow by k.
@@ -316,6 +320,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     value = config.model[dtype_field]
     _need(value is None or value in ("float32", "bfloat16", "float16"), f"model.{dtype_field}", value,
           "'float32', 'bfloat16' or 'float16'")
+  from grow_jax.model.config import REMAT_NAMES
+  _need(config.model.remat is None or config.model.remat in REMAT_NAMES, "model.remat", config.model.remat,
+        f"one of {list(REMAT_NAMES)}")
   opt = config.optimizer
   _need(_finite_number(opt.learning_rate) and opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate,
         "a finite number > 0")

@@ -251,8 +251,9 @@ def _model_config(config, resume: checkpointing.Resume):
     return expected
   where = f"{resume.checkpointer.directory}/{resume.step}"
   mc = checkpointing.model_config_from_meta(resume.meta, where)
-  dtype = config_lib.model_overrides(config).get("dtype")
-  mc = mc.replace(dtype=dtype) if dtype else mc
+  # The compute dtype and settings (remat, scan_layers) are the config's, not the checkpoint's.
+  compute = {k: v for k, v in config_lib.model_overrides(config).items() if k in ("dtype", "remat", "scan_layers")}
+  mc = mc.replace(**compute) if compute else mc
   if expected is not None:
     diff = _config_diff(mc, expected)
     if diff:

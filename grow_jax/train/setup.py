@@ -23,7 +23,7 @@ from grow_jax import formats, methods
 from grow_jax.errors import ConfigError
 from grow_jax.growth import attention, operators as growth
 from grow_jax.model import transformer
-from grow_jax.model.config import ModelConfig, abstract_params, parse_layers
+from grow_jax.model.config import COMPUTE_FIELDS, ModelConfig, abstract_params, parse_layers
 from grow_jax.train import checkpointing, config as config_lib, optim, sharding, step as step_lib
 
 Params = dict[str, Any]
@@ -32,13 +32,14 @@ Params = dict[str, Any]
 # ---- the model ---------------------------------------------------------------------------------------
 def base_model_config(config) -> ModelConfig:
   """The init source's ModelConfig with config.model overrides, read without weights. Architecture overrides
-  (num_layers, hidden_dim) are for random:<preset> sources only."""
+  (num_layers, hidden_dim) are for random:<preset> sources only; dtypes and the compute settings (remat,
+  scan_layers) are for every source."""
   overrides = config_lib.model_overrides(config)
   try:
     source = formats.parse_source(config.init.source)
   except ConfigError as e:
     raise ConfigError(f"config.init.source={config.init.source!r}: {e}") from None
-  shape_keys = sorted(set(overrides) - {"dtype", "param_dtype"})
+  shape_keys = sorted(set(overrides) - {"dtype", "param_dtype", *COMPUTE_FIELDS})
   if shape_keys and source.kind != "random":
     raise ConfigError(f"config.model.{shape_keys[0]}={overrides[shape_keys[0]]!r} changes the architecture; "
                       f"only random:<preset> sources allow that (config.init.source={config.init.source!r})")
