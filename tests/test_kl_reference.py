@@ -2,6 +2,12 @@
 jax.Arrays put there once (not host numpy sent with every evaluation batch), the KL equals the former host-numpy
 computation, and only process 0 writes the cache file."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +24,7 @@ from grow_jax.train import sharding
 
 from random_params import random_params
 
+ROOT = Path(__file__).resolve().parents[1]
 CONFIG = get_preset("tiny")
 TOK = ByteTokenizer()
 TEXTS = ["The river runs through the old town.", "Water boils at one hundred degrees.",
@@ -133,3 +140,53 @@ def test_only_process_0_writes_the_cache_file(tmp_path, monkeypatch, process):
     monkeypatch.setattr(corpus.files, "write_with", None)
     again = corpus.BaseReference.from_texts(CONFIG, base, TOK, TEXTS, cache_dir=str(tmp_path), base_id="b", **KW)
     assert corpus.kl_divergence(CONFIG, model, again)["kl"] == pytest.approx(alone["kl"], rel=1e-6)
+
+
+TWO_PROCESSES = """
+import json, logging, sys
+import jax
+jax.distributed.initialize(coordinator_address=sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+import test_kl_reference as t
+base = t.base_params()
+mesh = t.sharding.make_mesh({"data": 2, "fsdp": 2})
+model = t.on_mesh(t.perturbed(base), mesh)
+kl = []
+for _ in range(2):              # computed (process 0 writes the file), then read back by both
+  reference = t.corpus.BaseReference.from_texts(t.CONFIG, base, t.TOK, t.TEXTS, mesh=mesh, cache_dir=sys.argv[1],
+                                                base_id="b", **t.KW)
+  kl.append(t.corpus.kl_divergence(t.CONFIG, model, reference)["kl"])
+print("KL " + json.dumps(kl), flush=True)
+"""
+
+
+def test_two_processes_build_one_reference_and_process_0_alone_writes_it(tmp_path):
+  """2 processes x 2 CPU devices (gloo): the hidden states gathered from both, the file written once, read back by
+  both (process 0 decides), and the KL of one process with the whole mesh."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+  procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(tmp_path / "cache"), f"localhost:{port}", str(i)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = []
+  for p in procs:
+    try:
+      outs.append(p.communicate(timeout=300))
+    finally:
+      if p.poll() is None:
+        p.kill()
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  kls = [json.loads(out.split("KL ", 1)[1]) for out, _ in outs]
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2}, devices=jax.devices()[:4])      # the same mesh, one process
+  single = corpus.kl_divergence(CONFIG, on_mesh(perturbed(base_params()), mesh),
+                                corpus.BaseReference.from_texts(CONFIG, base_params(), TOK, TEXTS, mesh=mesh, **KW))
+  for kl in kls:
+    assert kl == pytest.approx([single["kl"]] * 2, rel=1e-6)
+  assert len(list((tmp_path / "cache").iterdir())) == 1
+  assert [", saved to " in err for _, err in outs] == [True, False]       # one writer
+  assert all("loaded from " in err for _, err in outs)
