@@ -6,14 +6,15 @@
 #   DEVICE_CHECK_DRY_RUN=1 experiments/device_check.sh OUT_DIR        # the same
 #
 # Before JAX starts, in this order, each failure one line on stderr and exit status 1:
-#   1. the NVIDIA driver (nvidia-smi) chooses the extra: driver >= 580 `.[gpu]` (JAX's CUDA 13 wheels),
-#      >= 525 `.[gpu-cuda12]`; an older driver (or none) stops here: JAX's CUDA wheels cannot run on it;
-#   2. every setup.cfg dependency must import (device_check.py --missing_deps). If JAX already sees a GPU (an
-#      image with JAX + CUDA preinstalled), only the missing ones are installed, with JAX pinned to what is
-#      there (device_check.py --jax_pins); otherwise pip install -e ".[EXTRA]". A Python whose pip refuses
-#      (PEP 668 "externally-managed-environment") gets a venv made with --system-site-packages, so a
-#      preinstalled JAX is reused, at $DEVICE_CHECK_VENV (default ${TMPDIR:-/tmp}/grow_jax_device_check_venv;
-#      reused if there). SKIP_INSTALL=1 installs nothing; the checks still run;
+#   1. every setup.cfg dependency is imported (device_check.py --missing_deps; a dry run stops here if one
+#      fails, installing nothing);
+#   2. the NVIDIA driver (nvidia-smi) chooses the extra: driver >= 580 `.[gpu]` (JAX's CUDA 13 wheels),
+#      >= 525 `.[gpu-cuda12]`; an older driver (or none) stops here: JAX's CUDA wheels cannot run on it.
+#      If JAX already sees a GPU (an image with JAX + CUDA preinstalled), only the missing dependencies are
+#      installed, with JAX pinned to what is there (device_check.py --jax_pins); otherwise
+#      pip install -e ".[EXTRA]". A Python whose pip refuses (PEP 668 "externally-managed-environment") gets
+#      a venv made with --system-site-packages, so a preinstalled JAX is reused, at $DEVICE_CHECK_VENV
+#      (default ${TMPDIR:-/tmp}/grow_jax_device_check_venv; reused if there). SKIP_INSTALL=1 installs nothing;
 #   3. after installing: nothing is missing any more, and JAX sees a GPU (device_check.py --gpu_check);
 # then runs device_check.py with JAX_PLATFORMS=cuda,cpu (the GPU is the default device; check 2 compares
 # with the CPU). Writes OUT_DIR/device_check.{md,json,log} (and OUT_DIR/install.log).
@@ -22,7 +23,7 @@
 # The install may take INSTALL_BUDGET_S (default 170 s; JAX's CUDA wheels dominate, a warm pip cache or a
 # preinstalled JAX makes it seconds); device_check.py gets the rest, stopped by `timeout`, and its
 # --deadline_s ends its parts 15 s earlier so the report is written. With the longest install that leaves
-# ~290 s: what JAX sees and the bf16 peak (~20 s), then the Gemma 3 1B SFT and G-Freeze steps (each started
+# ~270 s: what JAX sees and the bf16 peak (~20 s), then the Gemma 3 1B SFT and G-Freeze steps (each started
 # only with --mode_budget_s = 120 s left), then the growth / CPU-parity checks, the other modes and the decode
 # loop while time remains. These are estimates, not measurements: the report lists any part it skipped.
 # PYTHON names the interpreter (default python3, else python).
@@ -71,12 +72,12 @@ pip_install() {
 }
 
 : >"$out/install.log"
+if [[ $dry != 1 && -x $venv/bin/python && -z ${PYTHON:-} ]]; then py=$venv/bin/python; fi   # an earlier run's
+missing=$(missing_deps)
 if [[ $dry == 1 ]]; then
   export DEVICE_CHECK_DRY_RUN=1 JAX_PLATFORMS=cpu
-  missing=$(missing_deps)
   [[ -z $missing ]] || die "missing dependencies (a dry run installs nothing): $(echo "$missing" | paste -sd ' ' -); pip install -e ."
 else
-  if [[ -x $venv/bin/python && -z ${PYTHON:-} ]]; then py=$venv/bin/python; fi     # made by an earlier run
   command -v nvidia-smi >/dev/null || die "nvidia-smi not found: no NVIDIA driver here (--dry-run checks the script on a CPU)"
   driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>&1 | head -n 1) ||
     die "nvidia-smi failed: $driver"
@@ -90,7 +91,6 @@ else
     die "NVIDIA driver $driver is older than 525, the oldest JAX's CUDA 12 wheels run on (CUDA 13: 580); update the driver"
   fi
   echo "NVIDIA driver $driver: the .[$extra] extra"
-  missing=$(missing_deps)
   if [[ ${SKIP_INSTALL:-0} != 1 ]]; then
     if gpu_check; then
       if [[ -n $missing ]]; then                   # keep the preinstalled JAX + CUDA as it is
