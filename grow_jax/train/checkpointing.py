@@ -15,7 +15,10 @@ target leaf by leaf; a mismatch raises CheckpointMismatchError naming every diff
 
 The resume order, logged: this workdir's newest *readable* checkpoint -> config.resume_from -> the init
 source. An unreadable checkpoint (a truncated file, a missing item) is reported, moved aside to
-`<step>.unreadable-<time>` (never deleted) and the next older one is used.
+`<step>.unreadable-<time>` (never deleted) and the next older one is used. In a multi-process run every process
+reads only its own shards, so a damaged file may fail some processes and not others: the processes first agree
+(any failure counts for all), then process 0 alone moves the checkpoint aside while the others wait for it, so
+that every process goes on from the same step.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -127,15 +130,26 @@ class Checkpointer:
     _log.info("restored checkpoint %s/%d", self.directory, step)
     return restored.state, dict(restored.data or {}), dict(restored.meta or {})
 
-  def set_aside(self, step: int, reason: str) -> str:
-    """Moves an unreadable checkpoint to `<step>.unreadable-<time>` (kept for inspection, invisible to
-    orbax) and reports it; returns the new path."""
-    src = epath.Path(self.directory) / str(step)
-    dst = epath.Path(self.directory) / f"{step}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
-    src.rename(dst)
+  def set_aside(self, steps: Sequence[int], reason: str) -> tuple[str, ...]:
+    """Moves unreadable checkpoints to `<step>.unreadable-<time>` (kept for inspection, invisible to orbax),
+    reports them and re-lists the directory; returns the new paths (process 0's: the one that moves them).
+
+    Multi-process it is a collective: every process calls it, the same number of times; process 0 alone moves
+    its `steps`, and every process waits for that before it re-lists, so all see the same checkpoints after."""
+    suffix = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for step in steps:
+      src = epath.Path(self.directory) / str(step)
+      dst = epath.Path(self.directory) / f"{step}.unreadable-{suffix}"
+      if jax.process_index() == 0:
+        src.rename(dst)
+        _log.warning("checkpoint %s is unreadable (%s); moved to %s", src, reason, dst)
+      moved.append(os.fspath(dst))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"grow_jax: unreadable checkpoints set aside in {self.directory}")
     self.manager.reload()
-    _log.warning("checkpoint %s is unreadable (%s); moved to %s", src, reason, dst)
-    return os.fspath(dst)
+    return tuple(moved)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -170,21 +184,33 @@ class Resume:
 def newest_readable(ckpt: Checkpointer, *, may_set_aside: bool) -> tuple[int | None, dict | None, list[str]]:
   """(step, meta, moved aside) of the newest checkpoint whose meta and tree metadata read cleanly.
 
-  An unreadable newer one is moved aside when `may_set_aside` (this run's own workdir, process 0), else it is
-  skipped with a warning."""
+  With `may_set_aside` (this run's own workdir; every process of the run calls it) a newer unreadable one is
+  moved aside, each step's verdict agreed by all processes; else it is skipped with a warning."""
   moved = []
   for step in reversed(ckpt.all_steps()):
+    meta, reason = None, None
     try:
       meta = ckpt.read_meta(step)
       ckpt.stored_tree(step)
-      return step, meta, moved
     except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
       reason = _one_line(e)
-      if may_set_aside:
-        moved.append(ckpt.set_aside(step, reason))
-      else:
-        _log.warning("checkpoint %s/%d is unreadable (%s); trying an older one", ckpt.directory, step, reason)
+    if may_set_aside:
+      if all_processes(reason is None):
+        return step, meta, moved
+      moved.extend(ckpt.set_aside([step], reason or "unreadable on another process"))
+    elif reason is None:
+      return step, meta, moved
+    else:
+      _log.warning("checkpoint %s/%d is unreadable (%s); trying an older one", ckpt.directory, step, reason)
   return None, None, moved
+
+
+def all_processes(ok: bool) -> bool:
+  """Whether `ok` holds on every process: one answer for all (multi-process, a collective every process calls)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
 def _one_line(e: BaseException) -> str:

@@ -83,7 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if is_main:
       files.check_writable(workdir)
       lock.acquire()
-      resume = _set_aside_unreadable(resume)
+    resume = _set_aside_unreadable(resume)          # every process: process 0 moves, the others wait for it
     # ==== 3. State: restored, or the init weights grown and the method's state built ======================
     t0 = time.time()
     state, resume = _restore_or_init(config, mesh, resume, train_setup, train_iter, tokenizer)
@@ -284,11 +284,11 @@ def _tokenizer(config):
 # ---- 3. state --------------------------------------------------------------------------------------------
 def _set_aside_unreadable(resume: checkpointing.Resume) -> checkpointing.Resume:
   """Moves the workdir's unreadable checkpoints newer than the resume step aside (the run holds the workdir
-  now), so that new saves at those steps are possible; they are kept and reported, never deleted."""
-  if resume.origin != "workdir" or not resume.set_aside:
+  now), so that new saves at those steps are possible; they are kept and reported, never deleted. Every process
+  calls it (process 0 moves what it found; the others wait, so none lists the directory before the move)."""
+  if resume.origin != "workdir":
     return resume
-  moved = tuple(resume.checkpointer.set_aside(s, "its meta or tree metadata cannot be read")
-                for s in resume.set_aside)
+  moved = resume.checkpointer.set_aside(resume.set_aside, "its meta or tree metadata cannot be read")
   return checkpointing.Resume(resume.origin, resume.checkpointer, resume.step, resume.meta, moved)
 
 
@@ -296,21 +296,25 @@ def _restore_or_init(config, mesh, resume, train_setup, train_iter, tokenizer):
   """(state, resume): the checkpoint restored (an unreadable one moved aside and the next older tried), or
   the init weights grown and the method's state built."""
   while resume.checkpointer is not None:
+    error = None
     try:
       state, data_state, _ = resume.checkpointer.restore(resume.step, train_setup.abstract_state)
     except CheckpointMismatchError:
       raise
     except Exception as e:  # a damaged array file: tensorstore / orbax raise many types
-      if resume.origin != "workdir":
-        raise CheckpointMismatchError(f"{resume.describe()} cannot be restored: {checkpointing._one_line(e)}") from e
-      moved = resume.set_aside + (resume.checkpointer.set_aside(resume.step, checkpointing._one_line(e)),)
-      step, meta, more = checkpointing.newest_readable(resume.checkpointer, may_set_aside=True)
-      resume = (checkpointing.Resume("workdir", resume.checkpointer, step, meta, moved + tuple(more))
-                if step is not None else _find_resume_elsewhere(config, moved))
-      continue
-    if data_state:
-      train_iter.restore(data_state)
-    return state, resume
+      error = e
+    # Each process reads its own shards, so a damaged file may fail some processes only: one verdict for all.
+    if checkpointing.all_processes(error is None):
+      if data_state:
+        train_iter.restore(data_state)
+      return state, resume
+    reason = checkpointing._one_line(error) if error is not None else "it could not be restored on another process"
+    if resume.origin != "workdir":
+      raise CheckpointMismatchError(f"{resume.describe()} cannot be restored: {reason}") from error
+    moved = resume.set_aside + resume.checkpointer.set_aside([resume.step], reason)
+    step, meta, more = checkpointing.newest_readable(resume.checkpointer, may_set_aside=True)
+    resume = (checkpointing.Resume("workdir", resume.checkpointer, step, meta, moved + tuple(more))
+              if step is not None else _find_resume_elsewhere(config, moved))
   _log.info("resume order: no checkpoint -> init source %s", config.init.source)
   mc, base = setup_lib.init_params(config, mesh)
   reference = _reference_batches(config, mc, tokenizer) if train_setup.method.needs_reference_data else None
