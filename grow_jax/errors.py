@@ -54,6 +54,10 @@ class WorkdirError(GrowJaxError, RuntimeError):
   storage that cannot be reached (no such endpoint, credentials refused, the gcs extra not installed)."""
 
 
+class StudyInterrupted(GrowJaxError, RuntimeError):
+  """A study's run was stopped by a signal (SIGTERM, Ctrl-C) before its last step: nothing is recorded for it."""
+
+
 class TrainingDivergedError(GrowJaxError, RuntimeError):
   """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -178,6 +179,19 @@ def test_a_diverged_run_is_recorded_and_keeps_its_workdir_only_when_asked(tmp_pa
   assert runs.load_records(out)[sweep.id]["diverged"] == record["diverged"]
   workdir = runs.run_config(study, sweep, root)[1]
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "2")) == keep_workdir
+
+
+def test_a_run_stopped_by_a_signal_stops_the_study_with_nothing_recorded(tmp_path, monkeypatch):
+  """SIGTERM or Ctrl-C: the trainer saves and returns preempted; the study must not score a half-trained run."""
+  from grow_jax.errors import StudyInterrupted
+  from grow_jax.train import loop
+  monkeypatch.setattr(loop, "train_and_evaluate", lambda config, workdir: {"step": 2, "preempted": True})
+  study = runs.load_study(SMOKE)
+  sweep = runs.pending(study, {})[1]
+  out = str(tmp_path / "out")
+  with pytest.raises(StudyInterrupted, match=rf"run {re.escape(sweep.id)} was stopped by a signal at step 2 of"):
+    runs.execute(study, sweep, out, str(tmp_path / "wd"))
+  assert sweep.id not in runs.load_records(out)
 
 
 def test_test_sets_must_be_disjoint_from_what_selection_reads(tmp_path):

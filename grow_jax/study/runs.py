@@ -40,6 +40,11 @@ Integrity (what makes a record safe to re-use):
     before the test sets are scored.
   * Source: each record notes the git commit and whether tracked files were modified (`source_state`).
 
+Per-item records: every evaluation a run's record holds also leaves its items (predictions, per-item scores,
+log-likelihoods, per-text NLL; grow_jax/evaluation/items.py) in `<out>/runs/<run>.items.jsonl.gz` (gzip'd JSON
+lines, deterministic bytes), which the record names with its sha256 (`record['items']`); a test phase adds its
+entries to the file its sweep left. The report's paired item-level comparisons read them (study/report.py).
+
 --out and the run workdirs may be local or gs:// (every read and write goes through grow_jax/files.py).
 """
 
@@ -61,7 +66,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import ml_collections
 
 from grow_jax import files
-from grow_jax.errors import ConfigError, GrowJaxError, TrainingDivergedError
+from grow_jax.errors import ConfigError, GrowJaxError, StudyInterrupted, TrainingDivergedError
+from grow_jax.evaluation import items as item_records
 from grow_jax.train import config as config_lib
 
 _log = logging.getLogger(__name__)
@@ -287,10 +293,11 @@ def source_state(exclude: str | None = None, where: str | None = None) -> dict[s
     return {"commit": "unknown"}
 
 
-def evaluate(entries, config, model_config, params, tokenizer, base_model=None) -> dict[str, float]:
+def evaluate(entries, config, model_config, params, tokenizer, base_model=None,
+             items: dict[str, list] | None = None) -> dict[str, float]:
   """Evaluations [[entry, limit], ...] of (model_config, params): {'<entry>/<metric>': value}. `base_model`:
   () -> (config, params) of the untrained model, for a caller that holds it (default: loaded from
-  config.init.source when an entry first needs it)."""
+  config.init.source when an entry first needs it). `items`: a dict that receives {entry: per-item records}."""
   from grow_jax import formats
   from grow_jax.evaluation import registry
   base_cache = {}
@@ -305,8 +312,11 @@ def evaluate(entries, config, model_config, params, tokenizer, base_model=None) 
   for entry, limit in entries:
     ctx = registry.EvalContext(model_config, tokenizer=tokenizer, limit=limit, batch_size=config.eval.batch_size,
                                max_len=config.eval.max_len, max_new_tokens=config.eval.max_new_tokens,
-                               base_model=base_model or load_base, base_id=config.init.source)
+                               base_model=base_model or load_base, base_id=config.init.source,
+                               items=items is not None)
     metrics = registry.build(entry, ctx)(params)
+    if items is not None:
+      metrics, items[entry] = metrics
     out.update({f"{entry}/{k}": float(v) for k, v in metrics.items()})
   return out
 
@@ -316,6 +326,23 @@ def params_path(workdir_root: str, study: Study, run: Run, folder: str = "params
   folder 'kept': where --keep_params leaves every trained run's params (pilots, dials), which the test phase
   does not clean up."""
   return os.path.join(workdir_root, study.name, folder, run.id.replace(SEP, "__") + ".safetensors")
+
+
+def items_path(out_dir: str, run: Run) -> str:
+  """`<out_dir>/runs/<run>.items.jsonl.gz`: the run's per-item records."""
+  return os.path.join(out_dir, "runs", run.file_name[:-len(".json")] + item_records.SUFFIX)
+
+
+def write_items(out_dir: str, run: Run, record: dict, scored: Mapping[str, list]) -> None:
+  """Adds `scored` ({entry: per-item records}) to the run's item file (entries already there are kept, those
+  scored again replaced) and names the file, its sha256 and its entries in `record['items']`."""
+  if not scored:
+    return
+  path = items_path(out_dir, run)
+  known = record.get("items")
+  present = item_records.read_items(path, known["sha256"]) if known and files.as_path(path).exists() else {}
+  written = item_records.write_items(path, {**present, **scored})
+  record["items"] = {"file": os.path.basename(path), "sha256": written["sha256"], "entries": written["entries"]}
 
 
 def write_record(out_dir: str, run: Run, record: Mapping[str, Any]) -> None:
@@ -573,6 +600,17 @@ def check_reproduced(study: Study, run: Run, record: Mapping[str, Any], reproduc
                             "platform? the study's reproduce_tolerance states what may differ)")
 
 
+def _train(run: Run, config, workdir: str) -> None:
+  """The run's training; a run stopped by SIGTERM or Ctrl-C (the trainer saves and returns) stops the study with
+  nothing recorded: its checkpoint stays in `workdir`, and the same study command resumes it."""
+  from grow_jax.train import loop
+  last = loop.train_and_evaluate(config, workdir)
+  if last.get("preempted"):
+    raise StudyInterrupted(f"run {run.id} was stopped by a signal at step {last.get('step')} of "
+                           f"{config.total_steps}: nothing recorded; its checkpoint in {workdir} resumes it when "
+                           "the same study command runs again")
+
+
 def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_workdir: bool = False,
             keep_params: bool = False) -> dict:
   """Trains (unless 'base' or 'test') and evaluates one run; writes and returns its record. `keep_params`: also
@@ -581,7 +619,6 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   from grow_jax import formats
   from grow_jax.formats import params_file
   from grow_jax.model.tokenizer import load_tokenizer
-  from grow_jax.train import loop
   from grow_jax.train.checkpointing import load_trained_params
   borrowed = borrowed_record(study, run, out_dir)
   if borrowed is not None:
@@ -596,7 +633,7 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
     record = load_records(out_dir)[run.id]
     stored = params_path(workdir_root, study, run)
     if not files.as_path(stored).exists():                # another machine: train the sweep run again, which
-      loop.train_and_evaluate(config, workdir)            # must reproduce what selection read before any test
+      _train(run, config, workdir)                        # must reproduce what selection read before any test
       model_config, params, _ = load_trained_params(workdir)
       files.remove_tree(workdir)
       validation = [tuple(e) for e in study.spec.validation_eval[run.task]]
@@ -627,7 +664,7 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
     record["train_seconds"] = 0.0
   else:
     try:
-      loop.train_and_evaluate(config, workdir)
+      _train(run, config, workdir)
     except TrainingDivergedError as e:       # a record all the same: a resumed study must not retry it forever
       record.update(diverged=str(e), final={}, train_seconds=time.time() - t0, eval_seconds=0.0,
                     seconds=time.time() - t0)
