@@ -3,14 +3,17 @@ r"""Evaluate a model on named evaluations; print a table and write {evaluation: 
   python -m grow_jax.evaluate --checkpoint=gemma3-270m --tasks=capitals:test,stdlib_text --base=gemma3-270m
   python -m grow_jax.evaluate --checkpoint=/path/to/workdir --tokenizer=gemma3-270m --tasks=... --out=r.json
   python -m grow_jax.evaluate --checkpoint=random:tiny --tokenizer=bytes --tasks=smoke_ppl    # plumbing check
+  python -m grow_jax.evaluate --checkpoint=gemma3-270m --tasks=capitals_gen:test --items=items.jsonl.gz
 
 --checkpoint is a trainer workdir (its newest readable checkpoint, the trained method's params as the forward
 sees them, e.g. LoRA merged) or a model source (`grow_jax.formats.load_checkpoint`: 'gemma3-270m', 'hf:<dir>',
 'gguf:<file>', 'random:<preset>'). --tasks are entries of the one evaluation registry the trainer uses too
 (grow_jax/evaluation/registry.py): the smoke_* sanity tasks or any grow_jax.data task as 'task' or 'task:split'.
-Tasks that compute KL(base ‖ model) need --base. Bad input ends with one line on stderr and exit status 1.
---checkpoint, --base, --out and --cache_dir may be gs:// paths; one that cannot be reached or written is such a
-line, before any work.
+Tasks that compute KL(base ‖ model) need --base. --items writes every evaluation's per-item records (predictions,
+per-item scores, log-likelihoods, per-text NLL; grow_jax/evaluation/items.py) as JSON lines, gzip'd when the name
+ends in .gz, with the same bytes for the same records. Bad input ends with one line on stderr and exit status 1.
+--checkpoint, --base, --out, --items and --cache_dir may be gs:// paths; one that cannot be reached or written is
+such a line, before any work.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from absl import app, flags, logging
 
 from grow_jax import errors, files, formats
 from grow_jax.errors import ConfigError, GrowJaxError
-from grow_jax.evaluation import evaluator, registry
+from grow_jax.evaluation import evaluator, items as item_records, registry
 
 _FLAGS_DEFINED = False
 
@@ -60,12 +63,13 @@ def load_tokenizer_for_eval(source: str):
 
 def run(checkpoint: str, tasks: Sequence[str], *, out: str | None = None, tokenizer: str | None = None,
         base: str | None = None, limit: int | None = None, batch_size: int = 8, max_len: int = 512,
-        cache_dir: str | None = None) -> dict[str, dict[str, Any]]:
-  """Load the model, build the evaluations, score, print a table and write JSON (if `out`)."""
+        cache_dir: str | None = None, items: str | None = None) -> dict[str, dict[str, Any]]:
+  """Load the model, build the evaluations, score, print a table and write JSON (if `out`) and the per-item
+  records (if `items`: {evaluation name: records}, `items.write_items`)."""
   if not tasks:
     raise ConfigError(f"--tasks is empty; known: {registry.names()}")
   registry.check(list(tasks), field="--tasks")                   # before loading anything
-  _check_remote_paths(checkpoint=checkpoint, base=base, out=out, cache_dir=cache_dir)
+  _check_remote_paths(checkpoint=checkpoint, base=base, out=out, cache_dir=cache_dir, items=items)
   is_workdir = files.as_path(checkpoint).is_dir() and not checkpoint.startswith(("hf:", "gguf:"))
   if tokenizer is None:
     if is_workdir or checkpoint.startswith("random:"):
@@ -75,21 +79,30 @@ def run(checkpoint: str, tasks: Sequence[str], *, out: str | None = None, tokeni
   ctx = registry.EvalContext(
       config, tokenizer=load_tokenizer_for_eval(tokenizer), limit=limit, batch_size=batch_size, max_len=max_len,
       cache_dir=cache_dir, base_model=(lambda: load_for_eval(base)) if base else None,
-      base_id=base if base and not base.startswith("random:") and not files.as_path(base).is_dir() else None)
+      base_id=base if base and not base.startswith("random:") and not files.as_path(base).is_dir() else None,
+      items=bool(items))
   results = {name: fn(params) for name, fn in registry.build_all(list(tasks), ctx).items()}
+  per_item = {}
+  if items:
+    per_item = {name: scored.items for name, scored in results.items()}
+    results = {name: scored.metrics for name, scored in results.items()}
   print(evaluator.format_table(results))
   if out:
     evaluator.write_results(results, out)
     logging.info("wrote %s", out)
+  if items:
+    written = item_records.write_items(items, per_item)
+    logging.info("wrote %s (%d items, %d bytes)", items, sum(written["entries"].values()), written["bytes"])
   return results
 
 
-def _check_remote_paths(*, checkpoint, base, out, cache_dir) -> None:
+def _check_remote_paths(*, checkpoint, base, out, cache_dir, items=None) -> None:
   """gs:// inputs are reachable and gs:// outputs writable, or one line naming the flag and the path."""
   for flag, path in (("--checkpoint", checkpoint), ("--base", base)):
     if path and files.is_remote(path):
       files.check_reachable(path, flag)
-  for flag, directory in (("--out", out and os.path.dirname(out)), ("--cache_dir", cache_dir)):
+  for flag, directory in (("--out", out and os.path.dirname(out)), ("--items", items and os.path.dirname(items)),
+                          ("--cache_dir", cache_dir)):
     if directory and files.is_remote(directory):
       files.check_writable(directory, flag)
 
@@ -102,6 +115,8 @@ def define_flags():
   flags.DEFINE_string("checkpoint", None, "Trainer workdir or model source (gemma3-270m, hf:<dir>, random:<preset>).")
   flags.DEFINE_list("tasks", [], "Comma-separated evaluation names ('task' or 'task:split').")
   flags.DEFINE_string("out", None, "Write results JSON here.")
+  flags.DEFINE_string("items", None, "Write every evaluation's per-item records here (JSON lines; gzip'd if the "
+                      "name ends in .gz).")
   flags.DEFINE_string("tokenizer", None, "Tokenizer source (default: --checkpoint when it is a source), or 'bytes'.")
   flags.DEFINE_string("base", None, "Base model for KL tasks (a source or workdir).")
   flags.DEFINE_integer("limit", None, "At most this many examples per task.")
@@ -119,7 +134,7 @@ def main(argv):
   runtime.enable_compilation_cache()
   try:
     run(f.checkpoint, f.tasks, out=f.out, tokenizer=f.tokenizer, base=f.base, limit=f.limit,
-        batch_size=f.batch_size, max_len=f.max_len, cache_dir=f.cache_dir)
+        batch_size=f.batch_size, max_len=f.max_len, cache_dir=f.cache_dir, items=f.items)
   except GrowJaxError as e:
     errors.print_error("grow_jax.evaluate", e)
     sys.exit(1)

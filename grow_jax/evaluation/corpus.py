@@ -95,20 +95,56 @@ def rolling_rows(tokens: Sequence[int], max_len: int) -> list[Row]:
 
 def corpus_rows(tokenizer, texts: Sequence[str], max_len: int) -> tuple[list[Row], int]:
   """Rolling windows of every text ([BOS] + tokens) and the corpus's UTF-8 byte count."""
+  rows, num_bytes, _ = document_rows(tokenizer, texts, max_len)
+  return rows, num_bytes
+
+
+def document_rows(tokenizer, texts: Sequence[str], max_len: int) -> tuple[list[Row], int, list[int]]:
+  """`corpus_rows` and, per row, the index of the text it comes from."""
   if not texts:
     raise ValueError("no texts to evaluate")
-  rows = []
+  rows, docs = [], []
   for i, text in enumerate(texts):
     ids = encode_text(tokenizer, text)
     if not ids:
       raise ValueError(f"text {i} has no tokens: {text!r:.80}")
-    rows += rolling_rows([int(tokenizer.bos_id)] + ids, max_len)
-  return rows, sum(len(t.encode("utf-8")) for t in texts)
+    windows = rolling_rows([int(tokenizer.bos_id)] + ids, max_len)
+    rows += windows
+    docs += [i] * len(windows)
+  return rows, sum(len(t.encode("utf-8")) for t in texts), docs
+
+
+# Per-document sums of NLL / KL in item records: 4 decimals (nats).
+NLL_DECIMALS = 4
+
+
+def document_items(ids: Sequence[str], texts: Sequence[str], row_docs: Sequence[int],
+                   per_row: dict[str, np.ndarray]) -> list[dict]:
+  """Per text: {'id', 'bytes' (UTF-8), 'tokens' (predicted), and per row statistic summed over the text's
+  windows: 'nll' and 'kl' (nats, rounded to NLL_DECIMALS); 'kl_max' is a maximum}. `per_row`: {name: (rows,)
+  array}, with 'tokens'."""
+  docs = np.asarray(row_docs)
+  out = []
+  for i, text in enumerate(texts):
+    mine = docs == i
+    item = {"id": ids[i], "bytes": len(text.encode("utf-8")), "tokens": int(per_row["tokens"][mine].sum())}
+    for name, values in sorted(per_row.items()):
+      if name == "kl_max":
+        item[name] = round(float(values[mine].max(initial=0.0)), NLL_DECIMALS)
+      elif name != "tokens":
+        item[name] = round(float(values[mine].sum(dtype=np.float64)), NLL_DECIMALS)
+    out.append(item)
+  return out
 
 
 def perplexity_from_rows(config: ModelConfig, params: Params, rows: Sequence[Row], num_bytes: int | None = None,
                          **kwargs) -> Metrics:
   total, count, _ = score_rows(config, params, rows, **kwargs)
+  return perplexity_metrics(total, count, num_bytes)
+
+
+def perplexity_metrics(total: np.ndarray, count: np.ndarray, num_bytes: int | None = None) -> Metrics:
+  """Perplexity, nll_per_token, num_tokens (and bits_per_byte) from per-row summed log-probs and token counts."""
   nll, tokens = -float(total.sum()), int(count.sum())
   results = {"perplexity": math.exp(nll / tokens), "nll_per_token": nll / tokens, "num_tokens": float(tokens)}
   if num_bytes:
@@ -189,9 +225,12 @@ class BaseReference:
 
   def __init__(self, base_config: ModelConfig, base_params: Params, rows: Sequence[Row], *,
                batch_size: int = 8, bucket: int = 32, logits_chunk: int = 64, cache_dir: str | None = None,
-               base_id: str | None = None, num_bytes: int | None = None, mesh: Mesh | None = None):
+               base_id: str | None = None, num_bytes: int | None = None, mesh: Mesh | None = None,
+               row_docs: Sequence[int] | None = None):
     self.base_config = base_config
     self.num_bytes = num_bytes
+    self.num_rows = len(rows)
+    self.row_docs = list(row_docs) if row_docs is not None else list(range(len(rows)))   # row -> its text
     self.logits_chunk = logits_chunk
     self.mesh = mesh if mesh is not None else reference_mesh()
     groups = sharding.data_parallel_size(self.mesh)
@@ -237,8 +276,8 @@ class BaseReference:
   @classmethod
   def from_texts(cls, base_config: ModelConfig, base_params: Params, tokenizer, texts: Sequence[str], *,
                  max_len: int = 512, **kwargs) -> "BaseReference":
-    rows, num_bytes = corpus_rows(tokenizer, texts, max_len)
-    return cls(base_config, base_params, rows, num_bytes=num_bytes, **kwargs)
+    rows, num_bytes, row_docs = document_rows(tokenizer, texts, max_len)
+    return cls(base_config, base_params, rows, num_bytes=num_bytes, row_docs=row_docs, **kwargs)
 
   @property
   def nbytes(self) -> int:
@@ -249,25 +288,41 @@ class BaseReference:
 def kl_divergence(config: ModelConfig, params: Params, reference: BaseReference) -> Metrics:
   """Mean per-token KL(base ‖ model) in nats over the reference corpus's predicted positions, and the model's
   perplexity on the same tokens (one forward pass serves both)."""
+  return kl_scores(config, params, reference)[0]
+
+
+def kl_scores(config: ModelConfig, params: Params, reference: BaseReference) -> tuple[Metrics, dict[str, np.ndarray]]:
+  """`kl_divergence`'s metrics and, per row of the reference corpus, its summed 'nll' and 'kl', 'kl_max' and
+  'tokens' (`document_items` gathers them by text)."""
   if config.vocab_size != reference.base_config.vocab_size:
     raise ValueError(f"KL needs one vocabulary: model vocab_size={config.vocab_size}, base "
                      f"vocab_size={reference.base_config.vocab_size}")
+  per_row = {name: np.zeros(reference.num_rows, dtype) for name, dtype in
+             (("nll", np.float64), ("kl", np.float64), ("kl_max", np.float64), ("tokens", np.int64))}
   kl_total, nll_total, count, worst = 0.0, 0.0, 0, 0.0
   for batch, hidden in zip(reference.batches, reference.hidden):
     nll, kl = jax.device_get(_nll_and_kl(
         params, batch.inputs, batch.input_mask, batch.score_positions, batch.targets, hidden,
         reference.embedding, config=config, base_softcap=reference.base_config.final_logit_softcap,
         chunk=min(reference.logits_chunk, batch.targets.shape[1]), out_sharding=reference.replicated))
-    values = np.asarray(kl)[batch.score_mask]
+    nll, kl = np.asarray(nll), np.asarray(kl)
+    values = kl[batch.score_mask]
     kl_total += float(values.sum(dtype=np.float64))
-    nll_total += float(np.asarray(nll)[batch.score_mask].sum(dtype=np.float64))
+    nll_total += float(nll[batch.score_mask].sum(dtype=np.float64))
     count += values.size
     worst = max(worst, float(values.max(initial=0.0)))
+    for b, i in enumerate(batch.index):
+      if i >= 0:
+        m = batch.score_mask[b]
+        per_row["nll"][i] = float(nll[b][m].sum(dtype=np.float64))
+        per_row["kl"][i] = float(kl[b][m].sum(dtype=np.float64))
+        per_row["kl_max"][i] = float(kl[b][m].max(initial=0.0))
+        per_row["tokens"][i] = int(m.sum())
   out = {"kl": kl_total / count, "kl_max": worst, "perplexity": math.exp(nll_total / count),
          "nll_per_token": nll_total / count, "num_tokens": float(count)}
   if reference.num_bytes:
     out["bits_per_byte"] = nll_total / (math.log(2) * reference.num_bytes)
-  return out
+  return out, per_row
 
 
 def _savez(path, arrays) -> None:

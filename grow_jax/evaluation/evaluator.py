@@ -3,7 +3,8 @@
 An `EvalTask` is a name, a kind (multiple_choice, partial, generation, perplexity, kl), its examples
 (`grow_jax.data.Example`s; plain strings for perplexity / kl) and kind-specific options. `Evaluator` tokenizes
 each task once and keeps the KL base reference, so scoring a model every few hundred training steps pays only
-for the model's forward passes.
+for the model's forward passes. Asked for items (`items=True`), an evaluation also returns one record per
+example (`items.Scored`; fields by kind in grow_jax/evaluation/items.py); its metrics are the same either way.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from grow_jax import files, tables
-from grow_jax.evaluation import corpus, generative, scoring
+from grow_jax.evaluation import corpus, generative, items as item_records, scoring
+from grow_jax.evaluation.items import Scored
 from grow_jax.evaluation.scoring import Metrics, Params
 from grow_jax.model.config import ModelConfig
 
@@ -40,11 +42,13 @@ class EvalTask:
   continuation, gold; generation -> with prompt and references; perplexity, kl -> strings.
   options: multiple_choice {target_delimiter, length_unit}; partial {target_delimiter};
   generation {metrics, ignore_case, max_new_tokens, stop, stop_ids}.
+  ids: the examples' stable ids for per-item records (default: each example's `id`, else its index).
   """
   name: str
   kind: str
   examples: Sequence[Any]
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  ids: Sequence[str] | None = None
 
   def __post_init__(self):
     if self.kind not in TASK_KINDS:
@@ -55,6 +59,8 @@ class EvalTask:
                        f"{sorted(_TASK_OPTIONS[self.kind])}")
     if not self.examples:
       raise ValueError(f"task {self.name!r} has no examples")
+    if self.ids is not None and len(self.ids) != len(self.examples):
+      raise ValueError(f"task {self.name!r}: {len(self.ids)} ids for {len(self.examples)} examples")
 
 
 class Evaluator:
@@ -99,7 +105,7 @@ class Evaluator:
                   else scoring.partial_scoring_requests(task.examples, delimiter))
       prepared = [scoring.request_row(*scoring.encode_pair(tok, c, x), self.max_len) for c, x in requests]
     elif task.kind == "perplexity":
-      prepared = corpus.corpus_rows(tok, task.examples, self.max_len)
+      prepared = corpus.document_rows(tok, task.examples, self.max_len)
     elif task.kind == "kl":
       base_config, base_params = self.base
       prepared = corpus.BaseReference.from_texts(base_config, base_params, tok, task.examples, max_len=self.max_len,
@@ -110,24 +116,45 @@ class Evaluator:
     self._prepared[task.name] = prepared
     return prepared
 
-  def evaluate_task(self, config: ModelConfig, params: Params, task: EvalTask) -> Metrics:
+  def evaluate_task(self, config: ModelConfig, params: Params, task: EvalTask, *,
+                    items: bool = False) -> Metrics | Scored:
+    """The task's metrics; with `items`, `Scored(metrics, per-item records)` (the same metrics)."""
     prepared, opts = self._prepare(task), task.options
-    if task.kind == "multiple_choice":
+    ids = item_records.item_ids(task.examples, task.ids) if items else None
+    records = None
+    if task.kind in ("multiple_choice", "partial"):
       total, _, _ = scoring.score_rows(config, params, prepared, **self.batch)
-      return scoring.multiple_choice_metrics(task.examples, total, opts.get("length_unit", "chars"))
-    if task.kind == "partial":
-      total, _, _ = scoring.score_rows(config, params, prepared, **self.batch)
-      return scoring.partial_scoring_metrics(task.examples, total)
-    if task.kind == "perplexity":
-      rows, num_bytes = prepared
-      return corpus.perplexity_from_rows(config, params, rows, num_bytes, **self.batch)
-    if task.kind == "kl":
-      return corpus.kl_divergence(config, params, prepared)
-    gen_opts = {k: v for k, v in opts.items() if k not in ("metrics", "ignore_case")}
-    return generative.score_generation(config, params, self.tokenizer, task.examples,
-                            metrics=tuple(opts.get("metrics", ("exact_match",))),
-                            ignore_case=opts.get("ignore_case", False), batch_size=self.batch["batch_size"],
-                            max_len=self.max_len, **gen_opts)
+      if task.kind == "multiple_choice":
+        unit = opts.get("length_unit", "chars")
+        metrics = scoring.multiple_choice_metrics(task.examples, total, unit)
+        records = items and scoring.multiple_choice_items(task.examples, total, unit, ids)
+      else:
+        metrics = scoring.partial_scoring_metrics(task.examples, total)
+        records = items and scoring.partial_scoring_items(task.examples, total, ids)
+    elif task.kind == "perplexity":
+      rows, num_bytes, row_docs = prepared
+      total, count, _ = scoring.score_rows(config, params, rows, **self.batch)
+      metrics = corpus.perplexity_metrics(total, count, num_bytes)
+      records = items and corpus.document_items(ids, task.examples, row_docs, {"nll": -total, "tokens": count})
+    elif task.kind == "kl" and not items:
+      metrics = corpus.kl_divergence(config, params, prepared)
+    elif task.kind == "kl":
+      metrics, per_row = corpus.kl_scores(config, params, prepared)
+      records = corpus.document_items(ids, task.examples, prepared.row_docs, per_row)
+    else:
+      names, ignore_case = tuple(opts.get("metrics", ("exact_match",))), opts.get("ignore_case", False)
+      generative.check_metrics(names)
+      gen_opts = {k: v for k, v in opts.items() if k not in ("metrics", "ignore_case")}
+      prompts = [scoring.example_field(ex, "prompt", i, "generation") for i, ex in enumerate(task.examples)]
+      references = generative.references_of(task.examples)
+      predictions = generative.generate_texts(config, params, self.tokenizer, prompts,
+                                              batch_size=self.batch["batch_size"], max_len=self.max_len, **gen_opts)
+      metrics = generative.score_predictions(predictions, references, metrics=names, ignore_case=ignore_case)
+      records = items and generative.prediction_items(ids, predictions, references, metrics=names,
+                                                      ignore_case=ignore_case)
+    if not items:
+      return metrics
+    return Scored(metrics, [{"kind": task.kind, **record} for record in records])
 
   def eval_fn(self, config: ModelConfig, task: str | None = None) -> Callable[[Params], Metrics]:
     """`params -> metrics` (the trainer's evaluator shape): one task's metrics, or with no task name
@@ -140,12 +167,14 @@ class Evaluator:
     return lambda params: {f"{name}/{metric}": value for name, metrics in self(config, params).items()
                            for metric, value in metrics.items()}
 
-  def __call__(self, config: ModelConfig, params: Params) -> dict[str, Metrics]:
+  def __call__(self, config: ModelConfig, params: Params, *, items: bool = False) -> dict[str, Metrics | Scored]:
+    """{task name: metrics}, or with `items` {task name: Scored(metrics, per-item records)}."""
     results = {}
     for task in self.tasks:
       start = time.time()
-      results[task.name] = self.evaluate_task(config, params, task)
-      _log.info("eval %s: %s (%.1f s)", task.name, results[task.name], time.time() - start)
+      results[task.name] = self.evaluate_task(config, params, task, items=items)
+      _log.info("eval %s: %s (%.1f s)", task.name, results[task.name].metrics if items else results[task.name],
+                time.time() - start)
     return results
 
 

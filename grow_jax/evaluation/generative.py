@@ -59,12 +59,27 @@ def score_generation(config: ModelConfig, params: Params, tokenizer, examples: S
   metrics: any of 'exact_match', 'bleu', 'chrf' (sacrebleu corpus scores, 0..100).
   kwargs go to `generate_texts` (max_new_tokens, batch_size, max_len, stop, stop_ids, prompt_bucket).
   """
+  check_metrics(metrics)
+  prompts = [example_field(ex, "prompt", i, "generation") for i, ex in enumerate(examples)]
+  references = references_of(examples)
+  return score_predictions(generate_texts(config, params, tokenizer, prompts, **kwargs), references,
+                           metrics=metrics, ignore_case=ignore_case)
+
+
+def check_metrics(metrics: Sequence[str]) -> None:
   unknown = [m for m in metrics if m not in text_metrics.TEXT_METRICS]
   if unknown or not metrics:
     raise ValueError(f"metrics={list(metrics)}: expected some of {sorted(text_metrics.TEXT_METRICS)}")
-  prompts = [example_field(ex, "prompt", i, "generation") for i, ex in enumerate(examples)]
-  references = [example_field(ex, "references", i, "generation") for i, ex in enumerate(examples)]
-  predictions = generate_texts(config, params, tokenizer, prompts, **kwargs)
+
+
+def references_of(examples: Sequence[Any]) -> list:
+  return [example_field(ex, "references", i, "generation") for i, ex in enumerate(examples)]
+
+
+def score_predictions(predictions: Sequence[str], references: Sequence[Any], *,
+                      metrics: Sequence[str] = ("exact_match",), ignore_case: bool = False) -> Metrics:
+  """The metrics of post-processed predictions against their references (plus num_examples)."""
+  check_metrics(metrics)
   results: Metrics = {}
   for name in metrics:
     if name == "exact_match":
@@ -73,3 +88,34 @@ def score_generation(config: ModelConfig, params: Params, tokenizer, examples: S
       results[name] = text_metrics.TEXT_METRICS[name](predictions, references)
   results["num_examples"] = float(len(predictions))
   return results
+
+
+# Sentence chrF in per-item records: 2 decimals (of 0..100).
+CHRF_DECIMALS = 2
+
+
+def prediction_items(ids: Sequence[str], predictions: Sequence[str], references: Sequence[Any], *,
+                     metrics: Sequence[str] = ("exact_match",), ignore_case: bool = False) -> list[dict[str, Any]]:
+  """Per example: {'id', 'prediction', 'reference' (the first), 'aliases' (the other references, when any)} and
+  per metric: 'exact_match' / 'exact_match_norm' (0/1, as `score_predictions` counts them), 'chrf' (the sentence
+  chrF, rounded) with 'chrf_stats', 'bleu_stats' (sacrebleu's sentence statistics, whose sums give the corpus
+  score: `text_metrics.score_from_statistics`)."""
+  check_metrics(metrics)
+  refs = [[r] if isinstance(r, str) else list(r) for r in references]
+  out = []
+  for i, (prediction, alternatives) in enumerate(zip(predictions, refs, strict=True)):
+    item = {"id": ids[i], "prediction": prediction, "reference": alternatives[0]}
+    if len(alternatives) > 1:
+      item["aliases"] = alternatives[1:]
+    out.append(item)
+  for name in metrics:
+    if name in ("exact_match", "exact_match_norm"):
+      kwargs = {"ignore_case": ignore_case} if name == "exact_match" else {}
+      for item, prediction, alternatives in zip(out, predictions, refs):
+        item[name] = int(text_metrics.TEXT_METRICS[name]([prediction], [alternatives], **kwargs))
+    else:
+      for item, stats in zip(out, text_metrics.sentence_statistics(name, predictions, refs)):
+        item[f"{name}_stats"] = stats
+        if name == "chrf":
+          item["chrf"] = round(text_metrics.score_from_statistics(name, stats), CHRF_DECIMALS)
+  return out

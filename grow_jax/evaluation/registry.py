@@ -8,6 +8,9 @@ An `eval_fn(params) -> {metric: value}` takes the params `model.forward` takes (
     ctx = EvalContext(model_config, tokenizer=tok, limit=100, base_model=lambda: load_checkpoint("gemma3-270m"))
     fns = build_all(["capitals:test", "stdlib_text"], ctx)          # {entry name: eval_fn}
     results = {name: fn(params) for name, fn in fns.items()}
+
+With `EvalContext(items=True)` an eval_fn returns `items.Scored(metrics, per-item records)` instead (the same
+metrics; an evaluation without items, such as heldout_loss, gives an empty list).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from grow_jax.errors import ConfigError, DataError
 from grow_jax.evaluation import tasks as task_eval
 from grow_jax.evaluation.evaluator import EvalTask, Evaluator
+from grow_jax.evaluation.items import Scored
 from grow_jax.model.config import ModelConfig
 
 Params = dict[str, Any]
@@ -44,6 +48,7 @@ class EvalContext:
   heldout_batches: Callable[[str, int, int | None], Iterable] | None = None   # (split, batch, n) -> batches
   mesh: Any = None
   loss_chunk: int = 0
+  items: bool = False               # eval_fns return Scored(metrics, per-item records) instead of metrics
 
 
 Factory = Callable[[EvalContext, str | None], EvalFn]
@@ -86,9 +91,17 @@ def build(entry: str, ctx: EvalContext) -> EvalFn:
   name, _, split = entry.partition(":")
   split = split or None
   if name in _REGISTRY:
-    return _REGISTRY[name](ctx, split)
+    fn = _REGISTRY[name](ctx, split)
+    if not ctx.items:
+      return fn
+    return lambda params: _as_scored(fn(params))
   check([entry], field="evaluation")
   return _data_task_fn(name, split, ctx)
+
+
+def _as_scored(result) -> Scored:
+  """A registered evaluation's result with items: as it is when it gave them, else its metrics and no items."""
+  return result if isinstance(result, Scored) else Scored(result, [])
 
 
 def build_all(entries: Sequence[str], ctx: EvalContext) -> dict[str, EvalFn]:
@@ -124,7 +137,14 @@ def _data_task_fn(name: str, split: str | None, ctx: EvalContext) -> EvalFn:
     base = ctx.base_model()
   evaluator = Evaluator(ctx.tokenizer, tasks, base=base, base_id=ctx.base_id, batch_size=ctx.batch_size,
                         max_len=ctx.max_len, cache_dir=ctx.cache_dir, mesh=ctx.mesh)
-  return lambda params: merged_metrics(evaluator(ctx.model_config, params), tasks)
+  if not ctx.items:
+    return lambda params: merged_metrics(evaluator(ctx.model_config, params), tasks)
+
+  def scored(params) -> Scored:
+    results = evaluator(ctx.model_config, params, items=True)
+    return Scored(merged_metrics({t.name: results[t.name].metrics for t in tasks}, tasks),
+                  [item for t in tasks for item in results[t.name].items])
+  return scored
 
 
 # ---- the trainer's held-out loss -----------------------------------------------------------------------
@@ -175,7 +195,7 @@ def _smoke(task: EvalTask, ctx: EvalContext) -> EvalFn:
   base = ctx.base_model() if task.kind == "kl" else None
   evaluator = Evaluator(ctx.tokenizer, [task], base=base, base_id=ctx.base_id, batch_size=ctx.batch_size,
                         max_len=ctx.max_len, cache_dir=ctx.cache_dir, mesh=ctx.mesh)
-  return lambda params: evaluator(ctx.model_config, params)[task.name]
+  return lambda params: evaluator(ctx.model_config, params, items=ctx.items)[task.name]
 
 
 @register("smoke_capitals")

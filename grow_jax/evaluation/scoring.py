@@ -42,6 +42,8 @@ from grow_jax.model.transformer import forward, unembed
 
 Params = dict[str, Any]
 Metrics = dict[str, float]
+# Log-likelihoods in per-item records are rounded to this many decimals (1e-4 nats: far below any real difference).
+LL_DECIMALS = 4
 
 
 class LogLikelihood(NamedTuple):
@@ -279,6 +281,25 @@ def multiple_choice_metrics(examples: Sequence[Any], scores: Sequence[float],
   return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm)), "num_examples": float(len(acc))}
 
 
+def multiple_choice_items(examples: Sequence[Any], scores: Sequence[float], length_unit: str = "chars",
+                          ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+  """Per example, what `multiple_choice_metrics` averages: {'id', 'chosen' and 'chosen_norm' (argmax of the
+  log-likelihoods, of them divided by the choice lengths), 'gold', 'acc' and 'acc_norm' (0/1), 'll' (the
+  choices' log-likelihoods, rounded to LL_DECIMALS)}."""
+  out, k = [], 0
+  for i, ex in enumerate(examples):
+    choices = list(example_field(ex, "choices", i, "multiple-choice"))
+    gold = _gold(ex, i, "multiple-choice", len(choices))
+    lls = np.asarray(scores[k:k + len(choices)], np.float64)
+    k += len(choices)
+    lengths = np.asarray([max(_length(c, length_unit), 1.0) for c in choices])
+    chosen, chosen_norm = int(np.argmax(lls)), int(np.argmax(lls / lengths))
+    out.append({"id": ids[i] if ids is not None else str(i), "chosen": chosen, "chosen_norm": chosen_norm,
+                "gold": gold, "acc": int(chosen == gold), "acc_norm": int(chosen_norm == gold),
+                "ll": [round(float(x), LL_DECIMALS) for x in lls]})
+  return out
+
+
 def score_multiple_choice(config: ModelConfig, params: Params, tokenizer, examples: Sequence[Any], *,
                           target_delimiter: str = " ", length_unit: str = "chars",
                           **kwargs) -> Metrics:
@@ -309,6 +330,21 @@ def partial_scoring_metrics(examples: Sequence[Any], scores: Sequence[float]) ->
     acc.append(float(np.argmax(np.asarray(scores[k:k + n])) == gold))
     k += n
   return {"acc": float(np.mean(acc)), "num_examples": float(len(acc))}
+
+
+def partial_scoring_items(examples: Sequence[Any], scores: Sequence[float],
+                          ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+  """Per example: {'id', 'chosen' (argmax over the options), 'gold', 'acc' (0/1), 'll' (rounded)}."""
+  out, k = [], 0
+  for i, ex in enumerate(examples):
+    n = len(example_field(ex, "contexts", i, "partial-scoring"))
+    gold = _gold(ex, i, "partial-scoring", n)
+    lls = np.asarray(scores[k:k + n], np.float64)
+    k += n
+    chosen = int(np.argmax(lls))
+    out.append({"id": ids[i] if ids is not None else str(i), "chosen": chosen, "gold": gold,
+                "acc": int(chosen == gold), "ll": [round(float(x), LL_DECIMALS) for x in lls]})
+  return out
 
 
 def score_partial(config: ModelConfig, params: Params, tokenizer, examples: Sequence[Any], *,

@@ -45,11 +45,11 @@ def eval_tasks(name: str, *, split: str, limit: int | None = None, with_kl: bool
   elif generation_metrics:
     out.append(EvalTask(name, "generation", examples,
                         {"metrics": generation_metrics, "max_new_tokens": max_new_tokens}))
-  texts = [e.text for e in examples]
+  texts, ids = [e.text for e in examples], [e.id for e in examples]
   if "kl" in metrics and with_kl:                 # KL(base ‖ model) and perplexity from one forward pass
-    out.append(EvalTask(name, "kl", texts))
+    out.append(EvalTask(name, "kl", texts, ids=ids))
   elif "perplexity" in metrics:
-    out.append(EvalTask(name, "perplexity", texts))
+    out.append(EvalTask(name, "perplexity", texts, ids=ids))
   if not out:
     raise TaskError(f"task {name!r} has metrics {sorted(metrics)}, none of which grow_jax.evaluation "
                          "scores")

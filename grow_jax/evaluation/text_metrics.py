@@ -2,10 +2,14 @@
 
 References are given per example, as one string or a sequence of alternatives. BLEU and chrF are
 sacrebleu's own corpus scores (0..100), with its default settings (13a tokenisation; chrF n=6, beta=2).
+Per sentence, `sentence_statistics` gives sacrebleu's sufficient statistics, whose column sums give the corpus
+score again (`score_from_statistics`): how sacrebleu computes a corpus score, and what a paired bootstrap over
+sentences resamples (grow_jax/study/item_stats.py).
 """
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from typing import Sequence
 
@@ -97,6 +101,32 @@ def corpus_chrf(predictions: Sequence[str], references: References) -> float:
   """sacrebleu.corpus_chrf(...).score (0..100)."""
   _check_lengths(predictions, references)
   return float(sacrebleu.corpus_chrf(list(predictions), reference_streams(references)).score)
+
+
+@functools.cache
+def _sacrebleu_metric(name: str):
+  """The sacrebleu metric object `corpus_bleu` / `corpus_chrf` use (their default settings)."""
+  from sacrebleu.metrics import BLEU, CHRF
+  if name == "bleu":
+    return BLEU()
+  if name == "chrf":
+    return CHRF()
+  raise ValueError(f"metric={name!r}: sentence statistics exist for 'bleu' and 'chrf'")
+
+
+def sentence_statistics(name: str, predictions: Sequence[str], references: References) -> list[list[int]]:
+  """sacrebleu's per-sentence statistics of 'bleu' ([hypothesis length, reference length, correct 1..4-grams,
+  total 1..4-grams]) or 'chrf' ([hypothesis, reference, matching] character n-grams for n = 1..6): their column
+  sums give the corpus score (`score_from_statistics`), exactly as `corpus_bleu` / `corpus_chrf`."""
+  _check_lengths(predictions, references)
+  stats = _sacrebleu_metric(name)._extract_corpus_statistics(list(predictions), reference_streams(references))
+  return [[int(x) for x in row] for row in stats]
+
+
+def score_from_statistics(name: str, summed: Sequence[float]) -> float:
+  """The corpus score (0..100) of 'bleu' or 'chrf' from statistics summed over sentences (one sentence's own
+  statistics: its sentence score)."""
+  return float(_sacrebleu_metric(name)._compute_score_from_stats([int(round(x)) for x in summed]).score)
 
 
 TEXT_METRICS = {

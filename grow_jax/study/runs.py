@@ -67,7 +67,6 @@ import ml_collections
 
 from grow_jax import files
 from grow_jax.errors import ConfigError, GrowJaxError, StudyInterrupted, TrainingDivergedError
-from grow_jax.evaluation import items as item_records
 from grow_jax.train import config as config_lib
 
 _log = logging.getLogger(__name__)
@@ -330,17 +329,19 @@ def params_path(workdir_root: str, study: Study, run: Run, folder: str = "params
 
 def items_path(out_dir: str, run: Run) -> str:
   """`<out_dir>/runs/<run>.items.jsonl.gz`: the run's per-item records."""
-  return os.path.join(out_dir, "runs", run.file_name[:-len(".json")] + item_records.SUFFIX)
+  return os.path.join(out_dir, "runs", run.file_name[:-len(".json")] + ".items.jsonl.gz")
 
 
 def write_items(out_dir: str, run: Run, record: dict, scored: Mapping[str, list]) -> None:
   """Adds `scored` ({entry: per-item records}) to the run's item file (entries already there are kept, those
   scored again replaced) and names the file, its sha256 and its entries in `record['items']`."""
+  from grow_jax.evaluation import items as item_records
   if not scored:
     return
   path = items_path(out_dir, run)
-  known = record.get("items")
-  present = item_records.read_items(path, known["sha256"]) if known and files.as_path(path).exists() else {}
+  known = record.get("items", {}).get("entries", {})      # what the record names (a write cut short adds nothing)
+  present = item_records.read_items(path) if known and files.as_path(path).exists() else {}
+  present = {entry: values for entry, values in present.items() if entry in known}
   written = item_records.write_items(path, {**present, **scored})
   record["items"] = {"file": os.path.basename(path), "sha256": written["sha256"], "entries": written["entries"]}
 
@@ -547,20 +548,27 @@ def borrowed_record(study: Study, run: Run, out_dir: str) -> dict | None:
   if any(e not in limits or not any(k.startswith(e + "/") for k in final) for e, _ in entries):
     return None
   source_id = f"{other.name}:{twin.id}"
+  their_items = {}
+  if theirs.get("items"):                  # their per-item records of the entries borrowed, checked by their sha256
+    from grow_jax.evaluation import items as item_records
+    stored = item_records.read_items(os.path.join(other_out, "runs", theirs["items"]["file"]), theirs["items"]["sha256"])
+    their_items = {e: stored[e] for e, _ in entries if e in stored}
   if swept is not None:
     swept["final"].update(final)
     swept["test_seconds"] = 0.0
     swept["borrowed_test_from"] = source_id
     if "identity" in swept:
       swept.update(identity_fields(study, run, tested=True))
+    write_items(out_dir, run, swept, their_items)
     return swept
-  record = {k: v for k, v in theirs.items() if k not in ("curve", "config", "evaluations", "identity")}
+  record = {k: v for k, v in theirs.items() if k not in ("curve", "config", "evaluations", "identity", "items")}
   record.update(id=run.id, method=run.method, phase=run.phase, study=study.name, final=final,
                 borrowed_from=source_id, borrowed_seconds=theirs["seconds"], train_seconds=0.0,
                 eval_seconds=0.0, seconds=0.0)
   record.pop("test_seconds", None)
   if "identity" in theirs:                 # their config equals ours (checked above); a record from before
     record.update(identity_fields(study, run))   # identities stays one, checked on what it stored
+  write_items(out_dir, run, record, their_items)
   return record
 
 
@@ -642,7 +650,10 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
       params_file.save_params_file(stored, model_config, params)
       record["test_retrained"] = reproduced
     model_config, params = params_file.load_params_file(stored)
-    record["final"].update(evaluate(scored_entries(study, run), config, model_config, params, tokenizer))
+    scored = {}
+    record["final"].update(evaluate(scored_entries(study, run), config, model_config, params, tokenizer,
+                                    items=scored))
+    write_items(out_dir, run, record, scored)
     record["test_seconds"] = time.time() - t0
     record["seconds"] += record["test_seconds"]
     record["test_source"] = source_state(exclude=out_dir)
@@ -676,7 +687,9 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
     record["curve"] = read_curve(workdir)
     model_config, params, _ = load_trained_params(workdir)
   t1 = time.time()
-  record["final"] = evaluate(scored_entries(study, run), config, model_config, params, tokenizer)
+  scored = {}
+  record["final"] = evaluate(scored_entries(study, run), config, model_config, params, tokenizer, items=scored)
+  write_items(out_dir, run, record, scored)
   record["eval_seconds"] = time.time() - t1
   record["seconds"] = time.time() - t0
   if run.phase == "sweep":
