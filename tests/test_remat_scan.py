@@ -63,11 +63,12 @@ def batch():
 
 
 def run(config: ModelConfig, params):
-  """(loss, logits, gradients) of the trainer's loss (chunked, as train.loss_chunk does) and the logits."""
+  """(loss, logits, gradients): the mean target-token cross-entropy from one forward's logits."""
   def loss_and_logits(p, b):
-    merged = lora.merge(p)
-    logits = transformer.forward(config, merged, b["tokens"], input_mask=b["input_mask"])
-    return step_lib.mean_loss(config, merged, b, loss_chunk=8), logits
+    logits = transformer.forward(config, lora.merge(p), b["tokens"], input_mask=b["input_mask"])
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), b["tokens"][:, 1:, None], axis=-1)[..., 0]
+    weights = step_lib.target_weights(b)
+    return jnp.sum(nll * weights) / jnp.sum(weights), logits
   (loss, logits), grads = jax.jit(jax.value_and_grad(loss_and_logits, has_aux=True))(params, batch())
   return jax.device_get((loss, logits, grads))
 
@@ -102,7 +103,7 @@ def test_every_remat_policy_scanned_or_not_computes_the_unrolled_model(remat, sc
   assert_same_model("mixed", remat, scan)
 
 
-@pytest.mark.parametrize("remat, scan", [("none", True), ("full", True), ("minimal", False)])
+@pytest.mark.parametrize("remat, scan", [("none", True), ("full", True)])   # runs of one: remat unrolled
 @pytest.mark.parametrize("name", ["grown", "targeted", "heads", "lora"])
 def test_grown_and_adapted_models_scanned_and_rematerialised_are_the_same_model(name, remat, scan):
   assert_same_model(name, remat, scan)
