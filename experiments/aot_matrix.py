@@ -7,8 +7,10 @@ each cell compiled for the slice's real chips on this CPU machine by grow_jax.ao
 
 A cell first compiles the config as shipped (its README command: the defaults). When a program does not fit,
 the cell tries the changes of `LADDER` in order — each a real compile — and records the first that fits: the
-smallest change that makes it fit, in this order of cost to the user (remat policy, then gradient accumulation
-with the same global batch, then tensor parallelism that frees the batch for accumulation). Every cell's record
+smallest change that makes it fit, in this order of cost to the user (gradient accumulation with the same global
+batch, then tensor parallelism that frees the batch for accumulation). The paper configs ship with per-layer
+remat ('full') and the layers scanned; without them the 1B's 64 x 512 batch needs ~50 GiB of activations per v5e
+chip (see the README). Every cell's record
 (cells/<config>__<mode>__<slice>.json, every attempt with XLA's figures) is written as it finishes, so the run is
 resumable; `matrix.md` is rebuilt from the records. The evaluation programs (held-out loss, scoring, generation)
 depend on the model, not on the method: they are compiled in the SFT cell (the base model: LoRA merges its
@@ -34,14 +36,11 @@ EVAL_IN = {"sft": "sft", "lora": "sft", "g_freeze": "g_freeze", "g_train": "g_fr
 
 # The changes a cell tries after the defaults, in order: (label, config args appended, --config. overrides).
 LADDER = (
-    ("remat=full", "", {"model.remat": "full"}),
     ("accum=2", "accum=2", {}),
     ("accum=4", "accum=4", {}),
-    ("remat=full, accum=2", "accum=2", {"model.remat": "full"}),
-    ("remat=full, accum=4", "accum=4", {"model.remat": "full"}),
-    ("remat=full, accum=8", "accum=8", {"model.remat": "full"}),
-    ("remat=full, tensor=2, accum=4", "tensor=2,accum=4", {"model.remat": "full"}),
-    ("remat=full, tensor=4, accum=8", "tensor=4,accum=8", {"model.remat": "full"}),
+    ("accum=8", "accum=8", {}),
+    ("tensor=2, accum=4", "tensor=2,accum=4", {}),
+    ("tensor=4, accum=8", "tensor=4,accum=8", {}),
 )
 
 

@@ -99,3 +99,21 @@ def test_bad_topology_is_one_line():
   err = [l for l in run.stderr.strip().splitlines() if l.startswith("grow_jax.aot")]
   assert err == [l for l in run.stderr.strip().splitlines() if "error" in l.lower()]
   assert len(err) == 1 and err[0].startswith("grow_jax.aot: error: --topology='h300'")
+
+
+def test_scanned_layers_are_costed_as_every_layer_not_the_loop_body_once():
+  """XLA's cost analysis counts a scanned loop's body once: the scanned step's FLOPs come from the same step
+  lowered with the layers unrolled, and agree with the compiled unrolled program's."""
+  devices = _devices("v5e:2x2")
+  flops = {}
+  for scan in (False, True):
+    config = load_config("tiny", "mode=g_freeze,batch=8,seq_len=64,layers_n=4")
+    config.unlock()
+    config.mesh.data, config.mesh.fsdp = 1, -1
+    config.model.scan_layers, config.model.remat = scan, "full"
+    report = aot.fit(config, devices, aot.CHIPS["v5e"], topology="v5e:2x2", programs=("train_step",))
+    train = report.program("train_step")
+    flops[scan] = train.flops
+    assert train.cost_source == ("compiled" if not scan else
+                                 "the same step lowered with the layers unrolled (HLO cost analysis, not compiled)")
+  assert abs(flops[True] - flops[False]) / flops[False] < 0.1

@@ -202,11 +202,14 @@ def paper_config(arg, *, default_lr: dict[str, float], ckpt: str, tensor: int = 
   Args after ':' — mode, task, limit (hub tasks: read only the first `limit` records of each split, streamed;
   default 200000, so translation_en_fr reads 200k of WMT14's 40.8M training pairs; 0 = every record),
   layers ('all' | '0,3,5'), plan (a growth-plan JSON of `python -m grow_jax.growth.plan`: its layers grow;
-  needs layers=all), steps, batch, seq_len, lr (0 = the mode's default), tensor, ckpt, accum. Hyperparameters
-  are our choice: the paper does not publish them.
+  needs layers=all), steps, batch, seq_len, lr (0 = the mode's default), tensor, ckpt, accum, remat (the layers'
+  rematerialisation policy, default 'full' as MaxText's: without it 64 x 512 tokens of the 1B need ~50 GiB of
+  activations per v5e chip; experiments/results/aot_matrix/matrix.md), scan (one jax.lax.scan over the layers:
+  the step compiles in the time of one layer). Hyperparameters are our choice: the paper does not publish them.
   """
   arg = parse_arg(arg, mode="g_freeze", task="translation_en_fr", limit=PAPER_LIMIT, layers="all", plan="",
-                  steps=2000, batch=64, seq_len=512, lr=0.0, tensor=tensor, ckpt=ckpt, accum=accum)
+                  steps=2000, batch=64, seq_len=512, lr=0.0, tensor=tensor, ckpt=ckpt, accum=accum, remat="full",
+                  scan=True)
   if arg.layers == "targeted":
     raise ConfigError("config arg layers='targeted': targeted layers come from a growth plan now: pass "
                       "plan=<plan.json> (python -m grow_jax.growth.plan; see the config file's docstring)")
@@ -214,6 +217,8 @@ def paper_config(arg, *, default_lr: dict[str, float], ckpt: str, tensor: int = 
   c.init.source = arg.ckpt
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "float32"
+  c.model.remat = arg.remat
+  c.model.scan_layers = arg.scan
   c.total_steps = arg.steps
   c.log_every_steps = 10
   c.eval_every_steps = 250
