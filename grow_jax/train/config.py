@@ -204,8 +204,8 @@ def paper_config(arg, *, default_lr: dict[str, float], ckpt: str, tensor: int = 
   layers ('all' | '0,3,5'), plan (a growth-plan JSON of `python -m grow_jax.growth.plan`: its layers grow;
   needs layers=all), steps, batch, seq_len, lr (0 = the mode's default), tensor, ckpt, accum, remat (the layers'
   rematerialisation policy, default 'full' as MaxText's: without it 64 x 512 tokens of the 1B need ~50 GiB of
-  activations per v5e chip; experiments/results/aot_matrix/matrix.md), scan (one jax.lax.scan over the layers:
-  the step compiles in the time of one layer). Hyperparameters are our choice: the paper does not publish them.
+  activations per v5e chip; experiments/results/aot_matrix/matrix.md), scan (one jax.lax.scan over the layers, default
+  True: with remat, only the layer boundaries stay live; it did not shorten compile times here). Hyperparameters are our choice: the paper does not publish them.
   """
   arg = parse_arg(arg, mode="g_freeze", task="translation_en_fr", limit=PAPER_LIMIT, layers="all", plan="",
                   steps=2000, batch=64, seq_len=512, lr=0.0, tensor=tensor, ckpt=ckpt, accum=accum, remat="full",
