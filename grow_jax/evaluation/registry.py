@@ -156,13 +156,18 @@ def heldout_loss(ctx: EvalContext, split: str | None) -> EvalFn:
     raise ConfigError("evaluation 'heldout_loss' needs the trainer's data pipeline (it scores the training "
                       "task's held-out split); use it in config.eval.tasks")
   import jax
+  import numpy as np
   from grow_jax.train import sharding, step
   groups = sharding.data_parallel_size(ctx.mesh)
   compiled = {}
 
   def eval_fn(params):
     batches = [sharding.to_microbatches(b, 1) for b in ctx.heldout_batches(split, ctx.batch_size, ctx.limit)]
-    capacity = step.target_capacity_for(batches, groups=groups // jax.process_count() or 1)
+    capacity = step.target_capacity_for(batches, groups=max(groups // sharding.batch_blocks(ctx.mesh)[1], 1))
+    if jax.process_count() > 1:      # one program on every process: the largest capacity any needs (0: dense)
+      from jax.experimental import multihost_utils
+      every = multihost_utils.process_allgather(np.asarray(capacity if capacity else 1 << 30))
+      capacity = int(every.max()) if int(every.max()) != 1 << 30 else 0
     if capacity not in compiled:     # the output head only at target positions, as in training
       compiled[capacity] = jax.jit(step.make_eval_step(ctx.model_config, loss_chunk=ctx.loss_chunk,
                                                        target_capacity=capacity, groups=groups),
