@@ -6,6 +6,7 @@
     text_metrics.py  exact match, BLEU, chrF (sacrebleu), answer post-processing
     evaluator.py     EvalTask (a named evaluation of one kind) and Evaluator (prepared once, scored often)
     items.py         per-item records (fields by kind), their compact file, metrics recomputed from items
+    capitals_errors.py  capitals_gen's answers classified: right city in another language, wrong city, format lost
     tasks.py         which evaluations a `grow_jax.data` task gets
     registry.py      the one registry of named evaluations (EvalContext, register, build_all)
 """

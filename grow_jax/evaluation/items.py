@@ -122,10 +122,7 @@ def _ratio(sums, n):
 
 
 def _corpus(name):
-  def fn(sums, n):
-    flat = np.asarray(sums, np.float64).reshape(-1, sums.shape[-1])
-    return np.asarray([text_metrics.score_from_statistics(name, row) for row in flat]).reshape(sums.shape[:-1])
-  return fn
+  return lambda sums, n: text_metrics.scores_from_statistics(name, sums)
 
 
 def metric_statistic(kind: str, metric: str) -> Statistic | None:

@@ -129,6 +129,34 @@ def score_from_statistics(name: str, summed: Sequence[float]) -> float:
   return float(_sacrebleu_metric(name)._compute_score_from_stats([int(round(x)) for x in summed]).score)
 
 
+def scores_from_statistics(name: str, summed) -> "np.ndarray":
+  """`score_from_statistics` over many rows of summed statistics at once ((..., k) -> (...)), in numpy: sacrebleu's
+  formulas for its default BLEU (exp smoothing, 4-grams, no effective order) and chrF (n=6, beta=2, effective
+  order averaging), equal to it to float rounding (tests check); what a bootstrap's thousands of replicates need."""
+  import numpy as np
+  stats = np.asarray(summed, np.float64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    if name == "chrf":
+      metric = _sacrebleu_metric(name)
+      hyp, ref, match = stats[..., 0::3], stats[..., 1::3], stats[..., 2::3]
+      valid = (hyp > 0) & (ref > 0)
+      order = np.maximum(valid.sum(axis=-1), 1)
+      precision = np.where(valid, match / hyp, 0.0).sum(axis=-1) / order
+      recall = np.where(valid, match / ref, 0.0).sum(axis=-1) / order
+      factor = metric.beta ** 2
+      score = 100 * (1 + factor) * precision * recall / (factor * precision + recall)
+      return np.where(precision + recall > 0, score, 0.0)
+    if name == "bleu":
+      sys_len, ref_len, correct, total = stats[..., 0], stats[..., 1], stats[..., 2:6], stats[..., 6:10]
+      brevity = np.where(sys_len < ref_len, np.where(sys_len > 0, np.exp(1 - ref_len / sys_len), 0.0), 1.0)
+      alive = np.cumprod(total > 0, axis=-1).astype(bool)         # sacrebleu stops at the first order with none
+      smooth = 2.0 ** np.cumsum(alive & (correct == 0), axis=-1)  # 'exp' smoothing: 1/2, 1/4, ... for zero matches
+      precision = np.where(alive, np.where(correct == 0, 100.0 / (smooth * total), 100.0 * correct / total), 0.0)
+      logs = np.where(precision == 0, -9999999999.0, np.log(np.where(precision > 0, precision, 1.0)))
+      return np.where((correct > 0).any(axis=-1), brevity * np.exp(logs.sum(axis=-1) / 4), 0.0)
+  raise ValueError(f"metric={name!r}: sentence statistics exist for 'bleu' and 'chrf'")
+
+
 TEXT_METRICS = {
     "exact_match": exact_match,
     "exact_match_norm": normalized_exact_match,

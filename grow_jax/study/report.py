@@ -1,5 +1,8 @@
 """A study's results from its run records: results.csv, results.md (mean ± sd over seeds, 95% bootstrap
-intervals, paired differences against SFT), and plots (new-task score vs retention; learning curves).
+intervals, paired differences against SFT), and plots (new-task score vs retention; learning curves). Where the
+records name per-item files (runs/<run>.items.jsonl.gz), each task also gets paired item-level comparisons of
+every method against its reference (`item_comparison_table`: paired bootstrap over items x seeds, exact McNemar)
+and capitals_gen's answers by class (`capitals_table`: right city in another language, wrong city, format lost).
 
 Deterministic: the same records give byte-identical files (a fixed bootstrap seed, sorted rows), so re-running
 the study on a checkout with its committed runs/ regenerates the committed results exactly.
@@ -306,6 +309,126 @@ def override_lines(records: Mapping[str, dict], task: str) -> list[str]:
   return ["Selection overrides: " + "; ".join(out)] if out else []
 
 
+# ---- per-item records ----------------------------------------------------------------------------------
+def load_items(records: Mapping[str, dict], out_dir: str) -> dict[str, dict[str, list]]:
+  """Run id -> {entry: per-item records} for every record that names an item file (checked by its sha256)."""
+  from grow_jax.evaluation import items
+  out = {}
+  for run_id, record in sorted(records.items()):
+    named = record.get("items")
+    if named:
+      out[run_id] = items.read_items(os.path.join(out_dir, "runs", named["file"]), named["sha256"])
+  return out
+
+
+def _seed_items(grouped, items_by_run, task: str, method: str, entry: str) -> dict[int, list]:
+  """seed -> the entry's items of the method's selected records that have them."""
+  return {r["seed"]: items_by_run[r["id"]][entry] for r in grouped.get((task, method), [])
+          if entry in items_by_run.get(r["id"], {}) and not r.get("diverged")}
+
+
+def _aligned(per_seed: Mapping[int, list], seeds: Sequence[int], ids: Sequence[str], fields) -> np.ndarray:
+  """(seeds, n, k): each seed's values of `fields` on the items `ids`, in that order."""
+  from grow_jax.evaluation import items
+  out = []
+  for seed in seeds:
+    by_id = {item["id"]: item for item in per_seed[seed]}
+    out.append(items.item_matrix([by_id[i] for i in ids], fields))
+  return np.stack(out)
+
+
+def item_comparison_rows(task: str, metrics: Sequence[tuple[str, str]], grouped, items_by_run, methods: Sequence[str],
+                         reference: str = "sft") -> list[list[str]]:
+  """Per method (against `reference`) and metric with items on both sides: the items and seeds they share, the
+  difference of the metric (mean over the shared seeds), its 95% paired-bootstrap interval over items (items x
+  seeds) and, for a 0/1 metric, the exact McNemar p at each shared seed."""
+  from grow_jax.evaluation import items
+  from grow_jax.study import item_stats
+  rows = []
+  for method in methods:
+    if method in (reference, "base"):
+      continue
+    for label, key in metrics:
+      entry, _, metric = key.partition("/")
+      mine = _seed_items(grouped, items_by_run, task, method, entry)
+      theirs = _seed_items(grouped, items_by_run, task, reference, entry)
+      seeds = sorted(set(mine) & set(theirs))
+      if not seeds:
+        continue
+      statistic = items.metric_statistic(mine[seeds[0]][0]["kind"], metric) if mine[seeds[0]] else None
+      if statistic is None:
+        continue
+      ids = [i["id"] for i in theirs[seeds[0]]]
+      for per_seed in (mine, theirs):
+        shared = set.intersection(*({i["id"] for i in per_seed[s]} for s in seeds))
+        ids = [i for i in ids if i in shared]
+      if not ids:
+        continue
+      a = _aligned(mine, seeds, ids, statistic.fields)
+      b = _aligned(theirs, seeds, ids, statistic.fields)
+      result = item_stats.paired_bootstrap(a, b, statistic.fn)
+      p = "–"
+      if statistic.binary:
+        p = " / ".join(f"{item_stats.mcnemar(a[s, :, 0], b[s, :, 0]).p:.2g}" for s in range(len(seeds)))
+      rows.append([method, label, str(len(ids)), ",".join(map(str, seeds)), f"{result.difference:+.3g}",
+                   f"[{result.low:+.3g}, {result.high:+.3g}]", p])
+  return rows
+
+
+def item_comparison_table(task: str, metrics, grouped, items_by_run, methods, reference: str = "sft") -> str:
+  rows = item_comparison_rows(task, metrics, grouped, items_by_run, methods, reference)
+  if not rows:
+    return ""
+  return tables.markdown(["method", f"metric (Δ vs {reference})", "items", "seeds", "Δ", "95% interval (items)",
+                          "McNemar p (per seed)"], rows)
+
+
+def capitals_table(task: str, metrics, grouped, items_by_run, methods: Sequence[str]) -> str:
+  """capitals_gen's answers by class (grow_jax/evaluation/capitals_errors.py), per method: mean count over its
+  selected seeds (share of the items)."""
+  from grow_jax.evaluation import capitals_errors
+  entries = list(dict.fromkeys(key.partition("/")[0] for _, key in metrics
+                               if key.partition(":")[0] == "capitals_gen"))
+  rows = []
+  for entry in entries:
+    for method in ["base"] + list(methods):
+      per_seed = _seed_items(grouped, items_by_run, task, method, entry)
+      if not per_seed:
+        continue
+      counts = [capitals_errors.breakdown(items) for _, items in sorted(per_seed.items())]
+      n = len(next(iter(per_seed.values())))
+      cells = []
+      for name in capitals_errors.CLASSES:
+        mean = float(np.mean([c[name] for c in counts]))
+        cells.append(f"{mean:.3g} ({100 * mean / n:.0f}%)")
+      rows.append([entry, method, str(len(counts)), str(n)] + cells)
+  if not rows:
+    return ""
+  return tables.markdown(["set", "method", "seeds", "items", "correct", "right city, other language", "wrong city",
+                          "format lost"], rows)
+
+
+def item_lines(task: str, report: Mapping, grouped, items_by_run, methods: Sequence[str]) -> list[str]:
+  """The task's item-level section (empty without per-item records)."""
+  from grow_jax.study import item_stats
+  metrics = [tuple(m) for m in report["metrics"]]
+  reference = report.get("reference", "sft")
+  lines = []
+  table = item_comparison_table(task, metrics, grouped, items_by_run, methods, reference)
+  if table:
+    lines += [f"Paired over the test items (each method against {reference} on the items both scored, at the seeds "
+              "both ran): Δ of the metric as the table above computes it, its 95% paired-bootstrap interval "
+              f"({item_stats.BOOTSTRAP:,} resamples of the items, the same items for both methods and every seed; "
+              "seeds averaged), and for 0/1 metrics the exact McNemar p at each seed:", "", table, ""]
+  capitals = capitals_table(task, metrics, grouped, items_by_run, methods)
+  if capitals:
+    lines += ["capitals_gen's answers by class (mean count over seeds; grow_jax/evaluation/capitals_errors.py): "
+              "'other language' is the right city under another name ('Londres'), a lower bound (a name missing "
+              "from the exonym list counts as a wrong city); 'format lost' is no city name at all (empty, a "
+              "sentence, the country, the right city inside other text):", "", capitals, ""]
+  return lines
+
+
 def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> str:
   """results.csv, results.md and the plots under `out_dir`; returns the markdown."""
   spec = study.spec
@@ -318,6 +441,7 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
   lines += cost_lines(records) + [""]
   integrity = integrity_lines(records)
   lines += integrity + [""] if integrity else []
+  items_by_run = load_items(records, out_dir)
   for task, report in spec.report.items():
     methods = study.methods(task)
     lines += [f"## {task}", ""]
@@ -329,6 +453,7 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
     lines += overrides + [""] if overrides else []
     metrics = [tuple(m) for m in report["metrics"]]
     lines += [summary_table(task, metrics, grouped, methods, reference=report.get("reference", "sft")), ""]
+    lines += item_lines(task, report, grouped, items_by_run, methods) if items_by_run else []
     if report.get("pareto"):
       x, y = (tuple(a) for a in report["pareto"])
       name = f"{task}_pareto.png"

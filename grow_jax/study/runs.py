@@ -292,11 +292,18 @@ def source_state(exclude: str | None = None, where: str | None = None) -> dict[s
     return {"commit": "unknown"}
 
 
-def evaluate(entries, config, model_config, params, tokenizer, base_model=None,
-             items: dict[str, list] | None = None) -> dict[str, float]:
-  """Evaluations [[entry, limit], ...] of (model_config, params): {'<entry>/<metric>': value}. `base_model`:
-  () -> (config, params) of the untrained model, for a caller that holds it (default: loaded from
-  config.init.source when an entry first needs it). `items`: a dict that receives {entry: per-item records}."""
+class Scores(dict):
+  """`evaluate`'s result: {'<entry>/<metric>': value}, and in `per_item` {entry: per-item records}."""
+
+  def __init__(self, *args, per_item: dict[str, list] | None = None, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.per_item = per_item if per_item is not None else {}
+
+
+def evaluate(entries, config, model_config, params, tokenizer, base_model=None) -> Scores:
+  """Evaluations [[entry, limit], ...] of (model_config, params): {'<entry>/<metric>': value}, with their per-item
+  records in `.per_item`. `base_model`: () -> (config, params) of the untrained model, for a caller that holds it
+  (default: loaded from config.init.source when an entry first needs it)."""
   from grow_jax import formats
   from grow_jax.evaluation import registry
   base_cache = {}
@@ -307,15 +314,12 @@ def evaluate(entries, config, model_config, params, tokenizer, base_model=None,
                                                     **config_lib.model_overrides(config))
     return base_cache["model"]
 
-  out = {}
+  out = Scores()
   for entry, limit in entries:
     ctx = registry.EvalContext(model_config, tokenizer=tokenizer, limit=limit, batch_size=config.eval.batch_size,
                                max_len=config.eval.max_len, max_new_tokens=config.eval.max_new_tokens,
-                               base_model=base_model or load_base, base_id=config.init.source,
-                               items=items is not None)
-    metrics = registry.build(entry, ctx)(params)
-    if items is not None:
-      metrics, items[entry] = metrics
+                               base_model=base_model or load_base, base_id=config.init.source, items=True)
+    metrics, out.per_item[entry] = registry.build(entry, ctx)(params)
     out.update({f"{entry}/{k}": float(v) for k, v in metrics.items()})
   return out
 
@@ -650,10 +654,9 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
       params_file.save_params_file(stored, model_config, params)
       record["test_retrained"] = reproduced
     model_config, params = params_file.load_params_file(stored)
-    scored = {}
-    record["final"].update(evaluate(scored_entries(study, run), config, model_config, params, tokenizer,
-                                    items=scored))
-    write_items(out_dir, run, record, scored)
+    scored = evaluate(scored_entries(study, run), config, model_config, params, tokenizer)
+    record["final"].update(scored)
+    write_items(out_dir, run, record, getattr(scored, "per_item", {}))
     record["test_seconds"] = time.time() - t0
     record["seconds"] += record["test_seconds"]
     record["test_source"] = source_state(exclude=out_dir)
@@ -687,9 +690,9 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
     record["curve"] = read_curve(workdir)
     model_config, params, _ = load_trained_params(workdir)
   t1 = time.time()
-  scored = {}
-  record["final"] = evaluate(scored_entries(study, run), config, model_config, params, tokenizer, items=scored)
-  write_items(out_dir, run, record, scored)
+  scored = evaluate(scored_entries(study, run), config, model_config, params, tokenizer)
+  record["final"] = dict(scored)
+  write_items(out_dir, run, record, getattr(scored, "per_item", {}))
   record["eval_seconds"] = time.time() - t1
   record["seconds"] = time.time() - t0
   if run.phase == "sweep":
