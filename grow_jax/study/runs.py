@@ -6,8 +6,10 @@ A study file (see experiments/studies/) defines
     get_config(arg)   the training config every run starts from (configs/ style)
     get_study(arg)    a dict of `StudySpec`'s fields: name, description, tasks {name: {dotted key: value}},
                       methods {name: {dotted key: value}}, grids {method: {dotted key: [values]}} (a value
-                      '@<method>' takes the value selected for that method), extend_edges (the grid-edge rule:
+                      '@<method>' takes the value selected for that method on the same task, '@<task>/<method>'
+                      the value selected for it on another task of the study), extend_edges (the grid-edge rule:
                       how many points a geometric grid key may gain past an edge its pick sits on), seeds,
+                      sweep_seeds (how many of the seeds, from the first, sweep every grid point; default 1),
                       seeded_methods, task_methods, validation_eval and test_eval {task: [[entry, limit], ...]},
                       order, curves {every, max_examples, tasks {task: [entries]}, methods}, borrow, report,
                       reproduce_tolerance {'<entry>/<metric>' glob: absolute tolerance} (see below)
@@ -19,11 +21,13 @@ A study may also declare `borrow` {method: [study file[:arg], out dir, method th
 once the runner has checked that the two runs' training configs are equal (periodic evaluations aside) and
 that they are scored on the same sets; a borrowed record says so ('borrowed_from') and costs nothing here.
 
-Phases: 'sweep' (every grid point, seed = seeds[0], scored on the validation sets only; its trained params are
-kept as a params file until the method's selected run is tested, then removed; --keep_params keeps a copy of
-every trained run's params under kept/); selection (`select`, validation metrics only); 'test'
-(the selected sweep run scored on the test sets, once); 'seeds' (the selected grid point of each seeded method
-at the other seeds, validation and test). A 'base' run per task scores the untrained model on both. Runs go in
+Phases: 'sweep' (every grid point at the first `sweep_seeds` seeds, scored on the validation sets only; its
+trained params are kept as a params file until the method's selected run is tested, then removed; --keep_params
+keeps a copy of every trained run's params under kept/); selection (`select`, validation metrics only; with
+several sweep seeds it sees every seed's record and the first seed's record of the point it picks is the
+selection); 'test' (the selected sweep run scored on the test sets, once; for a seeded method, also its other
+sweep seeds' runs at that point); 'seeds' (the selected grid point of each seeded method at the seeds that did
+not sweep, validation and test). A 'base' run per task scores the untrained model on both. Runs go in
 the study's `order` (blocks of (task, methods)), so the questions that matter most are answered first.
 
 Integrity (what makes a record safe to re-use):
@@ -120,6 +124,7 @@ class StudySpec:
   order: list = dataclasses.field(default_factory=list)    # [[task, [methods]], ...]: run these blocks first
   borrow: dict[str, list] = dataclasses.field(default_factory=dict)   # method -> [study, out dir, method there]
   extend_edges: int = 0                  # points a numeric grid key may gain past an edge its selection sits on
+  sweep_seeds: int = 1                   # how many of `seeds` (from the first) run every grid point
   reproduce_tolerance: dict[str, float] = dataclasses.field(default_factory=dict)   # metric glob -> abs tolerance
 
 
@@ -168,6 +173,10 @@ def load_study(text: str) -> Study:
   if isinstance(spec.extend_edges, bool) or not isinstance(spec.extend_edges, int) or spec.extend_edges < 0:
     raise ConfigError(f"--study={text!r}: get_study()['extend_edges'] is {spec.extend_edges!r}; expected an "
                       "integer >= 0 (how many points a grid key may gain past an edge)")
+  if (isinstance(spec.sweep_seeds, bool) or not isinstance(spec.sweep_seeds, int)
+      or not 1 <= spec.sweep_seeds <= len(spec.seeds)):
+    raise ConfigError(f"--study={text!r}: get_study()['sweep_seeds'] is {spec.sweep_seeds!r}; expected an integer "
+                      f"from 1 to the number of seeds ({len(spec.seeds)})")
   for pattern, tol in spec.reproduce_tolerance.items():
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
       raise ConfigError(f"--study={text!r}: get_study()['reproduce_tolerance'][{pattern!r}] is {tol!r}; expected "
@@ -196,15 +205,16 @@ def method_grid(study: Study, selected: Mapping[tuple[str, str], dict], task: st
 
 
 def grid_points(study: Study, method: str, selected: Mapping[tuple[str, str], dict], task: str):
-  """The method's grid points as tuples of (key, value); '@m' values take method m's selected value
-  (None while m is not selected yet)."""
+  """The method's grid points as tuples of (key, value); '@m' values take method m's selected value on `task`,
+  '@t/m' method m's on task t (no points while m is not selected yet)."""
   grid = method_grid(study, selected, task, method)
   keys = sorted(grid)
   for values in itertools.product(*(grid[k] for k in keys)):
     point = []
     for key, value in zip(keys, values):
       if isinstance(value, str) and value.startswith("@"):
-        chosen = selected.get((task, value[1:]))
+        other_task, _, other = value[1:].rpartition("/")
+        chosen = selected.get((other_task or task, other))
         if chosen is None:
           return
         value = dict(chosen["hparams"])[key]
@@ -215,18 +225,19 @@ def grid_points(study: Study, method: str, selected: Mapping[tuple[str, str], di
 def expand(study: Study, selected: Mapping[tuple[str, str], dict]) -> list[Run]:
   """Every run of the study that can be named now (a grid depending on an unselected method waits)."""
   spec = study.spec
-  first, others = spec.seeds[0], list(spec.seeds[1:])
+  first, swept, others = spec.seeds[0], list(spec.seeds[:spec.sweep_seeds]), list(spec.seeds[spec.sweep_seeds:])
   runs = []
   for task in spec.tasks:
     runs.append(Run(task, "base", (), first, "base"))
     for method in study.methods(task):
       for point in dict.fromkeys(grid_points(study, method, selected, task)):
-        runs.append(Run(task, method, point, first, "sweep"))
+        runs += [Run(task, method, point, seed, "sweep") for seed in swept]
       chosen = selected.get((task, method))
       if chosen is not None:
         point = tuple(tuple(kv) for kv in chosen["hparams"])
         runs.append(Run(task, method, point, first, "test"))
         if method in spec.seeded_methods:
+          runs += [Run(task, method, point, seed, "test") for seed in swept[1:]]
           runs += [Run(task, method, point, seed, "seeds") for seed in others]
   return runs
 
@@ -616,7 +627,7 @@ def _train(run: Run, config, workdir: str) -> None:
   """The run's training; a run stopped by SIGTERM or Ctrl-C (the trainer saves and returns) stops the study with
   nothing recorded: its checkpoint stays in `workdir`, and the same study command resumes it."""
   from grow_jax.train import loop
-  last = loop.train_and_evaluate(config, workdir)
+  last = loop.train_and_evaluate(config, workdir) or {}
   if last.get("preempted"):
     raise StudyInterrupted(f"run {run.id} was stopped by a signal at step {last.get('step')} of "
                            f"{config.total_steps}: nothing recorded; its checkpoint in {workdir} resumes it when "
@@ -635,7 +646,7 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   borrowed = borrowed_record(study, run, out_dir)
   if borrowed is not None:
     write_record(out_dir, run, borrowed)
-    if run.phase == "test":
+    if run.phase == "test" and run.seed == study.spec.seeds[0]:
       write_selection(study, out_dir, run)
     return borrowed
   config, workdir = run_config(study, run, workdir_root)
@@ -663,8 +674,11 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
     if "identity" in record:                 # a record from before identities stays one (checked on what it stored)
       record.update(identity_fields(study, run, tested=True))
     write_record(out_dir, run, record)
-    write_selection(study, out_dir, run)
-    _drop_unselected_params(study, run, workdir_root, out_dir)
+    if run.seed == study.spec.seeds[0]:      # the selection is the first seed's run; another sweep seed's test
+      write_selection(study, out_dir, run)   # at the same point only scores it
+      _drop_unselected_params(study, run, workdir_root, out_dir)
+    else:
+      files.remove_file(stored)
     return record
   record = {"id": run.id, "task": run.task, "method": run.method, "hparams": [list(kv) for kv in run.hparams],
             "seed": run.seed, "phase": run.phase, "study": study.name, "study_arg": study.arg,
@@ -706,9 +720,11 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
 
 
 def _drop_unselected_params(study: Study, tested: Run, workdir_root: str, out_dir: str) -> None:
-  """Once a method's selected run is tested, the other grid points' params files are not needed."""
+  """Once a method's selected run is tested, the other grid points' params files are not needed (a seeded method's
+  other sweep seeds at the selected point keep theirs for their own test)."""
   for run in expand(study, selections(study, load_records(out_dir))):
-    if (run.task, run.method, run.phase) == (tested.task, tested.method, "sweep") and run.id != tested.id:
+    kept = run.hparams == tested.hparams and tested.method in study.spec.seeded_methods
+    if (run.task, run.method, run.phase) == (tested.task, tested.method, "sweep") and run.id != tested.id and not kept:
       path = params_path(workdir_root, study, run)
       files.remove_file(path)
   path = params_path(workdir_root, study, tested)
@@ -886,6 +902,8 @@ def selections(study: Study, records: Mapping[str, dict], *, freeze: bool = True
       if sweep and len(done) == len(sweep) and finite and base is not None:
         reference = {"base": base, **{m: rec for (t, m), rec in out.items() if t == run.task}}
         pick = study.select(run.task, run.method, finite, reference)
+        pick = next((r for r in finite if r["hparams"] == pick["hparams"] and r["seed"] == study.spec.seeds[0]),
+                    pick)                  # several sweep seeds: the point's first-seed run is the selection
         grown = extend_at_edges(study.spec.grids.get(run.method, {}), method_grid(study, out, *key),
                                 dict(pick["hparams"]), study.spec.extend_edges)
         if grown is None:
