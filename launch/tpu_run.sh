@@ -21,7 +21,8 @@
 #   --env      environment variable for the trainer, e.g. --env=XLA_FLAGS=--xla_dump_to=/tmp/dump (repeatable)
 #   --wait     stay until the run ends; exit with its status (sweep.py --mode=tpu runs one after another)
 #   --tail     follow run.log on worker WORKER (default 0; `all` for every worker)
-#   --kill     stop the run on every worker (SIGTERM to its process group, SIGKILL after 60 s)
+#   --kill     stop the run on every worker (SIGTERM to its process group, SIGKILL after 60 s): the trainer
+#              saves a checkpoint after its current step and exits 0, which run.status records
 #   --dry-run  print the gcloud command instead of running it
 #   TRAINER_FLAGS  passed on to grow_jax.main, e.g. --config.total_steps=100
 
@@ -59,7 +60,8 @@ case $action in
     # Identifies this invocation, so that gcloud's retry after the run ended does not run it again.
     launch_id="$(date -u +%Y%m%dT%H%M%SZ)-$$-$RANDOM"
     # On the worker: attach to the same command, refuse a different one, or start it in a session of its own
-    # (a dropped ssh connection cannot take it down) in code/, with its exit status going to run.status.
+    # (a dropped ssh connection cannot take it down) in code/, with its exit status going to run.status (the
+    # wrapper outlives --kill's SIGTERM, trap :, to record the status of the trainer's clean stop).
     # shellcheck disable=SC2016  # the single-quoted parts expand on the worker
     {
       remote="set -e; cd $REMOTE_ROOT; $ALIVE; command=$(quote "$command"); launch=$launch_id; "
@@ -69,7 +71,7 @@ case $action in
       remote+='elif [ "$(cat run.launch 2>/dev/null)" = "$launch" ] && [ -f run.status ]; then '
       remote+='echo "$(hostname): this launch already ran to its end" >&2; '
       remote+='else rm -f run.status; printf "%s\n" "$command" >run.cmd; echo "$launch" >run.launch; date -u >>run.log; '
-      remote+="setsid nohup bash -c 'cd code && eval \"\$1\"; echo \$? >../run.status' run \"\$command\" "
+      remote+="setsid nohup bash -c 'trap : TERM; cd code && eval \"\$1\"; echo \$? >../run.status' run \"\$command\" "
       remote+='</dev/null >>run.log 2>&1 & echo $! >run.pid; fi'
       [ -z "$wait" ] || remote+='; while alive .; do sleep 1; done; if [ -f run.status ]; then exit "$(cat run.status)"; fi; '
       [ -z "$wait" ] || remote+='echo "$(hostname): grow_jax.main ended without an exit status (killed?)" >&2; exit 1'

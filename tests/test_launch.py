@@ -216,7 +216,8 @@ def test_tpu_run_starts_the_trainer_on_every_worker():
   assert launched_command(ssh) == ("env GROW_JAX_DISTRIBUTED=tpu JAX_PLATFORMS=tpu JAX_LOG_COMPILES=1 "
                                    f"'XLA_FLAGS=--a --b' {trainer}")
   command = remote_command(ssh)
-  assert "setsid nohup bash -c 'cd code && eval \"$1\"; echo $? >../run.status' run \"$command\"" in command
+  assert ("setsid nohup bash -c 'trap : TERM; cd code && eval \"$1\"; echo $? >../run.status' run \"$command\""
+          in command)
   assert command.endswith("& echo $! >run.pid; fi")
 
 
