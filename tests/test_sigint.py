@@ -34,7 +34,7 @@ def test_ctrl_c_saves_at_the_step_reached_exits_0_and_the_next_run_resumes_there
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "grow_jax.main", *ARGS, f"--workdir={workdir}"]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen([*cmd, "--config.eval.at_start=True"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 240
     while _last_logged_step(workdir) < 8:                # training, not setting up: past the first checkpoint
@@ -52,6 +52,7 @@ def test_ctrl_c_saves_at_the_step_reached_exits_0_and_the_next_run_resumes_there
   stopped = _last_logged_step(workdir)
   assert f"stopped by signal SIGINT at step {stopped}; checkpoint saved" in err
   assert _latest_checkpoint(workdir) == stopped             # the steps since the last periodic save are kept
+  assert not (workdir / "summary.md").exists()    # no before/after table whose "after" is the "before"
 
   resumed = subprocess.run([*cmd, f"--config.total_steps={stopped + 3}"], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=300)

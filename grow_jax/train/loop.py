@@ -142,6 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     metrics = writers.StepMetrics(writer, config.batch_size * config.data.seq_len, lambda: _kept(ckpt))
     last: dict[str, Any] = {"step": start_step}
     first_eval: dict[str, Any] = {}
+    evaluated_at = -1
     run_start = time.time()
     step = start_step
     try:
@@ -176,6 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           writer.progress(step, {"loss": record.get("loss")})
         if evaluations and (due(config.eval_every_steps) or final):
           last.update(evaluate(step))
+          evaluated_at = step
           metrics.restart_clock()                  # steps/s measures training steps only
         if due(config.checkpoint.every_steps) or stopping or final:
           save(step)
@@ -200,7 +202,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       lock.release()
   last["step"] = step
   last["preempted"] = stop.signum is not None
-  rows = summary.before_after_table(first_eval, last) if first_eval and step > start_step else []
+  # A before/after table only when "after" was evaluated at the last step (a run stopped by a signal between
+  # evaluations writes none: its resumed run's evaluations are the ones that count).
+  rows = (summary.before_after_table(first_eval, last)
+          if first_eval and step > start_step and evaluated_at == step else [])
   if rows and is_main:
     print("\n" + summary.write_summary(workdir, config, rows, start_step, step, time.time() - run_start), flush=True)
   return last
