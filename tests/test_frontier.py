@@ -147,6 +147,19 @@ def test_report_lines_give_the_table_the_figure_and_each_verdict(tmp_path):
   assert (tmp_path / "facts_frontier.png").stat().st_size > 0
 
 
+def test_the_fallback_axis_is_read_only_when_no_run_moved_the_primary_one_beyond_the_declared_range():
+  spec = {"x": ["EM", XK], "y": ["capitals", YK], "x_fallback": ["MC", "facts:validation/acc"], "min_range": 0.05}
+  base = _record("facts", "base", 0.0, 0, "base", **{XK: 0.01})
+  flat = {r["id"]: r for r in [base, _record("facts", "sft", 1e-4, 0, **{XK: 0.06}),
+                               _record("facts", "sft", 3e-4, 0, **{XK: 0.02})]}
+  assert frontier.new_task_axis(flat, "facts", spec) == ("MC", "facts:validation/acc")   # 0.06 - 0.01 is not > 0.05
+  learned = _record("facts", "g_freeze", 1e-4, 1, **{XK: 0.07})
+  assert frontier.new_task_axis({**flat, learned["id"]: learned}, "facts", spec) == ("EM", XK)
+  assert frontier.new_task_axis(flat, "facts", {"x": ["EM", XK], "y": spec["y"]}) == ("EM", XK)
+  lines = frontier.report_lines("facts", {**spec, "methods": []}, flat, {}, "/nonexistent")
+  assert "the pre-registered fallback axis MC is read instead" in "\n".join(lines)
+
+
 def _digest(path):
   return hashlib.sha256(open(path, "rb").read()).hexdigest()
 

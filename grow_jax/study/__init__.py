@@ -6,5 +6,6 @@ one small JSON per finished run, selected on validation by a rule fixed in advan
     runs.py    the study file, the grid, executing a run, selections, what is pending
     report.py  results.csv, results.md (mean ± sd, bootstrap intervals, paired differences), plots
     item_stats.py  paired bootstrap over items (and seeds), exact McNemar: the report's item-level comparisons
+    frontier.py  new-task x retention frontiers with seed bands, retention at a matched new-task score
     __main__.py the command line: run what is pending, --list, --report_only
 """

@@ -302,13 +302,17 @@ def report_lines(task: str, spec: Mapping[str, Any], records: Mapping[str, dict]
                  items_by_run: Mapping[str, Mapping[str, list]], out_dir: str) -> list[str]:
   """The frontier section of a task's results.md, and `<out>/<task>_frontier.png`. `spec` (the study's
   report[task]['frontier']): {'x': [label, '<entry>/<metric>'], 'y': [label, key], 'methods': [...],
-  'compare': [[A, B], ...] (matched-score comparisons, A's retention minus B's)}. A comparison whose runs lack
+  'compare': [[A, B], ...] (matched-score comparisons, A's retention minus B's), optionally 'x_fallback' [label,
+  key] and 'min_range' (`new_task_axis`)}. A comparison whose runs lack
   per-item records is reported as such."""
   import os
-  (x_label, x_key), (y_label, y_key) = spec["x"], spec["y"]
+  (x_label, x_key), (y_label, y_key) = new_task_axis(records, task, spec), spec["y"]
   points = {m: method_points(records, task, m, x_key, y_key) for m in spec["methods"]}
   points = {m: p for m, p in points.items() if p}
   lines = [f"### Frontier: {x_label} x {y_label} (validation, every grid point; mean ± sd over seeds)", ""]
+  if x_key != spec["x"][1]:
+    lines += [f"No run's {spec['x'][0]} rose more than {spec['min_range']:g} above the untrained model's: the "
+              f"pre-registered fallback axis {x_label} is read instead.", ""]
   if not points:
     return lines + ["No grid point has both scores yet.", ""]
   lines += [frontier_table(points, x_label, y_label), ""]
@@ -326,6 +330,23 @@ def report_lines(task: str, spec: Mapping[str, Any], records: Mapping[str, dict]
     except ValueError as e:
       lines.append(f"{a} vs {b}: no item-level comparison ({e}).")
   return lines + [""]
+
+
+def new_task_axis(records: Mapping[str, dict], task: str, spec: Mapping[str, Any]) -> tuple[str, str]:
+  """The frontier's new-task axis [label, key]: spec['x'], unless the spec names an 'x_fallback' and a 'min_range'
+  and no finished run of the task (sweep or seeds) scores more than min_range above the untrained model (0 without
+  a base record) on spec['x']: a task not yet learned on its primary metric has no frontier there, and the rule
+  that says so is fixed in the study file before the runs."""
+  label, key = spec["x"]
+  if "x_fallback" not in spec:
+    return label, key
+  base = next((r["final"][key] for r in records.values() if (r.get("task"), r.get("method")) == (task, "base")
+               and key in r["final"]), 0.0)
+  scores = [r["final"][key] for r in records.values() if r.get("task") == task and r.get("phase") in PHASES
+            and not r.get("diverged") and key in r["final"]]
+  if not scores or max(scores) - base > spec["min_range"]:
+    return label, key
+  return tuple(spec["x_fallback"])
 
 
 def _base_point(records: Mapping[str, dict], task: str, x_key: str, y_key: str) -> tuple[float, float] | None:
