@@ -214,9 +214,17 @@ def test_every_grid_point_runs_at_each_sweep_seed_and_the_pick_is_the_best_mean_
   assert selected[("facts", "sft")]["id"] == "facts/sft/learning_rate=0.001/seed=0"
   assert [(r.id, r.phase) for r in runs.pending(study, records)] == [
       ("facts/sft/learning_rate=0.001/seed=0", "test"), ("facts/sft/learning_rate=0.001/seed=1", "test"),
-      ("facts/l2sp/learning_rate=0.001/seed=0", "test"),      # l2sp is not seeded: its seed 1 is not tested
+      ("facts/l2sp/learning_rate=0.001/seed=0", "test"), ("facts/l2sp/learning_rate=0.001/seed=1", "test"),
       ("facts_long/long_sft/learning_rate=0.001/seed=0", "sweep"),
       ("facts_long/long_sft/learning_rate=0.001/seed=1", "sweep")]
+
+
+def test_with_several_sweep_seeds_the_selection_is_the_picked_points_first_seed_run(monkeypatch):
+  study = runs.load_study(STUDY + ":smoke")
+  records = _fabricated(study, {})
+  monkeypatch.setattr(study.module, "select", lambda task, method, rs, ref: max(rs, key=lambda r: r["seed"]))
+  assert {key: r["id"].rsplit("/", 1)[1] for key, r in runs.selections(study, records).items()} == {
+      ("facts", "sft"): "seed=0", ("facts", "l2sp"): "seed=0"}          # the rule returned seed 1's records
 
 
 def test_a_grid_value_from_another_tasks_selection_follows_that_selection():
@@ -265,18 +273,20 @@ def test_smoke_study_end_to_end_then_a_rerun_trains_nothing(tmp_path):
   out, workdirs = str(tmp_path / "out"), str(tmp_path / "wd")
   ran = runs.run_all(study, out, workdirs)
   records = runs.load_records(out, study)
-  assert len(records) == 10 and ran == 15            # 2 bases, 6 facts and 2 long runs; 5 test phases
+  assert len(records) == 10 and ran == 16            # 2 bases, 6 facts and 2 long runs; 6 test phases
   assert not os.listdir(os.path.join(workdirs, study.name, "params"))       # every tested run's params removed
   selected = runs.selections(study, records)
   rate = dict(map(tuple, selected[("facts", "sft")]["hparams"]))[LR]
   long = sorted((r for r in records.values() if r["method"] == "long_sft"), key=lambda r: r["seed"])
   assert [(dict(map(tuple, r["hparams"]))[LR], r["seed"]) for r in long] == [(rate, 0), (rate, 1)]
   assert all(len(r["curve"]) == 2 and "fictional_facts:test/exact_match_norm" in r["final"] for r in long)
-  tested = [r for r in records.values() if r["task"] == "facts" and "stdlib_text:test/kl" in r["final"]]
-  assert sorted((r["method"], r["seed"]) for r in tested) == [("l2sp", 0), ("sft", 0), ("sft", 1)]
+  tested = [r for r in records.values() if r["task"] == "facts" and r["method"] != "base"
+            and "stdlib_text:test/kl" in r["final"]]
+  assert sorted((r["method"], r["seed"]) for r in tested) == [("l2sp", 0), ("l2sp", 1), ("sft", 0), ("sft", 1)]
   from grow_jax.study import report
   items = report.load_items(records, out)
   lines = frontier.report_lines("facts", study.spec.report["facts"]["frontier"], records, items, out)
   assert any(line.startswith("l2sp vs sft") for line in lines)
   assert os.path.exists(os.path.join(out, "facts_frontier.png"))
+  report.write_report(study, records, selected, out)          # every record at a selected point has its test
   assert runs.run_all(study, out, workdirs) == 0

@@ -25,9 +25,9 @@ Phases: 'sweep' (every grid point at the first `sweep_seeds` seeds, scored on th
 trained params are kept as a params file until the method's selected run is tested, then removed; --keep_params
 keeps a copy of every trained run's params under kept/); selection (`select`, validation metrics only; with
 several sweep seeds it sees every seed's record and the first seed's record of the point it picks is the
-selection); 'test' (the selected sweep run scored on the test sets, once; for a seeded method, also its other
-sweep seeds' runs at that point); 'seeds' (the selected grid point of each seeded method at the seeds that did
-not sweep, validation and test). A 'base' run per task scores the untrained model on both. Runs go in
+selection); 'test' (the selected sweep run scored on the test sets, once, and the other sweep seeds' runs at that
+point); 'seeds' (the selected grid point of each seeded method at the seeds that did not sweep, validation and
+test). A 'base' run per task scores the untrained model on both. Runs go in
 the study's `order` (blocks of (task, methods)), so the questions that matter most are answered first.
 
 Integrity (what makes a record safe to re-use):
@@ -235,9 +235,8 @@ def expand(study: Study, selected: Mapping[tuple[str, str], dict]) -> list[Run]:
       chosen = selected.get((task, method))
       if chosen is not None:
         point = tuple(tuple(kv) for kv in chosen["hparams"])
-        runs.append(Run(task, method, point, first, "test"))
+        runs += [Run(task, method, point, seed, "test") for seed in swept]   # every record there gets test
         if method in spec.seeded_methods:
-          runs += [Run(task, method, point, seed, "test") for seed in swept[1:]]
           runs += [Run(task, method, point, seed, "seeds") for seed in others]
   return runs
 
@@ -720,10 +719,10 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
 
 
 def _drop_unselected_params(study: Study, tested: Run, workdir_root: str, out_dir: str) -> None:
-  """Once a method's selected run is tested, the other grid points' params files are not needed (a seeded method's
-  other sweep seeds at the selected point keep theirs for their own test)."""
+  """Once a method's selected run is tested, the other grid points' params files are not needed (the other sweep
+  seeds' runs at the selected point keep theirs for their own test)."""
   for run in expand(study, selections(study, load_records(out_dir))):
-    kept = run.hparams == tested.hparams and tested.method in study.spec.seeded_methods
+    kept = run.hparams == tested.hparams     # the other sweep seeds' runs at the point: their own test comes
     if (run.task, run.method, run.phase) == (tested.task, tested.method, "sweep") and run.id != tested.id and not kept:
       path = params_path(workdir_root, study, run)
       files.remove_file(path)
@@ -902,8 +901,9 @@ def selections(study: Study, records: Mapping[str, dict], *, freeze: bool = True
       if sweep and len(done) == len(sweep) and finite and base is not None:
         reference = {"base": base, **{m: rec for (t, m), rec in out.items() if t == run.task}}
         pick = study.select(run.task, run.method, finite, reference)
-        pick = next((r for r in finite if r["hparams"] == pick["hparams"] and r["seed"] == study.spec.seeds[0]),
-                    pick)                  # several sweep seeds: the point's first-seed run is the selection
+        if study.spec.sweep_seeds > 1:     # several sweep seeds: the point's first-seed run is the selection
+          pick = next((r for r in finite if r["hparams"] == pick["hparams"] and r["seed"] == study.spec.seeds[0]),
+                      pick)
         grown = extend_at_edges(study.spec.grids.get(run.method, {}), method_grid(study, out, *key),
                                 dict(pick["hparams"]), study.spec.extend_edges)
         if grown is None:
