@@ -454,6 +454,9 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
     metrics = [tuple(m) for m in report["metrics"]]
     lines += [summary_table(task, metrics, grouped, methods, reference=report.get("reference", "sft")), ""]
     lines += item_lines(task, report, grouped, items_by_run, methods) if items_by_run else []
+    if report.get("frontier"):           # the primary analysis of studies that declare one (study/frontier.py)
+      from grow_jax.study import frontier
+      lines += frontier.report_lines(task, report["frontier"], records, items_by_run, out_dir)
     if report.get("pareto"):
       x, y = (tuple(a) for a in report["pareto"])
       name = f"{task}_pareto.png"
