@@ -152,6 +152,25 @@ def matrix_markdown(cells: list[dict], argv: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+BASELINE = "paper_1b__g_freeze__v5e-16__no_remat_no_scan.json"
+
+
+def baseline_note(out: str) -> str:
+  """Why the paper configs ship with remat and scanned layers: the old defaults compiled for v5e-16
+  (`python -m grow_jax.aot --config=configs/paper_1b.py:mode=g_freeze,remat=none,scan=False --topology=v5e-16
+  --programs=train_step --json=<out>/BASELINE`)."""
+  path = os.path.join(out, BASELINE)
+  if not os.path.exists(path):
+    return ""
+  with open(path) as f:
+    report = json.load(f)
+  train = _train(report)
+  verdict = "fits" if report["fits"] else "does not fit: " + (train["error"] if train else "")
+  return (f"\nThe same G-Freeze cell with the old defaults (no remat, layers unrolled; `python -m grow_jax.aot "
+          f"--config=configs/paper_1b.py:mode=g_freeze,remat=none,scan=False --topology=v5e-16 "
+          f"--programs=train_step`, record `{BASELINE}`): {verdict}\n")
+
+
 def load_cells(out: str) -> list[dict]:
   cells = []
   for config in CONFIGS:
@@ -195,7 +214,7 @@ def main() -> int:
           os.replace(tmp, path)
   argv = "python experiments/aot_matrix.py --out=" + os.path.relpath(args.out, ROOT)
   with open(os.path.join(args.out, "matrix.md"), "w") as f:
-    f.write(matrix_markdown(load_cells(args.out), argv))
+    f.write(matrix_markdown(load_cells(args.out), argv) + baseline_note(args.out))
   return 0
 
 
