@@ -54,6 +54,10 @@ epochs (~13 sightings per fact), and storing arbitrary facts takes many more (Al
 per fact to reach 2 bits/parameter), so scores should keep rising well past 1000 steps. The train split grows
 linearly with `num_entities` (800 people: ~344k tokens, ~670 steps per epoch); the evaluation splits stay.
 
+Base Gemma 3 270M (experiments/results/fictional_facts_base.md; max_len 64): validation exact match 0.000
+(it echoes the question: "Yekax Krotrosk is"), multiple choice 0.225 (chance 0.25, 200 questions); test_unseen
+0.000 and 0.250.
+
 Deterministic and offline: Python's `random` seeded by `seed` (string seeds per record for the choices), no
 model, no download; the records are cached like the other offline tasks (grow_jax.data.cache), versioned by
 VERSION (bump it when any list or template below changes).
