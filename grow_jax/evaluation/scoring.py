@@ -268,16 +268,11 @@ def multiple_choice_requests(examples: Sequence[Any], target_delimiter: str = " 
 
 def multiple_choice_metrics(examples: Sequence[Any], scores: Sequence[float],
                             length_unit: str = "chars") -> Metrics:
-  """acc and acc_norm from the flattened per-choice log-likelihoods of `multiple_choice_requests`."""
-  acc, acc_norm, k = [], [], 0
-  for i, ex in enumerate(examples):
-    choices = list(example_field(ex, "choices", i, "multiple-choice"))
-    gold = _gold(ex, i, "multiple-choice", len(choices))
-    lls = np.asarray(scores[k:k + len(choices)], np.float64)
-    k += len(choices)
-    lengths = np.asarray([max(_length(c, length_unit), 1.0) for c in choices])
-    acc.append(float(np.argmax(lls) == gold))
-    acc_norm.append(float(np.argmax(lls / lengths) == gold))
+  """acc and acc_norm from the flattened per-choice log-likelihoods of `multiple_choice_requests`: the means of
+  `multiple_choice_items`' per-example outcomes."""
+  items = multiple_choice_items(examples, scores, length_unit)
+  acc = [float(item["acc"]) for item in items]
+  acc_norm = [float(item["acc_norm"]) for item in items]
   return {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm)), "num_examples": float(len(acc))}
 
 
