@@ -233,7 +233,7 @@ mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2, dcn_data=2))
 block, blocks = sharding.batch_blocks(mesh)
 rows = np.arange(8 * 3, dtype=np.int32).reshape(8, 3)[block * 4:(block + 1) * 4]   # this block of a global batch
 batch = sharding.global_batch({"tokens": rows}, mesh, accum=2)["tokens"]
-print(json.dumps({"data_process": [[d.process_index for d in m.flat] for m in mesh.devices],
+print("RESULT", json.dumps({"data_process": [[d.process_index for d in m.flat] for m in mesh.devices],
                   "block": [block, blocks],
                   "batch": multihost_utils.process_allgather(batch, tiled=True).tolist()}))
 """
@@ -257,7 +257,8 @@ def test_two_processes_as_two_nodes_data_crosses_them(tmp_path):
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   for i, (out, _) in enumerate(outs):
-    got = json.loads(out.strip().splitlines()[-1])
+    # gloo prints its own "[Gloo] Rank 0 is connected ..." lines to stdout, before or after ours
+    got = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
     assert got["data_process"] == [[0] * 4, [1] * 4]          # data index i: node (process) i
     assert got["block"] == [i, 2]
     # the global batch is the same rows whatever the process count: microbatch a holds rows a, a + 2, ...
