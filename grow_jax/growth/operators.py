@@ -147,6 +147,10 @@ def grow_mlp(config: ModelConfig, params: Params, *, factor: int = 2, layers=Non
 
 def _grow_config(config: ModelConfig, factor, layers) -> tuple[ModelConfig, tuple[int, ...]]:
   factor = _check_factor(factor)
+  if config.mlp_branch_tasks is not None:
+    from grow_jax.growth import tasks
+    raise ConfigError(f"grow_mlp: the model has task branches {list(tasks.task_names(config))}; grow one more "
+                      "with growth.tasks.grow_task (config.growth.task), which keeps each task switchable")
   layer_ids = parse_layers(layers, config.num_layers)
   if layer_ids is None:
     layer_ids = tuple(range(config.num_layers))
@@ -197,9 +201,9 @@ def merge_branches(config: ModelConfig, params: Params, *, uniform: bool = False
     widths = [width] * config.num_layers
   new_mlps = {i: _set_branches(params[f"layer_{i}"]["mlp"], [merged[i]]) for i in range(config.num_layers)}
   if len(set(widths)) == 1:
-    new_config = config.replace(hidden_dim=widths[0], mlp_branches=None)
+    new_config = config.replace(hidden_dim=widths[0], mlp_branches=None, mlp_branch_tasks=None)
   else:
-    new_config = config.replace(mlp_branches=tuple((w,) for w in widths))
+    new_config = config.replace(mlp_branches=tuple((w,) for w in widths), mlp_branch_tasks=None)
   return new_config, _with_layer_mlps(params, new_mlps)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Sequence
 
 from grow_jax.errors import ConfigError
@@ -42,6 +43,8 @@ REMAT_NAMES = ("none", "full", "dots", "dots_no_batch", "minimal", "save_dot_wit
 # Fields that say how the forward is computed, not what the model is: never serialised (`to_dict`), so
 # checkpoint meta, params files and HF exports are the same whatever they are set to.
 COMPUTE_FIELDS = ("remat", "scan_layers")
+# A task branch's name (ModelConfig.mlp_branch_tasks; growth/tasks.py).
+TASK_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 
@@ -74,6 +77,10 @@ class ModelConfig:
   # heads of its own, or K_j = 0: its queries read branch 0's kv heads (query head n of the branch uses kv
   # head n // (N_j / K)). None = no head branches anywhere.
   attn_branches: tuple[tuple[tuple[int, int], ...], ...] | None = None
+  # Task branches (growth/tasks.py): mlp_branch_tasks[i] = the task names of layer i's branches 1, 2, ... in the
+  # order they were grown (() for a layer with one branch), each a copy of branch 0 that took half of branch
+  # 0's share of the down projection. None = no branch carries a task name (grown by grow_mlp, or not grown).
+  mlp_branch_tasks: tuple[tuple[str, ...], ...] | None = None
   param_dtype: str = "float32"
   dtype: str = "float32"                    # compute dtype of activations
   max_position_embeddings: int = 32_768
@@ -112,6 +119,8 @@ class ModelConfig:
           raise ConfigError(f"ModelConfig.mlp_branches[{i}]={layer!r}: expected one or more positive widths")
     if self.attn_branches is not None:
       self._check_attn_branches()
+    if self.mlp_branch_tasks is not None:
+      self._check_mlp_branch_tasks()
     if self.remat not in REMAT_NAMES:
       raise ConfigError(f"ModelConfig.remat={self.remat!r}: expected one of {list(REMAT_NAMES)}")
     if not isinstance(self.scan_layers, bool):
@@ -136,6 +145,20 @@ class ModelConfig:
           raise ConfigError(f"ModelConfig.attn_branches[{i}][{j}]=({n}, {k}): expected N_j > 0 query heads, "
                             f"K_j >= 0 kv heads (0 = branch 0's {self.num_kv_heads}) dividing N_j")
 
+  def _check_mlp_branch_tasks(self) -> None:
+    tasks = tuple(tuple(layer) for layer in self.mlp_branch_tasks)
+    object.__setattr__(self, "mlp_branch_tasks", tasks)
+    if len(tasks) != self.num_layers:
+      raise ConfigError(f"ModelConfig.mlp_branch_tasks has {len(tasks)} layers, expected num_layers={self.num_layers}")
+    for i, names in enumerate(tasks):
+      grown = len(self.layer_mlp_branches(i)) - 1
+      if len(names) != grown:
+        raise ConfigError(f"ModelConfig.mlp_branch_tasks[{i}]={list(names)}: expected {grown} task name(s), one "
+                          f"per grown branch of mlp_branches[{i}]={self.layer_mlp_branches(i)}")
+      if any(not isinstance(n, str) or not TASK_NAME.fullmatch(n) for n in names) or len(set(names)) != len(names):
+        raise ConfigError(f"ModelConfig.mlp_branch_tasks[{i}]={list(names)}: expected distinct task names of "
+                          f"letters, digits, '_', '-' and '.' (at most 64)")
+
   # ---- derived per-layer facts -------------------------------------------------------------------
   def attention_type(self, layer: int) -> str:
     if self.attention_types is not None:
@@ -150,6 +173,19 @@ class ModelConfig:
   def layer_mlp_width(self, layer: int) -> int:
     """Total MLP width of a layer (all branches merged)."""
     return sum(self.layer_mlp_branches(layer))
+
+  def layer_branch_tasks(self, layer: int) -> tuple[str, ...] | None:
+    """The task names of layer `layer`'s grown MLP branches 1, 2, ... (None: they carry none)."""
+    if self.mlp_branch_tasks is None:
+      return None if len(self.layer_mlp_branches(layer)) > 1 else ()
+    return self.mlp_branch_tasks[layer]
+
+  def layer_mlp_sum_order(self, layer: int) -> tuple[int, ...]:
+    """The order the forward adds layer `layer`'s grown branches to branch 0: 1, 2, ..., or for task branches
+    the newest first (m, ..., 1), so that branch 0 + the newest task's copy is summed first and each task growth
+    is bit-exact (growth/tasks.py)."""
+    grown = range(1, len(self.layer_mlp_branches(layer)))
+    return tuple(reversed(grown)) if self.mlp_branch_tasks is not None else tuple(grown)
 
   def layer_attn_branches(self, layer: int) -> tuple[tuple[int, int], ...]:
     """((N, K), (N_1, K_1), ...): the layer's head branches, branch 0 the original heads."""
@@ -176,6 +212,10 @@ class ModelConfig:
     d = dataclasses.asdict(self)
     for key in COMPUTE_FIELDS:
       del d[key]
+    if d["mlp_branch_tasks"] is None:        # models without task branches serialise as they always have
+      del d["mlp_branch_tasks"]
+    else:
+      d["mlp_branch_tasks"] = [list(x) for x in d["mlp_branch_tasks"]]
     for key in ("attention_types", "mlp_branches"):
       if d[key] is not None:
         d[key] = [list(x) if isinstance(x, (tuple, list)) else x for x in d[key]]
@@ -196,6 +236,8 @@ class ModelConfig:
       d["mlp_branches"] = tuple(tuple(x) for x in d["mlp_branches"])
     if d.get("attn_branches") is not None:
       d["attn_branches"] = tuple(tuple(tuple(b) for b in layer) for layer in d["attn_branches"])
+    if d.get("mlp_branch_tasks") is not None:
+      d["mlp_branch_tasks"] = tuple(tuple(x) for x in d["mlp_branch_tasks"])
     return cls(**d)
 
   def to_json(self) -> str:

@@ -10,7 +10,8 @@ The computation follows Hugging Face `Gemma3ForCausalLM` (see tests/test_parity.
 Attention: q/k RMSNorm per head, RoPE (local layers base 10k with a sliding window; global layers base 1M,
 optionally linearly scaled), grouped-query attention, scaling query_pre_attn_scalar**-0.5.
 MLP: GeGLU with tanh-gelu, one branch per entry of `config.layer_mlp_branches(i)`, branch outputs summed
-in order ((b0 + b1) + b2) + ... — this is what makes growth bit-exact (see growth/operators.py). Attention
+in order ((b0 + b1) + b2) + ... — this is what makes growth bit-exact (see growth/operators.py); task branches
+(growth/tasks.py) newest first, ((b0 + b_m) + b_(m-1)) + ..., which keeps each task's growth bit-exact. Attention
 likewise: one head branch per entry of `config.layer_attn_branches(i)` (grown heads), outputs summed in order.
 """
 
@@ -237,8 +238,8 @@ class MLP(nn.Module):
     gating = self.param("gating_einsum", init, (2, widths[0], cfg.embed_dim), pdt)
     linear = self.param("linear", init, (widths[0], cfg.embed_dim), pdt)
     out = mlp_branch(x, gating, linear)
-    for j, width in enumerate(widths[1:], start=1):
-      out = out + MLPBranch(cfg.embed_dim, width, cfg.param_dtype, name=f"grown_{j}")(x)
+    for j in cfg.layer_mlp_sum_order(self.layer):
+      out = out + MLPBranch(cfg.embed_dim, widths[j], cfg.param_dtype, name=f"grown_{j}")(x)
     return out
 
 
