@@ -85,7 +85,7 @@ def _task(name, records_by_split, write=None):
       source = lambda split: cache.read_split(path, split)
     else:
       source = lambda split: records_by_split[split]
-    task_lib.register_task(name, overwrite=True)(lambda: task_lib.Task(
+    task_lib.register_task(name, replace=True)(lambda: task_lib.Task(
         name=name, splits=("train", "validation"), source=source, prompt=lambda r: r["q"],
         target=lambda r: r["a"], metrics=("exact_match",)))
     config.data.task = name

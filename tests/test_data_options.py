@@ -53,7 +53,7 @@ class CountingTokenizer:
 
 
 def test_the_config_has_a_slot_for_every_option_of_every_builtin_task():
-  builtin = [n for n in tasks.list_tasks() if tasks._factory(n).__module__.startswith("grow_jax.")]
+  builtin = [n for n in tasks.list_tasks() if tasks.TASKS.get(n).__module__.startswith("grow_jax.")]
   options = {o for n in builtin for o in tasks.task_options(n)}
   assert options == set(tasks.CONFIG_OPTIONS)
   assert set(config_lib.base_config().data.options) == set(tasks.CONFIG_OPTIONS)

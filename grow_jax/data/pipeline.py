@@ -21,7 +21,7 @@ import queue
 import threading
 from typing import Any, Callable, Iterator, Mapping
 
-from grow_jax.data import synthetic, tasks
+from grow_jax.data import staged as staged_copy, synthetic, tasks
 from grow_jax.errors import DataError
 
 
@@ -81,8 +81,7 @@ def use_config(config) -> None:
   own = {} if config.data.task == "synthetic" else {config.data.task: task_options(config, config.data.task)}
   tasks.use_run_data(staged, own)
   if staged:
-    from grow_jax.data import stage
-    stage.check_reads(staged, data_reads(config))
+    staged_copy.check_reads(staged, data_reads(config))
 
 
 def batch_iterator(config, split: str, *, batch_size: int, model_config, tokenizer=None, task: str | None = None,

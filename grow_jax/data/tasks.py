@@ -44,12 +44,15 @@ read the same data as its training.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 import logging
 import os
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from grow_jax.data import staged as staged_copy
+from grow_jax.data.registry import (CONFIG_OPTIONS, TASKS, build_task, check_options, full_options,  # noqa: F401
+                                     list_tasks, register_task, task_options)
+from grow_jax.data.staged import ENV_STAGED
 from grow_jax.errors import TaskError
 
 Record = Mapping[str, Any]
@@ -276,82 +279,6 @@ def _check_text(what: str, value: Any, *, allow_empty: bool) -> None:
     raise FieldError(f"{what} is empty")
 
 
-# -- registry ---------------------------------------------------------------------------------------------
-
-TaskFactory = Callable[..., Task]
-_REGISTRY: dict[str, TaskFactory] = {}
-
-
-def register_task(name: str, *, overwrite: bool = False) -> Callable[[TaskFactory], TaskFactory]:
-  """Decorator: registers `factory(**options) -> Task` under `name` (a duplicate name is an error unless
-  `overwrite`, for tasks defined in notebooks and tests)."""
-
-  def wrap(factory: TaskFactory) -> TaskFactory:
-    if name in _REGISTRY and _REGISTRY[name] is not factory and not overwrite:
-      raise TaskError(f"task {name!r} is already registered (by {_REGISTRY[name].__module__})")
-    _REGISTRY[name] = factory
-    return factory
-
-  return wrap
-
-
-def list_tasks() -> list[str]:
-  """Names of all registered tasks, sorted."""
-  _ensure_builtin_tasks()
-  return sorted(_REGISTRY)
-
-
-def task_options(name: str) -> list[str]:
-  """The keyword options `get_task(name, ...)` accepts."""
-  return list(inspect.signature(_factory(name)).parameters)
-
-
-# The task options a training config can set (`config.data.options`, grow_jax/train/config.py) and their types:
-# every keyword option of the built-in tasks. A config hands its task only the options that are set (not None).
-CONFIG_OPTIONS: dict[str, type] = {
-    "dataset": str, "config": str, "style": str, "with_support": bool, "shots": int,     # which data / format
-    "limit": int, "revision": str, "data_files": object, "streaming": bool,              # hub tasks' loading
-    "cache_dir": str, "data_dir": str,                                                   # where caches live
-    "num_problems": int, "seed": int, "packages": object, "heldout_packages": object,    # offline tasks' builds
-    "num_entities": int,
-}
-
-
-def check_options(name: str, options: Mapping[str, Any], *, field: str | None = None) -> None:
-  """Raises for an option task `name` does not take: one line naming the option, the task and its options
-  (`TaskError`; `ConfigError` naming `field`.<option> when `field` is given, e.g. 'config.data.options')."""
-  known = task_options(name)
-  unknown = [k for k in options if k not in known]
-  if not unknown:
-    return
-  key = unknown[0]
-  if field is not None:
-    from grow_jax.errors import ConfigError
-    raise ConfigError(f"{field}.{key}={options[key]!r}: task {name!r} does not take option {key!r}; "
-                      f"its options: {known}")
-  raise TaskError(f"task {name!r} does not take options {unknown}; its options: {known}")
-
-
-def full_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-  """Every option of task `name`: `options` with the task's defaults filled in (an unknown one: `TaskError`)."""
-  check_options(name, options)
-  bound = inspect.signature(_factory(name)).bind(**options)
-  bound.apply_defaults()
-  return dict(bound.arguments)
-
-
-def build_task(name: str, **options: Any) -> Task:
-  """The registered task `name` with `options`, reading its own source (never a staged copy).
-
-  Raises:
-    TaskError: unknown task (the message lists the known ones) or an option the task does not take.
-  """
-  factory = _factory(name)
-  check_options(name, options)
-  return factory(**options)
-
-
-ENV_STAGED = "GROW_JAX_STAGED_DATA"
 _run_data: dict[str, Any] = {"staged": None, "options": {}}
 
 
@@ -376,8 +303,7 @@ def open_task(name: str, options: Mapping[str, Any] | None = None, *, staged: st
   task = build_task(name, **options)
   if not staged:
     return task
-  from grow_jax.data import stage
-  return stage.staged_task(staged, name, task, options)
+  return staged_copy.staged_task(staged, name, task, options)
 
 
 def get_task(name: str, **options: Any) -> Task:
@@ -389,16 +315,3 @@ def get_task(name: str, **options: Any) -> Task:
     DataError: a staged copy in use that does not hold this task with these options.
   """
   return open_task(name, {**_run_data["options"].get(name, {}), **options}, staged=staged_root())
-
-
-def _factory(name: str) -> TaskFactory:
-  _ensure_builtin_tasks()
-  if name not in _REGISTRY:
-    raise TaskError(f"unknown task {name!r}; known tasks: {sorted(_REGISTRY)}")
-  return _REGISTRY[name]
-
-
-def _ensure_builtin_tasks() -> None:
-  """Imports the modules that register the built-in tasks (cheap: they import heavy libraries lazily)."""
-  from grow_jax.data import (arithmetic, capital_probes, fictional_facts, gettext_catalogs,  # noqa: F401
-                             knowledge_probe, paper_tasks, stdlib_text)

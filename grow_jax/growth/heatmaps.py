@@ -23,7 +23,7 @@ import numpy as np
 from grow_jax import errors, figures, files, tables
 from grow_jax.errors import ConfigError, GrowJaxError
 from grow_jax.growth import analysis
-from grow_jax.growth.plan import read_plan
+from grow_jax.growth.plan_file import read_plan
 
 PANELS = (("erank", "effective rank of ΔW"), ("rel", "‖ΔW‖_F / ‖W‖_F"))
 

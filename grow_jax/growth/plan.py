@@ -32,11 +32,11 @@ import numpy as np
 from grow_jax import errors, files
 from grow_jax.errors import ConfigError, GrowJaxError
 from grow_jax.growth import analysis
+from grow_jax.growth.plan_file import (FORMAT, SIGNATURE, check_model, model_signature, read_plan,  # noqa: F401
+                                      write_plan)
 from grow_jax.model.config import ModelConfig
 
 Params = dict[str, Any]
-FORMAT = "grow_jax.plan/1"
-SIGNATURE = ("vocab_size", "embed_dim", "hidden_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim")
 
 # ---- criteria: name -> (score of one layer's stats row, description) -------------------------------------
 Criterion = Callable[[Mapping[str, float]], float]
@@ -102,10 +102,6 @@ def choose(order: Sequence[int], per_layer: Sequence[int], total: int, *, num_la
   return sorted(chosen)
 
 
-def model_signature(config: ModelConfig) -> dict[str, int]:
-  return {k: int(getattr(config, k)) for k in SIGNATURE}
-
-
 def make_plan(config: ModelConfig, stats: Sequence[Mapping[str, float]], *, criterion: str = "update",
               num_layers: int | None = None, fraction: float | None = None, method: str = "g_freeze",
               factor: int = 2, pilot: Mapping[str, Any] | None = None, base: str | None = None) -> dict[str, Any]:
@@ -137,34 +133,6 @@ def layers_at(plan: Mapping[str, Any], *, fraction: float | None = None, num_lay
   if which == "random":
     return sorted(int(i) for i in np.random.default_rng(seed).choice(len(plan["order"]), n, replace=False))
   raise ConfigError(f"which={which!r}: expected 'top', 'bottom' or 'random'")
-
-
-# ---- files ---------------------------------------------------------------------------------------------
-def write_plan(plan: Mapping[str, Any], path: str) -> None:
-  files.write_text(path, json.dumps(plan, indent=1, sort_keys=True) + "\n")
-
-
-def read_plan(path: str, field: str = "plan") -> dict[str, Any]:
-  """A growth plan from its JSON file; one-line errors naming `field`."""
-  p = files.as_path(path)
-  if not p.exists():
-    raise ConfigError(f"{field}={path!r}: no such file (write one with python -m grow_jax.growth.plan)")
-  try:
-    plan = json.loads(p.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ConfigError(f"{field}={path!r}: not valid JSON ({e})") from None
-  if not isinstance(plan, dict) or plan.get("format") != FORMAT or not isinstance(plan.get("layers"), list):
-    found = plan.get("format") if isinstance(plan, dict) else type(plan).__name__
-    raise ConfigError(f"{field}={path!r}: not a growth plan (format {found!r}, expected {FORMAT!r} with 'layers')")
-  return plan
-
-
-def check_model(plan: Mapping[str, Any], config: ModelConfig, field: str = "plan") -> None:
-  """Raises ConfigError when the plan was made for another (ungrown) model than `config`."""
-  ours = model_signature(config)
-  diff = [f"{k}={plan['model'].get(k)!r} (this model {v})" for k, v in ours.items() if plan["model"].get(k) != v]
-  if diff:
-    raise ConfigError(f"{field}: the plan is for another model (base {plan.get('base')!r}): {', '.join(diff)}")
 
 
 # ---- agreement -----------------------------------------------------------------------------------------

@@ -307,7 +307,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   if config.growth.plan:
     _need(str(config.growth.layers).strip() in ("", "all"), "growth.layers", config.growth.layers,
           f"'all' when growth.plan={config.growth.plan!r} is set (the plan's layers are grown)")
-    from grow_jax.growth import plan as plan_lib
+    from grow_jax.growth import plan_file as plan_lib
     plan_lib.read_plan(config.growth.plan, field="config.growth.plan")    # readable, a plan
   _need(config.growth.noise_scale >= 0 and _finite_number(config.growth.noise_scale), "growth.noise_scale",
         config.growth.noise_scale, "a finite float >= 0")
@@ -400,7 +400,7 @@ def growth_layers_spec(config) -> str:
   (read, not checked against a model: train/setup.py `growth_layers` does that)."""
   if not config.growth.plan:
     return config.growth.layers
-  from grow_jax.growth import plan as plan_lib
+  from grow_jax.growth import plan_file as plan_lib
   return ",".join(str(i) for i in plan_lib.read_plan(config.growth.plan, field="config.growth.plan")["layers"])
 
 

@@ -53,7 +53,7 @@ def growth_layers(config, base: ModelConfig):
   """config.growth.layers (or the layers of config.growth.plan, whose model must be `base`) checked against
   the model's depth (None = all layers)."""
   if config.growth.plan:
-    from grow_jax.growth import plan as plan_lib
+    from grow_jax.growth import plan_file as plan_lib
     plan = plan_lib.read_plan(config.growth.plan, field="config.growth.plan")
     plan_lib.check_model(plan, base, field="config.growth.plan")
     return parse_layers(plan["layers"], base.num_layers, field=f"config.growth.plan={config.growth.plan!r} layers")
