@@ -4,10 +4,13 @@ r"""Evaluate a model on named evaluations; print a table and write {evaluation: 
   python -m grow_jax.evaluate --checkpoint=/path/to/workdir --tokenizer=gemma3-270m --tasks=... --out=r.json
   python -m grow_jax.evaluate --checkpoint=random:tiny --tokenizer=bytes --tasks=smoke_ppl    # plumbing check
   python -m grow_jax.evaluate --checkpoint=gemma3-270m --tasks=capitals_gen:test --items=items.jsonl.gz
+  python -m grow_jax.evaluate --checkpoint=gemma3-270m --deltas=fr.delta,facts.delta --active_tasks=fr --tasks=...
 
 --checkpoint is a trainer workdir (its newest readable checkpoint, the trained method's params as the forward
 sees them, e.g. LoRA merged) or a model source (`grow_jax.formats.load_checkpoint`: 'gemma3-270m', 'hf:<dir>',
-'gguf:<file>', 'random:<preset>'). --tasks are entries of the one evaluation registry the trainer uses too
+'gguf:<file>', 'random:<preset>') or a grow_jax params file (`*.safetensors`); --deltas are delta files of task
+branches applied to it in growth order and --active_tasks chooses the task branches switched on (docs/method.md,
+"Task branches and deltas"). --tasks are entries of the one evaluation registry the trainer uses too
 (grow_jax/evaluation/registry.py): the smoke_* sanity tasks or any grow_jax.data task as 'task' or 'task:split'.
 Tasks that compute KL(base ‖ model) need --base. --items writes every evaluation's per-item records (predictions,
 per-item scores, log-likelihoods, per-text NLL; grow_jax/evaluation/items.py) as JSON lines, gzip'd when the name
@@ -31,14 +34,22 @@ from grow_jax.evaluation import evaluator, items as item_records, registry
 _FLAGS_DEFINED = False
 
 
-def load_for_eval(path: str):
-  """(config, params) of what --checkpoint names: a trainer workdir or a model source."""
+def load_for_eval(path: str, deltas: Sequence[str] = (), active_tasks: str | None = None):
+  """(config, params) of what --checkpoint names: a trainer workdir, a model source or a grow_jax params file
+  (`*.safetensors`), then `deltas` (delta files) applied in order and only `active_tasks` switched on
+  (growth.tasks.parse_active's forms; None: every task as trained)."""
+  from grow_jax.formats import delta as delta_lib
+  from grow_jax.growth import tasks as task_lib
+  active = task_lib.parse_active(active_tasks)
   if files.as_path(path).is_dir() and not path.startswith(("hf:", "gguf:")):
     from grow_jax.train.checkpointing import load_trained_params
     config, params, meta = load_trained_params(path)
     logging.info("restored %s at step %s (method %s)", path, meta.get("step"), meta["method"]["name"])
-    return config, params
-  return formats.load_checkpoint(path)
+  else:
+    config, params = delta_lib.load_with_deltas(path, [])
+  for delta in deltas:
+    config, params = delta_lib.apply_delta(config, params, delta)
+  return task_lib.select_tasks(config, params, active)
 
 
 class ByteTokenizer:
@@ -63,7 +74,8 @@ def load_tokenizer_for_eval(source: str):
 
 def run(checkpoint: str, tasks: Sequence[str], *, out: str | None = None, tokenizer: str | None = None,
         base: str | None = None, limit: int | None = None, batch_size: int = 8, max_len: int = 512,
-        cache_dir: str | None = None, items: str | None = None) -> dict[str, dict[str, Any]]:
+        cache_dir: str | None = None, items: str | None = None, deltas: Sequence[str] = (),
+        active_tasks: str | None = None) -> dict[str, dict[str, Any]]:
   """Load the model, build the evaluations, score, print a table and write JSON (if `out`) and the per-item
   records (if `items`: {evaluation name: records}, `items.write_items`)."""
   if not tasks:
@@ -75,7 +87,7 @@ def run(checkpoint: str, tasks: Sequence[str], *, out: str | None = None, tokeni
     if is_workdir or checkpoint.startswith("random:"):
       raise ConfigError(f"--checkpoint={checkpoint!r} names no tokenizer: pass --tokenizer")
     tokenizer = checkpoint
-  config, params = load_for_eval(checkpoint)
+  config, params = load_for_eval(checkpoint, deltas, active_tasks)
   ctx = registry.EvalContext(
       config, tokenizer=load_tokenizer_for_eval(tokenizer), limit=limit, batch_size=batch_size, max_len=max_len,
       cache_dir=cache_dir, base_model=(lambda: load_for_eval(base)) if base else None,
@@ -123,6 +135,9 @@ def define_flags():
   flags.DEFINE_integer("batch_size", 8, "Sequences per batch.")
   flags.DEFINE_integer("max_len", 512, "Longest scored sequence; longer inputs lose tokens on the left.")
   flags.DEFINE_string("cache_dir", None, "Directory for the KL base cache (default: memory only).")
+  flags.DEFINE_list("deltas", [], "Delta files (grow_jax.formats.delta) applied to --checkpoint, in growth order.")
+  flags.DEFINE_string("active_tasks", None, "Task branches switched on: 'A,B', 'none' (the base model) or "
+                      "'A=1,B=0.5' (scales); default every task as trained.")
   flags.mark_flag_as_required("checkpoint")
 
 
@@ -134,7 +149,8 @@ def main(argv):
   runtime.enable_compilation_cache()
   try:
     run(f.checkpoint, f.tasks, out=f.out, tokenizer=f.tokenizer, base=f.base, limit=f.limit,
-        batch_size=f.batch_size, max_len=f.max_len, cache_dir=f.cache_dir, items=f.items)
+        batch_size=f.batch_size, max_len=f.max_len, cache_dir=f.cache_dir, items=f.items, deltas=f.deltas,
+        active_tasks=f.active_tasks)
   except GrowJaxError as e:
     errors.print_error("grow_jax.evaluate", e)
     sys.exit(1)

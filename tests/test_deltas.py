@@ -112,3 +112,23 @@ def test_a_source_loads_with_its_deltas(stages, tmp_path):
   assert_same_params(params, stages["ab_params"])
   with pytest.raises(ConfigError, match=r"task 'B'\) extends base"):
     delta_lib.load_with_deltas(str(tmp_path / "base.safetensors"), [tmp_path / "b.delta"])
+
+
+def test_evaluate_applies_deltas_and_chooses_the_active_tasks(stages, tmp_path):
+  """grow_jax.evaluate --deltas=a,b --active_tasks=A scores A's model; 'none' the base; a bad spec is one line."""
+  from grow_jax import evaluate
+  params_file.save_params_file(tmp_path / "base.safetensors", SMALL, stages["base"])
+  params_file.save_params_file(tmp_path / "a.safetensors", stages["a_config"], stages["a_params"])
+  for task in ("A", "B"):
+    delta_lib.save_delta(tmp_path / f"{task}.delta", stages["ab_config"], stages["ab_params"], task)
+  deltas = [str(tmp_path / "A.delta"), str(tmp_path / "B.delta")]
+
+  def ppl(checkpoint, **kw):
+    return evaluate.run(checkpoint, ["smoke_ppl"], tokenizer="bytes", max_len=32, **kw)["smoke_ppl"]["perplexity"]
+
+  base = str(tmp_path / "base.safetensors")
+  assert ppl(base, deltas=deltas, active_tasks="A") == ppl(str(tmp_path / "a.safetensors"))
+  assert ppl(base, deltas=deltas, active_tasks="none") == ppl(base)
+  assert ppl(base, deltas=deltas) != ppl(base, deltas=deltas, active_tasks="A=1,B=0.5")
+  with pytest.raises(ConfigError, match=r"--active_tasks='A=x': expected 'none', 'A,B' or 'A=<scale>,B=<scale>'"):
+    ppl(base, deltas=deltas, active_tasks="A=x")

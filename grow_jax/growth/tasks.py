@@ -191,6 +191,30 @@ def task_scales(config: ModelConfig, active: Iterable[str] | Mapping[str, float]
   return {n: 1.0 if n in active else 0.0 for n in names}
 
 
+def parse_active(spec: str | None, field: str = "--active_tasks") -> list[str] | dict[str, float] | None:
+  """A command line's active tasks: '' (every task as trained) -> None; 'none' -> [] (the base model);
+  'A,B' -> ['A', 'B']; 'A=1,B=0.5' -> {'A': 1.0, 'B': 0.5} (unlisted tasks stay as trained)."""
+  spec = (spec or "").strip()
+  if not spec:
+    return None
+  if spec == "none":
+    return []
+  parts = [p.strip() for p in spec.split(",") if p.strip()]
+  if not any("=" in p for p in parts):
+    return parts
+  out = {}
+  for p in parts:
+    name, sep, value = p.partition("=")
+    try:
+      out[name.strip()] = float(value)
+    except ValueError:
+      sep = ""
+    if not sep:
+      raise ConfigError(f"{field}={spec!r}: expected 'none', 'A,B' or 'A=<scale>,B=<scale>' (scale a number: "
+                        "0 off, 1 as trained)")
+  return out
+
+
 def select_tasks(config: ModelConfig, params: Params, active: Iterable[str] | Mapping[str, float] | None = None, *,
                  base_params: Params | None = None) -> tuple[ModelConfig, Params]:
   """The model with only the `active` tasks' branches on (see the module docstring for the rule): a list of task
@@ -242,4 +266,4 @@ def select_tasks(config: ModelConfig, params: Params, active: Iterable[str] | Ma
 
 
 __all__ = ["task_names", "task_layers", "describe", "name_task", "grow_task", "grow_task_config", "task_scales",
-           "select_tasks", "check_task_names"]
+           "parse_active", "select_tasks", "check_task_names"]
