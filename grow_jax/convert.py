@@ -1,44 +1,122 @@
-r"""Convert a checkpoint to a Hugging Face directory, optionally growing its MLPs first.
+r"""Convert a checkpoint to a Hugging Face directory or a llama.cpp GGUF file, optionally growing its MLPs first.
 
   python -m grow_jax.convert --src=gemma3-270m --dst=hf:/tmp/gemma3-270m-hf
   python -m grow_jax.convert --src=hf:/path/in --dst=hf:/path/out --grow_factor=2 --grow_layers=0,3,5
+  python -m grow_jax.convert --src=/path/to/workdir --dst=gguf:/tmp/grown.gguf --dtype=q8_0
 
---src takes any `formats.load_checkpoint` source; --dst must be 'hf:<dir>'. The tokenizer of the source is
-saved alongside (--notokenizer to skip; a source without tokenizer files converts the weights and says so). A grown model is exported as a standard Gemma 3 whose MLPs are wider
-(the branches merged: the same function), so any Gemma 3 runtime can load it.
+--src takes any `formats.load_checkpoint` source or a trainer workdir (its newest readable checkpoint, as the
+forward sees it: LoRA merged). --dst is 'hf:<dir>' or 'gguf:<file>'. A grown model is exported as a standard
+Gemma 3 whose MLPs are wider (the branches merged, layers zero-padded to one width: the same function), so
+any Gemma 3 runtime can load it. --dtype: f32, f16, bf16 (both destinations) or q8_0 (GGUF only); default:
+the params' dtype for HF, f32 for GGUF. The path is load -> grow -> export (`convert`): a step that changes
+the model before it is written (e.g. choosing active tasks) goes between the last two.
+
+The tokenizer comes from --tokenizer_src (default: --src; for a workdir, the run's data.tokenizer or init
+source). HF: saved alongside (--notokenizer to skip; a source without tokenizer files converts the weights
+and says so). GGUF: llama.cpp needs the vocabulary in the file, copied from a GGUF source (the packaged
+'gemma3-270m' or 'gguf:<file>'). An existing destination is replaced only with --overwrite; files are
+written under a temporary name and renamed, so a failed run leaves nothing half-written.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 from absl import app, flags, logging
 
-from grow_jax import errors, formats
+from grow_jax import errors, files, formats
 from grow_jax.growth import operators as growth
 from grow_jax.model.config import count_params, parse_layers
 from grow_jax.errors import CheckpointError, ConfigError, GrowJaxError
 
-_SRC = flags.DEFINE_string("src", None, "Checkpoint source: 'hf:<dir>', 'gguf:<file>' or 'gemma3-270m'.")
-_DST = flags.DEFINE_string("dst", None, "Destination: 'hf:<dir>'.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty destination directory.")
-_TOKENIZER = flags.DEFINE_bool("tokenizer", True, "Save the source's tokenizer alongside the weights.")
+_SRC = flags.DEFINE_string("src", None, "Checkpoint source: 'hf:<dir>', 'gguf:<file>', 'gemma3-270m', "
+                           "'random:<preset>' or a trainer workdir.")
+_DST = flags.DEFINE_string("dst", None, "Destination: 'hf:<dir>' or 'gguf:<file>'.")
+_DTYPE = flags.DEFINE_string("dtype", None, "Weights' type: f32, f16, bf16, or q8_0 (GGUF only); default: the "
+                             "params' dtype (HF), f32 (GGUF).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing destination (a non-empty directory, a file).")
+_TOKENIZER = flags.DEFINE_bool("tokenizer", True, "Save the source's tokenizer alongside the weights (HF).")
+_TOKENIZER_SRC = flags.DEFINE_string("tokenizer_src", None, "Where the tokenizer comes from (default: --src; for "
+                                     "a workdir, its run's tokenizer or init source).")
 _GROW_FACTOR = flags.DEFINE_integer("grow_factor", 1, "MLP growth factor k (1 = no growth; the paper uses 2).")
 _GROW_LAYERS = flags.DEFINE_string("grow_layers", "all", "Layers to grow: 'all' or comma-separated indices.")
 _CACHE = flags.DEFINE_string("cache_dir", None, "Cache directory (default $GROW_JAX_CACHE or ~/.cache/grow_jax).")
 
+DESTINATIONS = ("hf", "gguf")
+_HF_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+
+
+def parse_destination(dst: str, dtype: str | None) -> tuple[str, str, str | None]:
+  """(kind, path, dtype) of --dst / --dtype, checked before any work."""
+  from grow_jax.formats.gguf_export import DTYPES
+  kind, sep, path = (dst or "").partition(":")
+  if not sep or kind not in DESTINATIONS or not path:
+    raise CheckpointError(f"--dst={dst!r}: expected 'hf:<dir>' or 'gguf:<file>'")
+  if dtype:
+    dtype = dtype.lower()
+    allowed = sorted(DTYPES) if kind == "gguf" else sorted(_HF_DTYPES)
+    if dtype not in allowed:
+      raise ConfigError(f"--dtype={dtype!r}: expected one of {allowed} for a {kind} destination")
+  return kind, path, dtype
+
+
+def is_workdir(src: str) -> bool:
+  return not src.startswith(("hf:", "gguf:", "random:")) and files.as_path(src).is_dir()
+
+
+def load_model(src: str, *, cache: str | None = None):
+  """(config, params) of --src: a trainer workdir (params as the forward takes them) or a model source."""
+  if is_workdir(src):
+    from grow_jax.train.checkpointing import load_trained_params
+    config, params, meta = load_trained_params(src)
+    logging.info("restored %s at step %s (method %s)", src, meta.get("step"), meta["method"]["name"])
+    return config, params
+  return formats.load_checkpoint(src, cache=cache)
+
+
+def tokenizer_source(src: str, tokenizer_src: str | None) -> str | None:
+  """--tokenizer_src, else --src, else (a workdir) the run's data.tokenizer or init source; None if none."""
+  if tokenizer_src:
+    return tokenizer_src
+  if not is_workdir(src):
+    return src
+  from grow_jax.train.trained import run_config
+  run = run_config(src)
+  return run.get("data", {}).get("tokenizer") or run.get("init", {}).get("source") or None
+
+
+def gguf_vocab(source: str | None, *, cache: str | None = None):
+  """The vocabulary a GGUF export copies: every tokenizer key of the GGUF file `source` names."""
+  from grow_jax.formats import gguf_export
+  if not source:
+    raise ConfigError("--dst=gguf:...: the source names no tokenizer and llama.cpp needs the vocabulary in the "
+                      "file; pass --tokenizer_src=gemma3-270m (or gguf:<file>)")
+  parsed = formats.parse_source(source, cache=cache)
+  if parsed.kind != "gguf":
+    raise ConfigError(f"--tokenizer_src={source!r} is a {parsed.kind} source; a GGUF export copies the vocabulary "
+                      "from a GGUF source: pass --tokenizer_src=gemma3-270m (or gguf:<file>)")
+  return gguf_export.vocab_from_gguf(parsed.path)
+
 
 def convert(src: str, dst: str, *, overwrite: bool = False, tokenizer: bool = True, grow_factor: int = 1,
-            grow_layers: str | None = "all", cache: str | None = None):
-  """The command's work as a function: load `src`, optionally grow, save to `dst` ('hf:<dir>')."""
-  kind, sep, out_dir = dst.partition(":")
-  if not sep or kind != "hf" or not out_dir:
-    raise CheckpointError(f"--dst={dst!r}: expected 'hf:<dir>'")
+            grow_layers: str | None = "all", cache: str | None = None, dtype: str | None = None,
+            tokenizer_src: str | None = None):
+  """The command's work as a function: load `src`, optionally grow, write `dst` ('hf:<dir>' or 'gguf:<file>')."""
+  kind, out, dtype = parse_destination(dst, dtype)
   if grow_factor < 1:
     raise ConfigError(f"--grow_factor={grow_factor}: expected an integer >= 1")
+  if kind == "gguf":
+    if not tokenizer:
+      raise ConfigError("--notokenizer with --dst=gguf:...: llama.cpp needs the vocabulary in the file")
+    path = files.as_path(out)
+    if path.exists() and not overwrite:
+      raise CheckpointError(f"--dst={dst!r}: {out!r} exists; pass --overwrite to replace it")
+    files.check_writable(os.path.dirname(os.path.abspath(os.path.expanduser(out))), "--dst directory")
+    vocab = gguf_vocab(tokenizer_source(src, tokenizer_src), cache=cache)   # before the (slow) weights
   start = time.time()
-  config, params = formats.load_checkpoint(src, cache=cache)
+  config, params = load_model(src, cache=cache)
   logging.info("loaded %s: %d layers, %.1fM params in %.1f s", src, config.num_layers,
                count_params(config) / 1e6, time.time() - start)
   if grow_factor > 1:
@@ -46,15 +124,29 @@ def convert(src: str, dst: str, *, overwrite: bool = False, tokenizer: bool = Tr
     config, params = growth.grow_mlp(config, params, factor=grow_factor, layers=layers)
     logging.info("grew MLPs by %d in layers %s: %.1fM params", grow_factor, "all" if layers is None else layers,
                  count_params(config) / 1e6)
+  # The model is final here: a step that changes it before export (active tasks) belongs on this line.
+  if kind == "gguf":
+    from grow_jax.formats import gguf_export
+    path = gguf_export.save_gguf(config, params, out, vocab=vocab, dtype=dtype or "f32", overwrite=overwrite,
+                                 name=f"{os.path.basename(src.rstrip('/')) or src} (grow_jax)")
+    logging.info("wrote %s (%.1f MB) in %.1f s total", path, path.stat().st_size / 1e6, time.time() - start)
+    return path
+  if dtype:
+    from grow_jax.formats import hf_format
+    config = config.replace(param_dtype=_HF_DTYPES[dtype])
+    params = hf_format.cast_params(params, _HF_DTYPES[dtype])
   tok = None
   if tokenizer:
     from grow_jax.model.tokenizer import load_tokenizer
     try:
-      tok = load_tokenizer(src, cache=cache)
+      source = tokenizer_source(src, tokenizer_src)
+      if source is None:
+        raise CheckpointError(f"--src={src!r} names no tokenizer (pass --tokenizer_src)")
+      tok = load_tokenizer(source, cache=cache)
     except CheckpointError as e:
       logging.warning("tokenizer skipped (the weights are converted without it): %s", e)
       print(f"grow_jax.convert: tokenizer skipped: {e}", file=sys.stderr, flush=True)
-  path = formats.save_hf(config, params, out_dir, tokenizer=tok, overwrite=overwrite)
+  path = formats.save_hf(config, params, out, tokenizer=tok, overwrite=overwrite)
   logging.info("wrote %s in %.1f s total", path, time.time() - start)
   return path
 
@@ -64,7 +156,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   try:
     path = convert(_SRC.value, _DST.value, overwrite=_OVERWRITE.value, tokenizer=_TOKENIZER.value,
-                   grow_factor=_GROW_FACTOR.value, grow_layers=_GROW_LAYERS.value, cache=_CACHE.value)
+                   grow_factor=_GROW_FACTOR.value, grow_layers=_GROW_LAYERS.value, cache=_CACHE.value,
+                   dtype=_DTYPE.value, tokenizer_src=_TOKENIZER_SRC.value)
   except GrowJaxError as e:
     errors.print_error("grow_jax.convert", e)
     sys.exit(1)
