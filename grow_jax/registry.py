@@ -41,12 +41,16 @@ class Registry(Generic[T]):
     kind: what an entry is, for messages ('method', 'task', 'evaluation').
     package: the package whose modules define the built-in entries (imported on first lookup).
     error: the exception type raised for a duplicate or an unknown name (a GrowJaxError subclass).
+    origin: entry -> the object whose module and qualified name say where the entry was defined (default: the
+      entry itself; e.g. the factory of an entry that wraps one).
   """
 
-  def __init__(self, kind: str, package: str, *, error: type[Exception] = RegistryError):
+  def __init__(self, kind: str, package: str, *, error: type[Exception] = RegistryError,
+               origin: Callable[[T], object] = lambda entry: entry):
     self.kind = kind
     self.package = package
     self.error = error
+    self.origin = origin
     self._entries: dict[str, T] = {}
     self._discovered = False
     self._discovering = False
@@ -56,12 +60,12 @@ class Registry(Generic[T]):
     """Registers `entry` under `name` and returns it (see the module docstring for the duplicate rule)."""
     if not isinstance(name, str) or not name:
       raise self.error(f"{self.kind} name {name!r}: expected a non-empty string")
-    if not _defined_in(entry, self.package):
+    if not _defined_in(self.origin(entry), self.package):
       self.discover()
     old = self._entries.get(name)
-    if old is not None and not replace and not _same_definition(old, entry):
-      raise self.error(f"{self.kind} {name!r} is already registered (by {_origin(old)}); pass replace=True "
-                       "to replace it")
+    if old is not None and not replace and not _same_definition(self.origin(old), self.origin(entry)):
+      raise self.error(f"{self.kind} {name!r} is already registered (by {_origin(self.origin(old))}); pass "
+                       "replace=True to replace it")
     self._entries[name] = entry
     return entry
 
@@ -126,7 +130,8 @@ def _same_definition(a: object, b: object) -> bool:
   if a is b:
     return True
   qualname = getattr(a, "__qualname__", None)
-  return qualname is not None and qualname == getattr(b, "__qualname__", None) and _module_of(a) == _module_of(b)
+  return (qualname is not None and "<lambda>" not in qualname and qualname == getattr(b, "__qualname__", None)
+          and _module_of(a) == _module_of(b))
 
 
 def _origin(entry: object) -> str:

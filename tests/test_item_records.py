@@ -166,8 +166,11 @@ def test_an_eval_context_with_items_returns_scored_results(params, monkeypatch):
   result = registry.build("smoke_ppl", ctx)(params)
   assert isinstance(result, items.Scored) and len(result.items) == 2
   assert result.metrics == registry.build("smoke_ppl", registry.EvalContext(CONFIG, tokenizer=TOK, limit=2, **KW))(params)
-  monkeypatch.setitem(registry._REGISTRY, "metrics_only", lambda ctx, split: lambda p: {"loss": 1.0})
-  assert registry.build("metrics_only", ctx)(params) == items.Scored({"loss": 1.0}, [])   # no items to give
+  registry.register("metrics_only")(lambda ctx, split: lambda p: {"loss": 1.0})
+  try:
+    assert registry.build("metrics_only", ctx)(params) == items.Scored({"loss": 1.0}, [])   # no items to give
+  finally:
+    registry.EVALUATIONS.remove("metrics_only")
 
 
 def test_the_cli_writes_the_items_it_scored(tmp_path):

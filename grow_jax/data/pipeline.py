@@ -21,7 +21,7 @@ import queue
 import threading
 from typing import Any, Callable, Iterator, Mapping
 
-from grow_jax.data import staged as staged_copy, synthetic, tasks
+from grow_jax.data import staged as staged_copy, tasks
 from grow_jax.errors import DataError
 
 
@@ -49,7 +49,7 @@ def data_reads(config) -> dict[str, tuple[dict[str, Any], list[str]]]:
   known = tasks.list_tasks()
 
   def add(name: str, split: str) -> None:
-    if name == "synthetic" or name not in known:
+    if name not in known or not tasks.build_task(name).needs_tokenizer:   # token batches: no records read
       return
     splits = reads.setdefault(name, (task_options(config, name), []))[1]
     if split not in splits:
@@ -63,9 +63,22 @@ def data_reads(config) -> dict[str, tuple[dict[str, Any], list[str]]]:
     elif name in known:
       add(name, split or config.eval.split or _default_split(name, task_options(config, name)))
   if methods.method_class(config.train.mode).needs_reference_data:
-    add(config.train.reference_task or ("synthetic" if config.data.task == "synthetic" else "stdlib_text"),
-        config.data.eval_split)
+    add(reference_task(config), config.data.eval_split)
   return reads
+
+
+def reference_task(config) -> str:
+  """The original-domain text a method's reference batches come from (EWC's Fisher): `train.reference_task`,
+  else general English prose (stdlib_text), or the training task itself when it needs no tokenizer (synthetic)."""
+  if config.train.reference_task:
+    return config.train.reference_task
+  return "stdlib_text" if tasks.build_task(config.data.task).needs_tokenizer else config.data.task
+
+
+def needs_tokenizer(config) -> bool:
+  """Whether a run of `config` reads text for its training data or its reference batches (the evaluations
+  declare their own needs: evaluation.registry.needs_tokenizer)."""
+  return any(tasks.build_task(name).needs_tokenizer for name in (config.data.task, reference_task(config)))
 
 
 def _default_split(name: str, options: Mapping[str, Any]) -> str:
@@ -78,7 +91,7 @@ def use_config(config) -> None:
   `config.data.options` wherever it is named (training, heldout loss, evaluations), and every task from the
   staged copy, if one is set, which is checked here to hold all that `data_reads(config)` lists."""
   staged = staged_dir(config)
-  own = {} if config.data.task == "synthetic" else {config.data.task: task_options(config, config.data.task)}
+  own = {config.data.task: task_options(config, config.data.task)}
   tasks.use_run_data(staged, own)
   if staged:
     staged_copy.check_reads(staged, data_reads(config))
@@ -94,23 +107,22 @@ def batch_iterator(config, split: str, *, batch_size: int, model_config, tokeniz
   """
   task = task or config.data.task
   seed = config.seed if seed is None else seed
-  if task == "synthetic":
+  source = tasks.open_task(task, task_options(config, task), staged=staged_dir(config))
+  if source.batches is not None:     # a task that makes its token batches itself (synthetic)
     n = config.data.num_examples
     if finite:
       n = max_examples if max_examples else n
-    source = synthetic.SyntheticSource(
-        split=split, global_batch_size=batch_size, seq_len=config.data.seq_len, vocab_size=model_config.vocab_size,
-        seed=seed, packing=config.data.packing, num_examples=n, process_index=process_index,
-        process_count=process_count, bos_id=model_config.bos_token_id, eos_id=model_config.eos_token_id)
+    made = source.batches(split, batch_size=batch_size, seq_len=config.data.seq_len, model_config=model_config,
+                          seed=seed, packing=config.data.packing, num_examples=n, process_index=process_index,
+                          process_count=process_count)
     if finite:
       rows = n if n > 0 else batch_size
-      return _take(source, -(-rows // batch_size))
-    return source
+      return _take(made, -(-rows // batch_size))
+    return made
   from grow_jax import data
   limit = max_examples if max_examples and max_examples > 0 else None
   if not finite and config.data.num_examples > 0:
     limit = config.data.num_examples
-  source = tasks.open_task(task, task_options(config, task), staged=staged_dir(config))
   examples = source.examples(split, limit=limit)
   sequences, _ = data.tokenize_examples(examples, tokenizer, config.data.seq_len, on_overflow="skip")
   if not sequences:

@@ -58,6 +58,8 @@ def check_options(name: str, options: Mapping[str, Any], *, field: str | None = 
   if not unknown:
     return
   key = unknown[0]
+  if field is not None and not known:
+    raise ConfigError(f"{field}.{key}={options[key]!r}: task {name!r} takes no options")
   if field is not None:
     raise ConfigError(f"{field}.{key}={options[key]!r}: task {name!r} does not take option {key!r}; "
                       f"its options: {known}")

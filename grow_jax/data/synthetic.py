@@ -13,6 +13,9 @@ Batches are dicts of numpy arrays, one row per sequence (B = this process's shar
 
 Determinism: row `g` (global index) of the stream depends only on (seed, split, g), so the global batch is
 the same whatever the number of processes, and `restore(state())` continues exactly.
+
+It is the registered task 'synthetic' (`config.data.task`, the default): a `Task` that makes its token batches
+itself (`Task.batches`), so it needs no tokenizer, and has no records to stage and no options.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from grow_jax.errors import DataError
+from grow_jax.data.tasks import Task, register_task
+from grow_jax.errors import DataError, TaskError
 
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 BATCH_KEYS = ("tokens", "loss_mask", "positions", "segment_ids", "input_mask")   # as grow_jax.data
@@ -114,3 +118,27 @@ class SyntheticSource:
       row["segment_ids"][sl] = segment
       fill += n
     return row
+
+
+# ---- the registered task ---------------------------------------------------------------------------------------
+NAME = "synthetic"
+
+
+def batches(split: str, *, batch_size: int, seq_len: int, model_config, seed: int, packing: bool, num_examples: int,
+            process_index: int = 0, process_count: int = 1) -> SyntheticSource:
+  """`Task.batches` of the synthetic task: this process's batches of `split`."""
+  return SyntheticSource(split=split, global_batch_size=batch_size, seq_len=seq_len,
+                         vocab_size=model_config.vocab_size, seed=seed, packing=packing, num_examples=num_examples,
+                         process_index=process_index, process_count=process_count,
+                         bos_id=model_config.bos_token_id, eos_id=model_config.eos_token_id)
+
+
+def _no_records(record_or_split):
+  raise TaskError(f"task {NAME!r} makes token batches itself (Task.batches); it has no text records")
+
+
+@register_task(NAME)
+def synthetic_task() -> Task:
+  return Task(name=NAME, splits=tuple(_SPLIT_IDS), source=_no_records, prompt=_no_records, target=_no_records,
+              metrics=(), batches=batches,
+              description="a synthetic permutation task made as token ids (tests, plumbing; no tokenizer)")

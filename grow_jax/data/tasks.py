@@ -136,6 +136,10 @@ class Task:
     generation: for tasks scored by generation with their own decoding settings: the options of
       grow_jax.evaluation's 'generation' evaluator ({"metrics": (...), "max_new_tokens": n, "stop": (...)});
       its metrics must be among `metrics`.
+    batches: for a task that makes token batches itself instead of text records (the synthetic task):
+      `batches(split, *, batch_size, seq_len, model_config, seed, packing, num_examples, process_index,
+      process_count)` -> an iterator of batches with `state()` / `restore()` (the `BatchIterator` interface).
+      Such a task needs no tokenizer, has no records to stage, and no evaluation scores it.
   """
 
   name: str
@@ -152,6 +156,7 @@ class Task:
   description: str = ""
   aliases: Callable[[Record], Sequence[str]] | None = None
   generation: Mapping[str, Any] | None = dataclasses.field(default=None, hash=False)
+  batches: Callable[..., Iterator[Mapping[str, Any]]] | None = None
 
   def __post_init__(self):
     if not self.splits:
@@ -172,6 +177,11 @@ class Task:
   @property
   def is_multiple_choice(self) -> bool:
     return self.choices is not None
+
+  @property
+  def needs_tokenizer(self) -> bool:
+    """Whether the trainer needs a tokenizer for this task: it reads text records (not token `batches`)."""
+    return self.batches is None
 
   def check_split(self, split: str) -> None:
     """Raises `TaskError` naming the task and its available splits if `split` is not one of them."""
@@ -301,7 +311,7 @@ def open_task(name: str, options: Mapping[str, Any] | None = None, *, staged: st
   `DataError` naming both)."""
   options = dict(options or {})
   task = build_task(name, **options)
-  if not staged:
+  if not staged or not task.needs_tokenizer:   # a staged copy holds text records; token batches are made here
     return task
   return staged_copy.staged_task(staged, name, task, options)
 

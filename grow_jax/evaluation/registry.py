@@ -24,6 +24,7 @@ from grow_jax.evaluation import tasks as task_eval
 from grow_jax.evaluation.evaluator import EvalTask, Evaluator
 from grow_jax.evaluation.items import Scored
 from grow_jax.model.config import ModelConfig
+from grow_jax.registry import Registry
 
 Params = dict[str, Any]
 Metrics = dict[str, float]
@@ -51,52 +52,101 @@ class EvalContext:
   items: bool = False               # eval_fns return Scored(metrics, per-item records) instead of metrics
 
 
-Factory = Callable[[EvalContext, str | None], EvalFn]
-_REGISTRY: dict[str, Factory] = {}
+Factory = Callable[[EvalContext, "str | None"], EvalFn]
 
 
-def register(name: str):
-  """Decorator: `@register('my_eval')` on a factory `(ctx, split) -> eval_fn(params) -> metrics`."""
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """A named evaluation: its factory `(ctx, split) -> eval_fn` and what it needs from the `EvalContext`.
+
+  needs_tokenizer: it reads text (the trainer loads a tokenizer for it; a synthetic run without one needs none).
+  needs_base: it compares with the base model (KL): `ctx.base_model` must be given (the CLI's --base).
+  needs_trainer: it scores the trainer's own held-out batches (`ctx.heldout_batches`, `ctx.mesh`).
+  """
+
+  name: str
+  factory: Factory
+  needs_tokenizer: bool = True
+  needs_base: bool = False
+  needs_trainer: bool = False
+
+  def check(self, ctx: EvalContext) -> None:
+    """One-line ConfigError naming what `ctx` lacks of what this evaluation needs."""
+    if self.needs_base and ctx.base_model is None:
+      raise ConfigError(f"evaluation {self.name!r} computes KL(base ‖ model) and needs a base model (--base)")
+    if self.needs_trainer and (ctx.heldout_batches is None or ctx.mesh is None):
+      raise ConfigError(f"evaluation {self.name!r} needs the trainer's data pipeline (it scores the training "
+                        "task's held-out split); use it in config.eval.tasks")
+    if self.needs_tokenizer and ctx.tokenizer is None:
+      raise ConfigError(f"evaluation {self.name!r} reads text and needs a tokenizer (--tokenizer)")
+
+
+# Named evaluations; the modules of grow_jax.evaluation are imported on the first lookup (grow_jax/registry.py).
+EVALUATIONS: Registry[Evaluation] = Registry("evaluation", package="grow_jax.evaluation", error=ConfigError,
+                                             origin=lambda e: e.factory)
+
+
+def register(name: str, *, needs_tokenizer: bool = True, needs_base: bool = False, needs_trainer: bool = False,
+             replace: bool = False) -> Callable[[Factory], Factory]:
+  """Decorator: `@register('my_eval')` on a factory `(ctx, split) -> eval_fn(params) -> metrics`, declaring
+  what it needs (see `Evaluation`). A name already registered is a ConfigError unless `replace=True`; a
+  registered name is looked up before the data tasks'."""
   def wrap(factory: Factory) -> Factory:
-    _REGISTRY[name] = factory
+    EVALUATIONS.add(name, Evaluation(name, factory, needs_tokenizer, needs_base, needs_trainer), replace=replace)
     return factory
   return wrap
 
 
 def _data_tasks() -> list[str]:
-  from grow_jax import data
-  return data.list_tasks()
+  """The data tasks an evaluation can score: those read as text records (not those that make token batches)."""
+  from grow_jax.data import tasks
+  return [n for n in tasks.list_tasks() if tasks.build_task(n).needs_tokenizer]
 
 
 def names() -> list[str]:
   """Registered evaluations, then the data tasks."""
-  return sorted(_REGISTRY) + _data_tasks()
+  return EVALUATIONS.names() + _data_tasks()
 
 
 def is_known(entry: str) -> bool:
   name = entry.partition(":")[0]
-  return name in _REGISTRY or name in _data_tasks()
+  return name in EVALUATIONS or name in _data_tasks()
 
 
 def check(entries: Sequence[str], field: str = "eval.tasks") -> None:
   """Raises ConfigError naming the unknown entries and listing the known names."""
   unknown = [e for e in entries if not is_known(e)]
   if unknown:
-    raise ConfigError(f"{field}={list(entries)}: unknown {unknown}; expected names from {sorted(_REGISTRY)} "
+    raise ConfigError(f"{field}={list(entries)}: unknown {unknown}; expected names from {EVALUATIONS.names()} "
                       f"or grow_jax.data tasks {_data_tasks()} (optionally 'task:split')")
 
 
-def build(entry: str, ctx: EvalContext) -> EvalFn:
-  """The eval_fn of one entry ('name' or 'name:split')."""
-  name, _, split = entry.partition(":")
-  split = split or None
-  if name in _REGISTRY:
-    fn = _REGISTRY[name](ctx, split)
-    if not ctx.items:
-      return fn
-    return lambda params: _as_scored(fn(params))
+def evaluation(entry: str) -> Evaluation:
+  """What entry 'name' or 'name:split' is: a registered `Evaluation`, or a data task's (scored as
+  evaluation/tasks.py says: it needs a tokenizer, and a base model when the task's metrics include 'kl')."""
+  name = entry.partition(":")[0]
+  if name in EVALUATIONS:
+    return EVALUATIONS.get(name)
   check([entry], field="evaluation")
-  return _data_task_fn(name, split, ctx)
+  from grow_jax.data import tasks
+  return Evaluation(name, lambda ctx, split: _data_task_fn(name, split, ctx),
+                    needs_base="kl" in tasks.build_task(name).metrics)
+
+
+def needs_tokenizer(entries: Sequence[str]) -> bool:
+  """Whether any of `entries` reads text."""
+  return any(evaluation(e).needs_tokenizer for e in entries)
+
+
+def build(entry: str, ctx: EvalContext) -> EvalFn:
+  """The eval_fn of one entry ('name' or 'name:split'), after checking that `ctx` has what it needs."""
+  name, _, split = entry.partition(":")
+  spec = evaluation(entry)
+  spec.check(ctx)
+  fn = spec.factory(ctx, split or None)
+  if not ctx.items or name not in EVALUATIONS:
+    return fn
+  return lambda params: _as_scored(fn(params))
 
 
 def _as_scored(result) -> Scored:
@@ -130,11 +180,7 @@ def merged_metrics(results: Mapping[str, Metrics], tasks: Sequence[EvalTask]) ->
 def _data_task_fn(name: str, split: str | None, ctx: EvalContext) -> EvalFn:
   split = split or ctx.split or _default_split(name)
   tasks = task_eval.eval_tasks(name, split=split, limit=ctx.limit, max_new_tokens=ctx.max_new_tokens)
-  base = None
-  if any(t.kind == "kl" for t in tasks):
-    if ctx.base_model is None:
-      raise ConfigError(f"evaluation {name!r} computes KL(base ‖ model) and needs a base model")
-    base = ctx.base_model()
+  base = ctx.base_model() if any(t.kind == "kl" for t in tasks) else None
   evaluator = Evaluator(ctx.tokenizer, tasks, base=base, base_id=ctx.base_id, batch_size=ctx.batch_size,
                         max_len=ctx.max_len, cache_dir=ctx.cache_dir, mesh=ctx.mesh)
   if not ctx.items:
@@ -148,13 +194,10 @@ def _data_task_fn(name: str, split: str | None, ctx: EvalContext) -> EvalFn:
 
 
 # ---- the trainer's held-out loss -----------------------------------------------------------------------
-@register("heldout_loss")
+@register("heldout_loss", needs_tokenizer=False, needs_trainer=True)
 def heldout_loss(ctx: EvalContext, split: str | None) -> EvalFn:
   """Mean target-token cross-entropy (and perplexity) on a held-out split of the training task (the trainer's
   data pipeline provides the batches: `ctx.heldout_batches`)."""
-  if ctx.heldout_batches is None or ctx.mesh is None:
-    raise ConfigError("evaluation 'heldout_loss' needs the trainer's data pipeline (it scores the training "
-                      "task's held-out split); use it in config.eval.tasks")
   import jax
   import numpy as np
   from grow_jax.train import sharding, step
@@ -218,8 +261,6 @@ def smoke_ppl(ctx: EvalContext, split: str | None) -> EvalFn:
   return _smoke(EvalTask("smoke_ppl", "perplexity", list(_SMOKE_TEXTS[:ctx.limit])), ctx)
 
 
-@register("smoke_kl")
+@register("smoke_kl", needs_base=True)
 def smoke_kl(ctx: EvalContext, split: str | None) -> EvalFn:
-  if ctx.base_model is None:
-    raise ConfigError("evaluation 'smoke_kl' computes KL(base ‖ model) and needs a base model (--base)")
   return _smoke(EvalTask("smoke_kl", "kl", list(_SMOKE_TEXTS[:ctx.limit])), ctx)

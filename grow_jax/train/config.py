@@ -340,7 +340,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     _need(_finite_number(opt[field]) and 0 <= opt[field] < 1, f"optimizer.{field}", opt[field], "a number in [0, 1)")
   _need(_finite_number(opt.eps) and opt.eps > 0, "optimizer.eps", opt.eps, "a finite number > 0")
   from grow_jax import data
-  tasks = ["synthetic"] + data.list_tasks()
+  tasks = data.list_tasks()
   _need(config.data.task in tasks, "data.task", config.data.task, f"one of {tasks}")
   _check_data_options(config)
   if config.train.reference_task:
@@ -362,12 +362,6 @@ def _check_data_options(config) -> None:
   """config.data.options: options the task takes, with values it accepts (the task is built, nothing read)."""
   from grow_jax.data import pipeline, tasks as task_lib
   from grow_jax.errors import TaskError
-  options = {k: v for k, v in config.data.options.items() if v is not None}
-  if config.data.task == "synthetic":
-    if options:
-      key = sorted(options)[0]
-      raise ConfigError(f"config.data.options.{key}={options[key]!r}: task 'synthetic' takes no options")
-    return
   options = pipeline.task_options(config, config.data.task)
   task_lib.check_options(config.data.task, options, field="config.data.options")
   if "limit" in options:

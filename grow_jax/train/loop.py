@@ -278,9 +278,8 @@ def _config_diff(a, b, ignore=("dtype",)) -> list[str]:
 
 
 def _tokenizer(config):
-  """The tokenizer, when the data, the evaluations or EWC's reference text are text (not synthetic)."""
-  text_evals = any(not e.startswith(("heldout_loss", "smoke_")) for e in config.eval.tasks)
-  if config.data.task == "synthetic" and config.train.reference_task in ("", "synthetic") and not text_evals:
+  """The tokenizer, when the training task, the reference text or an evaluation reads text (each declares it)."""
+  if not (pipeline.needs_tokenizer(config) or registry.needs_tokenizer(tuple(config.eval.tasks))):
     return None
   from grow_jax.model.tokenizer import load_tokenizer
   return load_tokenizer(config.data.tokenizer or config.init.source)
@@ -337,7 +336,7 @@ def _find_resume_elsewhere(config, moved) -> checkpointing.Resume:
 def _reference_batches(config, mc, tokenizer):
   """EWC's reference text: config.train.reference_task (default: general English prose, stdlib_text; the
   training task itself only for synthetic runs), its eval split — never the new task's text by default."""
-  task = config.train.reference_task or ("synthetic" if config.data.task == "synthetic" else "stdlib_text")
+  task = pipeline.reference_task(config)
   return list(pipeline.batch_iterator(
       config, config.data.eval_split, batch_size=config.eval.batch_size, model_config=mc, tokenizer=tokenizer,
       task=task, max_examples=config.train.ewc_batches * config.eval.batch_size, finite=True))
