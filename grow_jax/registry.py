@@ -4,7 +4,7 @@
     METHODS.add("lora", LoRA)                  # a duplicate name is an error ...
     METHODS.add("lora", MyLoRA, replace=True)  # ... unless replaced explicitly
     METHODS.get("lora")                        # an unknown name: one line listing the known names
-    METHODS.names()                            # sorted
+    METHODS.names()                            # in registration order
 
 The rule is the same for all three:
   * A duplicate name is an error naming the module that registered it first, unless the new entry says
@@ -86,12 +86,12 @@ class Registry(Generic[T]):
     return self._entries[name]
 
   def names(self) -> list[str]:
-    """The registered names, sorted."""
+    """The registered names, in registration order (the built-ins in their modules' order)."""
     self.discover()
-    return sorted(self._entries)
+    return list(self._entries)
 
   def items(self) -> list[tuple[str, T]]:
-    """(name, entry) pairs, sorted by name."""
+    """(name, entry) pairs, in registration order."""
     return [(name, self._entries[name]) for name in self.names()]
 
   def __contains__(self, name: object) -> bool:

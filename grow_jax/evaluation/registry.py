@@ -105,7 +105,7 @@ def _data_tasks() -> list[str]:
 
 def names() -> list[str]:
   """Registered evaluations, then the data tasks."""
-  return EVALUATIONS.names() + _data_tasks()
+  return sorted(EVALUATIONS.names()) + _data_tasks()
 
 
 def is_known(entry: str) -> bool:
@@ -117,7 +117,7 @@ def check(entries: Sequence[str], field: str = "eval.tasks") -> None:
   """Raises ConfigError naming the unknown entries and listing the known names."""
   unknown = [e for e in entries if not is_known(e)]
   if unknown:
-    raise ConfigError(f"{field}={list(entries)}: unknown {unknown}; expected names from {EVALUATIONS.names()} "
+    raise ConfigError(f"{field}={list(entries)}: unknown {unknown}; expected names from {sorted(EVALUATIONS.names())} "
                       f"or grow_jax.data tasks {_data_tasks()} (optionally 'task:split')")
 
 

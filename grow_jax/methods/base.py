@@ -27,6 +27,7 @@ import jax
 from grow_jax.errors import ConfigError
 from grow_jax.methods import partition
 from grow_jax.model.config import ModelConfig
+from grow_jax.registry import Registry
 
 Params = dict[str, Any]
 Rules = Sequence[tuple[str, str]]
@@ -108,20 +109,22 @@ class Method:
 
 
 # ---- the registry --------------------------------------------------------------------------------------
-_REGISTRY: dict[str, type[Method]] = {}
+# One grow_jax.registry.Registry, as for tasks and evaluations: a duplicate name is an error unless replaced
+# explicitly; the built-in methods are the modules of grow_jax.methods, imported on the first lookup.
+METHODS: Registry[type[Method]] = Registry("training mode", package="grow_jax.methods", error=ConfigError)
 
 
-def register(cls: type[Method]) -> type[Method]:
-  """Class decorator: make `cls` available as `config.train.mode = cls.name`."""
-  if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-    raise ValueError(f"a method named {cls.name!r} is already registered ({_REGISTRY[cls.name].__name__})")
-  _REGISTRY[cls.name] = cls
-  return cls
+def register(cls: type[Method] | None = None, *, replace: bool = False):
+  """Class decorator: make `cls` available as `config.train.mode = cls.name` (`@register`; a name already
+  registered is a ConfigError unless `@register(replace=True)`)."""
+  if cls is None:
+    return lambda c: METHODS.add(c.name, c, replace=replace)
+  return METHODS.add(cls.name, cls, replace=replace)
 
 
 def unregister(name: str) -> None:
   """Removes a registered method (for tests and notebooks that register temporary ones)."""
-  _REGISTRY.pop(name, None)
+  METHODS.remove(name)
 
 
 register(Method)
@@ -129,13 +132,12 @@ register(Method)
 
 def names() -> list[str]:
   """Registered method names, in registration order."""
-  return list(_REGISTRY)
+  return METHODS.names()
 
 
 def method_class(name: str) -> type[Method]:
-  if name not in _REGISTRY:
-    raise ConfigError(f"unknown training mode {name!r}; expected one of {names()}")
-  return _REGISTRY[name]
+  """The registered method `name`; an unknown one is a one-line ConfigError listing the known ones."""
+  return METHODS.get(name)
 
 
 def known_options() -> dict[str, Any]:
