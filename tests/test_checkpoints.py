@@ -151,6 +151,8 @@ def test_multimodal_checkpoint_names_load_the_text_decoder(tiny, prefix):
     ("gemma3-9000m", "expected 'hf:<dir>'"),
     ("hf:/nonexistent/model", "'/nonexistent/model' does not exist"),
     ("gguf:/nonexistent/model.gguf", "'/nonexistent/model.gguf' does not exist"),
+    ("/nonexistent/model.safetensors", r"'params:/nonexistent/model.safetensors': file '/nonexistent/model.safetensors' "
+                                       r"does not exist \(expected a grow_jax params file\)"),
 ])
 def test_bad_sources_are_named(source, message):
   with pytest.raises(CheckpointError, match=message):

@@ -106,10 +106,15 @@ def test_a_source_loads_with_its_deltas(stages, tmp_path):
   params_file.save_params_file(tmp_path / "base.safetensors", SMALL, stages["base"])
   delta_lib.save_delta(tmp_path / "a.delta", stages["ab_config"], stages["ab_params"], "A")
   delta_lib.save_delta(tmp_path / "b.delta", stages["ab_config"], stages["ab_params"], "B")
-  config, params = delta_lib.load_with_deltas(str(tmp_path / "base.safetensors"),
-                                              [tmp_path / "a.delta", tmp_path / "b.delta"])
-  assert config == stages["ab_config"]
-  assert_same_params(params, stages["ab_params"])
+  for source in (str(tmp_path / "base.safetensors"), f"params:{tmp_path / 'base.safetensors'}"):
+    config, params = delta_lib.load_with_deltas(source, [tmp_path / "a.delta", tmp_path / "b.delta"])
+    assert config == stages["ab_config"]
+    assert_same_params(params, stages["ab_params"])
+  # a params file is a checkpoint source like any other: task branches and names included
+  params_file.save_params_file(tmp_path / "ab.safetensors", stages["ab_config"], stages["ab_params"])
+  from grow_jax.formats import sources
+  assert sources.load_config(f"params:{tmp_path / 'ab.safetensors'}") == stages["ab_config"]
+  assert_same_params(sources.load_checkpoint(str(tmp_path / "ab.safetensors"))[1], stages["ab_params"])
   with pytest.raises(ConfigError, match=r"task 'B'\) extends base"):
     delta_lib.load_with_deltas(str(tmp_path / "base.safetensors"), [tmp_path / "b.delta"])
 

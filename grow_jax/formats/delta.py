@@ -172,14 +172,10 @@ def apply_delta(config: ModelConfig, params: Params, delta: Delta | str | os.Pat
 
 
 def load_with_deltas(source: str, deltas: Sequence[str | os.PathLike], **kwargs) -> tuple[ModelConfig, Params]:
-  """A checkpoint source (formats.load_checkpoint's forms) or a grow_jax params file (`*.safetensors`) with `deltas`
-  applied in order."""
-  if os.fspath(source).endswith(".safetensors"):
-    from grow_jax.formats import params_file
-    config, params = params_file.load_params_file(source)
-  else:
-    from grow_jax.formats import sources
-    config, params = sources.load_checkpoint(source, **kwargs)
+  """A checkpoint source (formats.load_checkpoint's forms, a params file included) with `deltas` applied in
+  order."""
+  from grow_jax.formats import sources
+  config, params = sources.load_checkpoint(source, **kwargs)
   for path in deltas:
     config, params = apply_delta(config, params, path)
   return config, params

@@ -10,6 +10,8 @@ Sources (one string, so a flag or config field can name any of them):
                     once into the cache directory, then loaded like "gguf:<that file>".
     "random:<preset>"  random weights of a named architecture (model/config.py presets: tiny, gemma3_270m,
                     gemma3_1b, ...): for tests, benchmarks and plumbing checks.
+    "params:<path>" a grow_jax params file (params_file.py; a bare path ending in .safetensors too): any model
+                    grow_jax makes, grown branches and their task names included (a task's next growth starts here).
 
 The cache directory is `$GROW_JAX_CACHE`, else `~/.cache/grow_jax`. Every cache entry and every export is
 written to a temporary name and renamed into place, so a crash never leaves a half-written file behind.
@@ -56,7 +58,8 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """A parsed checkpoint source: `kind` is 'hf' (a directory), 'gguf' (a file) or 'random' (a preset)."""
+  """A parsed checkpoint source: `kind` is 'hf' (a directory), 'gguf' (a file), 'params' (a grow_jax params file)
+  or 'random' (a preset)."""
   kind: str
   path: pathlib.Path | None
   text: str              # the string the user gave, for messages
@@ -73,7 +76,7 @@ def cache_dir(override: str | os.PathLike | None = None) -> pathlib.Path:
 
 
 def _source_forms() -> str:
-  return "'hf:<dir>', 'gguf:<file>', 'random:<preset>' or one of " + ", ".join(repr(k) for k in PACKAGED_MODELS)
+  return "'hf:<dir>', 'gguf:<file>', 'params:<file>', 'random:<preset>' or one of " + ", ".join(repr(k) for k in PACKAGED_MODELS)
 
 
 def parse_source(source: str | os.PathLike, *, cache: str | os.PathLike | None = None) -> Source:
@@ -89,12 +92,14 @@ def parse_source(source: str | os.PathLike, *, cache: str | os.PathLike | None =
     path = packaged_gguf_path(key, cache)
     sha = getattr(importlib.import_module(packaged.module), "EXPECTED_SHA256", None)
     return Source("gguf", path, text, sha)
+  if text.endswith(".safetensors") and not text.startswith(("hf:", "gguf:", "params:", "random:")):
+    text = f"params:{text}"
   kind, sep, rest = text.partition(":")
   if kind == "random" and rest:
     from grow_jax.model.config import get_preset
     get_preset(rest)                       # an unknown preset is an error naming the known ones
     return Source("random", None, text, preset=rest)
-  if not sep or kind not in ("hf", "gguf") or not rest:
+  if not sep or kind not in ("hf", "gguf", "params") or not rest:
     raise CheckpointError(f"checkpoint source {text!r}: expected {_source_forms()}")
   path = pathlib.Path(rest).expanduser()
   if kind == "hf":
@@ -102,7 +107,8 @@ def parse_source(source: str | os.PathLike, *, cache: str | os.PathLike | None =
       raise CheckpointError(f"checkpoint source {text!r}: directory {str(path)!r} does not exist "
                             f"(expected a Hugging Face model directory holding {hf_dir.HF_CONFIG} and safetensors)")
   elif not path.is_file():
-    raise CheckpointError(f"checkpoint source {text!r}: file {str(path)!r} does not exist (expected a .gguf file)")
+    expected = "a .gguf file" if kind == "gguf" else "a grow_jax params file"
+    raise CheckpointError(f"checkpoint source {text!r}: file {str(path)!r} does not exist (expected {expected})")
   return Source(kind, path, text)
 
 
@@ -146,6 +152,8 @@ def load_checkpoint(source: str | os.PathLike, *, cache: str | os.PathLike | Non
     return config, transformer.init_params(config, jax.random.key(seed))
   if src.kind == "hf":
     config, params = hf_dir.load_hf(src.path)
+  elif src.kind == "params":
+    config, params = params_file.load_params_file(src.path)
   else:
     config, params = _load_gguf_cached(src, cache, use_cache)
   if config_overrides:
@@ -175,6 +183,8 @@ def load_config(source: str | os.PathLike, *, cache: str | os.PathLike | None = 
       raise ConfigError(f"load_config({src.text!r}): bad config override: {e}") from None
   if src.kind == "hf":
     config = hf_dir.read_config(src.path)
+  elif src.kind == "params":
+    config = params_file.read_config(src.path)
   else:
     config = None
     cached = conversion_cache_path(src, cache)
