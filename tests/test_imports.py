@@ -100,3 +100,34 @@ def test_the_graph_sees_a_cycle_closed_inside_a_function(tmp_path):
   assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.a"]
   (pkg / "sub" / "b.py").write_text("thing = 1\n")
   assert find_cycle(import_graph(pkg, "pkg")) is None
+
+
+def _fresh(code: str) -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                        cwd=ROOT.parent)
+
+
+def test_import_grow_jax_tables_does_not_import_jax():
+  proc = _fresh("import sys, grow_jax, grow_jax.tables, grow_jax.errors, grow_jax.registry\n"
+                "print(sorted(m for m in sys.modules if m == 'jax' or m.startswith(('jax.', 'numpy'))))")
+  assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
+  proc = _fresh("import sys, grow_jax\ngrow_jax.forward\nprint('jax' in sys.modules)")   # the lazy surface loads it
+  assert proc.stdout.strip() == "True", proc.stderr[-2000:]
+
+
+def test_the_top_level_surface_is_lazy_curated_and_has_the_extension_points():
+  from grow_jax import data, evaluation, methods
+  surface = set(grow_jax.__all__)
+  assert {"register_method", "register_task", "register_evaluation", "Method", "Task", "EvalContext"} <= surface
+  assert grow_jax.register_method is methods.register and grow_jax.register_task is data.register_task
+  assert grow_jax.register_evaluation is evaluation.registry.register
+  assert not surface & {"loglikelihood", "score_multiple_choice", "score_partial", "kl_divergence", "perplexity"}
+  assert all(getattr(grow_jax, name) is not None for name in grow_jax.__all__)
+  assert surface <= set(dir(grow_jax))
+  try:
+    grow_jax.no_such_name
+  except AttributeError as e:
+    assert str(e) == "module 'grow_jax' has no attribute 'no_such_name'"
+  else:
+    raise AssertionError("grow_jax.no_such_name resolved")
