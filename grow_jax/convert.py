@@ -3,13 +3,16 @@ r"""Convert a checkpoint to a Hugging Face directory or a llama.cpp GGUF file, o
   python -m grow_jax.convert --src=gemma3-270m --dst=hf:/tmp/gemma3-270m-hf
   python -m grow_jax.convert --src=hf:/path/in --dst=hf:/path/out --grow_factor=2 --grow_layers=0,3,5
   python -m grow_jax.convert --src=/path/to/workdir --dst=gguf:/tmp/grown.gguf --dtype=q8_0
+  python -m grow_jax.convert --src=gemma3-270m --deltas=fr.delta,facts.delta --active_tasks=fr --dst=gguf:fr.gguf
 
---src takes any `formats.load_checkpoint` source or a trainer workdir (its newest readable checkpoint, as the
-forward sees it: LoRA merged). --dst is 'hf:<dir>' or 'gguf:<file>'. A grown model is exported as a standard
-Gemma 3 whose MLPs are wider (the branches merged, layers zero-padded to one width: the same function), so
-any Gemma 3 runtime can load it. --dtype: f32, f16, bf16 (both destinations) or q8_0 (GGUF only); default:
-the params' dtype for HF, f32 for GGUF. The path is load -> grow -> export (`convert`): a step that changes
-the model before it is written (e.g. choosing active tasks) goes between the last two.
+--src takes what `grow_jax.evaluate --checkpoint` takes: a `formats.load_checkpoint` source, a trainer workdir
+(its newest readable checkpoint as the forward sees it: LoRA merged) or a grow_jax params file; --deltas are
+delta files of task branches applied to it in growth order, and --active_tasks chooses the task branches left
+on ('A,B', 'none' = the base model, 'A=1,B=0.5'; default every task as trained; docs/method.md, "Task branches
+and deltas"). --dst is 'hf:<dir>' or 'gguf:<file>'. A grown model is exported as a standard Gemma 3 whose MLPs
+are wider (the branches merged, layers zero-padded to one width: the same function), so any Gemma 3 runtime
+can load it. --dtype: f32, f16, bf16 (both destinations) or q8_0 (GGUF only); default: the params' dtype for
+HF, f32 for GGUF. The path is load (deltas, active tasks) -> grow -> export (`convert`).
 
 The tokenizer comes from --tokenizer_src (default: --src; for a workdir, the run's data.tokenizer or init
 source). HF: saved alongside (--notokenizer to skip; a source without tokenizer files converts the weights
@@ -32,7 +35,10 @@ from grow_jax.model.config import count_params, parse_layers
 from grow_jax.errors import CheckpointError, ConfigError, GrowJaxError
 
 _SRC = flags.DEFINE_string("src", None, "Checkpoint source: 'hf:<dir>', 'gguf:<file>', 'gemma3-270m', "
-                           "'random:<preset>' or a trainer workdir.")
+                           "'random:<preset>', a trainer workdir or a grow_jax params file (*.safetensors).")
+_DELTAS = flags.DEFINE_list("deltas", [], "Delta files (grow_jax.formats.delta) applied to --src, in growth order.")
+_ACTIVE_TASKS = flags.DEFINE_string("active_tasks", None, "Task branches left on: 'A,B', 'none' (the base model) "
+                                    "or 'A=1,B=0.5' (scales); default every task as trained.")
 _DST = flags.DEFINE_string("dst", None, "Destination: 'hf:<dir>' or 'gguf:<file>'.")
 _DTYPE = flags.DEFINE_string("dtype", None, "Weights' type: f32, f16, bf16, or q8_0 (GGUF only); default: the "
                              "params' dtype (HF), f32 (GGUF).")
@@ -66,23 +72,32 @@ def is_workdir(src: str) -> bool:
   return not src.startswith(("hf:", "gguf:", "random:")) and files.as_path(src).is_dir()
 
 
-def load_model(src: str, *, cache: str | None = None):
-  """(config, params) of --src: a trainer workdir (params as the forward takes them) or a model source."""
+def load_model(src: str, *, deltas=(), active_tasks: str | None = None, cache: str | None = None):
+  """(config, params) of --src with --deltas applied in order and only --active_tasks on (as grow_jax.evaluate
+  loads its --checkpoint): a workdir's newest readable checkpoint, a params file or a model source."""
+  from grow_jax.formats import delta as delta_lib
+  from grow_jax.growth import tasks as task_lib
+  active = task_lib.parse_active(active_tasks)
   if is_workdir(src):
     from grow_jax.train.checkpointing import load_trained_params
     config, params, meta = load_trained_params(src)
     logging.info("restored %s at step %s (method %s)", src, meta.get("step"), meta["method"]["name"])
-    return config, params
-  return formats.load_checkpoint(src, cache=cache)
+  else:
+    config, params = delta_lib.load_with_deltas(src, [], **({} if src.endswith(".safetensors") else {"cache": cache}))
+  for delta in deltas:
+    config, params = delta_lib.apply_delta(config, params, delta)
+  return task_lib.select_tasks(config, params, active)
 
 
 def tokenizer_source(src: str, tokenizer_src: str | None) -> str | None:
   """--tokenizer_src, else --src, else (a workdir) the run's data.tokenizer or init source; None if none."""
+  from grow_jax.train.trained import is_params_file, run_config
   if tokenizer_src:
     return tokenizer_src
+  if is_params_file(src):
+    return None
   if not is_workdir(src):
     return src
-  from grow_jax.train.trained import run_config
   run = run_config(src)
   return run.get("data", {}).get("tokenizer") or run.get("init", {}).get("source") or None
 
@@ -102,11 +117,14 @@ def gguf_vocab(source: str | None, *, cache: str | None = None):
 
 def convert(src: str, dst: str, *, overwrite: bool = False, tokenizer: bool = True, grow_factor: int = 1,
             grow_layers: str | None = "all", cache: str | None = None, dtype: str | None = None,
-            tokenizer_src: str | None = None):
-  """The command's work as a function: load `src`, optionally grow, write `dst` ('hf:<dir>' or 'gguf:<file>')."""
+            tokenizer_src: str | None = None, deltas=(), active_tasks: str | None = None):
+  """The command's work as a function: load `src` (with `deltas` applied and only `active_tasks` on), optionally
+  grow, write `dst` ('hf:<dir>' or 'gguf:<file>')."""
   kind, out, dtype = parse_destination(dst, dtype)
   if grow_factor < 1:
     raise ConfigError(f"--grow_factor={grow_factor}: expected an integer >= 1")
+  from grow_jax.growth.tasks import parse_active
+  parse_active(active_tasks)                                  # a malformed --active_tasks fails before any work
   if kind == "gguf":
     if not tokenizer:
       raise ConfigError("--notokenizer with --dst=gguf:...: llama.cpp needs the vocabulary in the file")
@@ -116,7 +134,7 @@ def convert(src: str, dst: str, *, overwrite: bool = False, tokenizer: bool = Tr
     files.check_writable(os.path.dirname(os.path.abspath(os.path.expanduser(out))), "--dst directory")
     vocab = gguf_vocab(tokenizer_source(src, tokenizer_src), cache=cache)   # before the (slow) weights
   start = time.time()
-  config, params = load_model(src, cache=cache)
+  config, params = load_model(src, deltas=deltas, active_tasks=active_tasks, cache=cache)
   logging.info("loaded %s: %d layers, %.1fM params in %.1f s", src, config.num_layers,
                count_params(config) / 1e6, time.time() - start)
   if grow_factor > 1:
@@ -124,7 +142,6 @@ def convert(src: str, dst: str, *, overwrite: bool = False, tokenizer: bool = Tr
     config, params = growth.grow_mlp(config, params, factor=grow_factor, layers=layers)
     logging.info("grew MLPs by %d in layers %s: %.1fM params", grow_factor, "all" if layers is None else layers,
                  count_params(config) / 1e6)
-  # The model is final here: a step that changes it before export (active tasks) belongs on this line.
   if kind == "gguf":
     from grow_jax.formats import gguf_export
     path = gguf_export.save_gguf(config, params, out, vocab=vocab, dtype=dtype or "f32", overwrite=overwrite,
@@ -157,7 +174,8 @@ def main(argv):
   try:
     path = convert(_SRC.value, _DST.value, overwrite=_OVERWRITE.value, tokenizer=_TOKENIZER.value,
                    grow_factor=_GROW_FACTOR.value, grow_layers=_GROW_LAYERS.value, cache=_CACHE.value,
-                   dtype=_DTYPE.value, tokenizer_src=_TOKENIZER_SRC.value)
+                   dtype=_DTYPE.value, tokenizer_src=_TOKENIZER_SRC.value, deltas=_DELTAS.value,
+                   active_tasks=_ACTIVE_TASKS.value)
   except GrowJaxError as e:
     errors.print_error("grow_jax.convert", e)
     sys.exit(1)

@@ -271,3 +271,56 @@ def test_convert_writes_a_grown_gguf_with_the_source_vocabulary(base, tmp_path):
     assert rc == 1 and len(lines) == 1 and fragment in lines[0], stderr[-3000:]
     assert "Traceback" not in stderr
   assert out.read_bytes() == before
+
+
+def _train_branches(config, params, task, seed):
+  """The task's branches moved as G-Freeze training would move them (only they change)."""
+  rng = np.random.default_rng(seed)
+  for i in range(config.num_layers):
+    tasks = config.layer_branch_tasks(i) or ()
+    if task in tasks:
+      branch = params[f"layer_{i}"]["mlp"][f"grown_{1 + tasks.index(task)}"]
+      for name in ("gating_einsum", "linear"):
+        branch[name] = np.asarray(branch[name]) + rng.normal(0, 0.05, np.shape(branch[name])).astype(np.float32)
+  return params
+
+
+def test_convert_exports_the_chosen_active_tasks(base, tmp_path):
+  from grow_jax.convert import convert
+  from grow_jax.formats.params_file import save_params_file
+  from grow_jax.growth import tasks
+  config, params = tasks.grow_task(*base, "A", layers=[0, 2, 4])
+  params = _train_branches(config, jax.tree.map(np.asarray, params), "A", 3)
+  config, params = tasks.grow_task(config, params, "B", layers=[1, 2])
+  params = _train_branches(config, jax.tree.map(np.asarray, params), "B", 4)
+  save_params_file(tmp_path / "ab.safetensors", config, params)
+  vocab_file = gguf_export.save_gguf(*base, tmp_path / "vocab.gguf", vocab=_vocab())
+  tokens = _tokens(3)
+  for active, expected in (("A", tasks.select_tasks(config, params, ["A"])), ("none", base),
+                           ("A,B", (config, params))):
+    out = convert(str(tmp_path / "ab.safetensors"), f"gguf:{tmp_path / active}.gguf", active_tasks=active,
+                  tokenizer_src=f"gguf:{vocab_file}")
+    drift = float(np.abs(transformers_logits(out, tokens) - _logits(*expected, tokens)).max())
+    print(f"active {active}: max|dlogit| {drift:.2e}")
+    assert drift <= TOLERANCE["f32"], active
+  # The three files hold three different functions: A's branches, none, both.
+  assert np.abs(_logits(*expected, tokens) - _logits(*tasks.select_tasks(config, params, ["A"]), tokens)).max() > 0.1
+  assert np.abs(_logits(*base, tokens) - _logits(*tasks.select_tasks(config, params, ["A"]), tokens)).max() > 0.1
+  with pytest.raises(ConfigError, match="--active_tasks='A=x'"):
+    convert(str(tmp_path / "ab.safetensors"), f"gguf:{tmp_path / 'bad.gguf'}", active_tasks="A=x",
+            tokenizer_src=f"gguf:{vocab_file}")
+  with pytest.raises(ConfigError, match="names no tokenizer"):   # a params file names none: --tokenizer_src
+    convert(str(tmp_path / "ab.safetensors"), f"gguf:{tmp_path / 'bad.gguf'}")
+  assert not (tmp_path / "bad.gguf").exists()
+
+
+def test_convert_casts_an_hf_export_with_dtype(base, tmp_path):
+  from grow_jax.convert import convert
+  import json
+  from grow_jax.formats.hf_dir import read_safetensors_dir
+  save_hf(*base, tmp_path / "hf")
+  out = convert(f"hf:{tmp_path / 'hf'}", f"hf:{tmp_path / 'bf16'}", dtype="bf16", tokenizer=False)
+  assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+  assert {str(t.dtype) for t in read_safetensors_dir(out).values()} == {"bfloat16"}
+  with pytest.raises(ConfigError, match=r"--dtype='q8_0': expected one of \['bf16', 'f16', 'f32'\] for a hf"):
+    convert(f"hf:{tmp_path / 'hf'}", f"hf:{tmp_path / 'q8'}", dtype="q8_0", tokenizer=False)
