@@ -1,7 +1,8 @@
 """The evaluator: named evaluation tasks of a few kinds, prepared once and scored for any params.
 
 An `EvalTask` is a name, a kind (multiple_choice, partial, generation, perplexity, kl), its examples
-(`grow_jax.data.Example`s; plain strings for perplexity / kl) and kind-specific options. `Evaluator` tokenizes
+(`grow_jax.data.Example`s; plain strings for perplexity / kl) and kind-specific options. Each kind is a `Kind`
+in `KINDS`: the options it takes, whether it needs the base model, how it prepares a task (once) and scores it. `Evaluator` tokenizes
 each task once and keeps the KL base reference, so scoring a model every few hundred training steps pays only
 for the model's forward passes. Asked for items (`items=True`), an evaluation also returns one record per
 example (`items.Scored`; fields by kind in grow_jax/evaluation/items.py); its metrics are the same either way.
@@ -23,17 +24,6 @@ from grow_jax.model.config import ModelConfig
 
 _log = logging.getLogger(__name__)
 
-TASK_KINDS = ("multiple_choice", "partial", "generation", "perplexity", "kl")
-
-_TASK_OPTIONS = {
-    "multiple_choice": {"target_delimiter", "length_unit"},
-    "partial": {"target_delimiter"},
-    "generation": {"metrics", "ignore_case", "max_new_tokens", "stop", "stop_ids"},
-    "perplexity": set(),
-    "kl": set(),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class EvalTask:
   """A named evaluation: its kind (one of TASK_KINDS), examples, and kind-specific options.
@@ -51,12 +41,12 @@ class EvalTask:
   ids: Sequence[str] | None = None
 
   def __post_init__(self):
-    if self.kind not in TASK_KINDS:
+    if self.kind not in KINDS:
       raise ValueError(f"task {self.name!r}: kind={self.kind!r}, expected one of {list(TASK_KINDS)}")
-    unknown = sorted(set(self.options) - _TASK_OPTIONS[self.kind])
+    known = KINDS[self.kind].options
+    unknown = sorted(set(self.options) - known)
     if unknown:
-      raise ValueError(f"task {self.name!r} ({self.kind}): unknown option(s) {unknown}; known: "
-                       f"{sorted(_TASK_OPTIONS[self.kind])}")
+      raise ValueError(f"task {self.name!r} ({self.kind}): unknown option(s) {unknown}; known: {sorted(known)}")
     if not self.examples:
       raise ValueError(f"task {self.name!r} has no examples")
     if self.ids is not None and len(self.ids) != len(self.examples):
@@ -86,72 +76,26 @@ class Evaluator:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
       raise ValueError(f"task names must be unique; repeated: {repeated}")
-    if base is None and any(t.kind == "kl" for t in tasks):
-      raise ValueError(f"task(s) {[t.name for t in tasks if t.kind == 'kl']} compute KL(base ‖ model) and "
-                       "need base=(base_config, base_params)")
+    if base is None and any(KINDS[t.kind].needs_base for t in tasks):
+      raise ValueError(f"task(s) {[t.name for t in tasks if KINDS[t.kind].needs_base]} compute KL(base ‖ model) "
+                       "and need base=(base_config, base_params)")
     self.tokenizer, self.tasks, self.base, self.base_id = tokenizer, list(tasks), base, base_id
     self.batch = dict(batch_size=batch_size, bucket=bucket, logits_chunk=logits_chunk)
     self.max_len, self.cache_dir, self.mesh = max_len, cache_dir, mesh
     self._prepared: dict[str, Any] = {}
 
   def _prepare(self, task: EvalTask):
-    """Token-level inputs of a task (params-independent), computed once."""
-    if task.name in self._prepared:
-      return self._prepared[task.name]
-    opts, tok = task.options, self.tokenizer
-    if task.kind in ("multiple_choice", "partial"):
-      delimiter = opts.get("target_delimiter", " ")
-      requests = (scoring.multiple_choice_requests(task.examples, delimiter) if task.kind == "multiple_choice"
-                  else scoring.partial_scoring_requests(task.examples, delimiter))
-      prepared = [scoring.request_row(*scoring.encode_pair(tok, c, x), self.max_len) for c, x in requests]
-    elif task.kind == "perplexity":
-      prepared = corpus.document_rows(tok, task.examples, self.max_len)
-    elif task.kind == "kl":
-      base_config, base_params = self.base
-      prepared = corpus.BaseReference.from_texts(base_config, base_params, tok, task.examples, max_len=self.max_len,
-                                          cache_dir=self.cache_dir, base_id=self.base_id, mesh=self.mesh,
-                                          **self.batch)
-    else:
-      prepared = None
-    self._prepared[task.name] = prepared
-    return prepared
+    """Token-level inputs of a task (params-independent), computed once by its kind."""
+    if task.name not in self._prepared:
+      self._prepared[task.name] = KINDS[task.kind].prepare(self, task)
+    return self._prepared[task.name]
 
   def evaluate_task(self, config: ModelConfig, params: Params, task: EvalTask, *,
                     items: bool = False) -> Metrics | Scored:
     """The task's metrics; with `items`, `Scored(metrics, per-item records)` (the same metrics)."""
-    prepared, opts = self._prepare(task), task.options
+    prepared = self._prepare(task)
     ids = item_records.item_ids(task.examples, task.ids) if items else None
-    records = None
-    if task.kind in ("multiple_choice", "partial"):
-      total, _, _ = scoring.score_rows(config, params, prepared, **self.batch)
-      if task.kind == "multiple_choice":
-        unit = opts.get("length_unit", "chars")
-        metrics = scoring.multiple_choice_metrics(task.examples, total, unit)
-        records = items and scoring.multiple_choice_items(task.examples, total, unit, ids)
-      else:
-        metrics = scoring.partial_scoring_metrics(task.examples, total)
-        records = items and scoring.partial_scoring_items(task.examples, total, ids)
-    elif task.kind == "perplexity":
-      rows, num_bytes, row_docs = prepared
-      total, count, _ = scoring.score_rows(config, params, rows, **self.batch)
-      metrics = corpus.perplexity_metrics(total, count, num_bytes)
-      records = items and corpus.document_items(ids, task.examples, row_docs, {"nll": -total, "tokens": count})
-    elif task.kind == "kl" and not items:
-      metrics = corpus.kl_divergence(config, params, prepared)
-    elif task.kind == "kl":
-      metrics, per_row = corpus.kl_scores(config, params, prepared)
-      records = corpus.document_items(ids, task.examples, prepared.row_docs, per_row)
-    else:
-      names, ignore_case = tuple(opts.get("metrics", ("exact_match",))), opts.get("ignore_case", False)
-      generative.check_metrics(names)
-      gen_opts = {k: v for k, v in opts.items() if k not in ("metrics", "ignore_case")}
-      prompts = [scoring.example_field(ex, "prompt", i, "generation") for i, ex in enumerate(task.examples)]
-      references = generative.references_of(task.examples)
-      predictions = generative.generate_texts(config, params, self.tokenizer, prompts,
-                                              batch_size=self.batch["batch_size"], max_len=self.max_len, **gen_opts)
-      metrics = generative.score_predictions(predictions, references, metrics=names, ignore_case=ignore_case)
-      records = items and generative.prediction_items(ids, predictions, references, metrics=names,
-                                                      ignore_case=ignore_case)
+    metrics, records = KINDS[task.kind].score(self, config, params, task, prepared, ids)
     if not items:
       return metrics
     return Scored(metrics, [{"kind": task.kind, **record} for record in records])
@@ -176,6 +120,92 @@ class Evaluator:
       _log.info("eval %s: %s (%.1f s)", task.name, results[task.name].metrics if items else results[task.name],
                 time.time() - start)
     return results
+
+
+# ---- the kinds: what each needs, how it prepares (once) and scores (per params) -------------------------------
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  """One kind of evaluation.
+
+  options: the `EvalTask.options` it takes. needs_base: it compares with the base model (`Evaluator(base=...)`).
+  prepare(evaluator, task) -> the task's params-independent inputs (tokenized once).
+  score(evaluator, config, params, task, prepared, ids) -> (metrics, per-item records when `ids` is given, else
+    None); the metrics are the same either way.
+  """
+
+  name: str
+  options: frozenset[str]
+  prepare: Callable[["Evaluator", EvalTask], Any]
+  score: Callable[..., tuple[Metrics, list | None]]
+  needs_base: bool = False
+
+
+def _request_rows(requests_of):
+  def prepare(ev: Evaluator, task: EvalTask):
+    requests = requests_of(task.examples, task.options.get("target_delimiter", " "))
+    return [scoring.request_row(*scoring.encode_pair(ev.tokenizer, c, x), ev.max_len) for c, x in requests]
+  return prepare
+
+
+def _score_multiple_choice(ev: Evaluator, config, params, task: EvalTask, prepared, ids):
+  total, _, _ = scoring.score_rows(config, params, prepared, **ev.batch)
+  unit = task.options.get("length_unit", "chars")
+  return (scoring.multiple_choice_metrics(task.examples, total, unit),
+          None if ids is None else scoring.multiple_choice_items(task.examples, total, unit, ids))
+
+
+def _score_partial(ev: Evaluator, config, params, task: EvalTask, prepared, ids):
+  total, _, _ = scoring.score_rows(config, params, prepared, **ev.batch)
+  return (scoring.partial_scoring_metrics(task.examples, total),
+          None if ids is None else scoring.partial_scoring_items(task.examples, total, ids))
+
+
+def _score_generation(ev: Evaluator, config, params, task: EvalTask, prepared, ids):
+  opts = task.options
+  names, ignore_case = tuple(opts.get("metrics", ("exact_match",))), opts.get("ignore_case", False)
+  generative.check_metrics(names)
+  gen_opts = {k: v for k, v in opts.items() if k not in ("metrics", "ignore_case")}
+  prompts = [scoring.example_field(ex, "prompt", i, "generation") for i, ex in enumerate(task.examples)]
+  references = generative.references_of(task.examples)
+  predictions = generative.generate_texts(config, params, ev.tokenizer, prompts,
+                                          batch_size=ev.batch["batch_size"], max_len=ev.max_len, **gen_opts)
+  metrics = generative.score_predictions(predictions, references, metrics=names, ignore_case=ignore_case)
+  return metrics, None if ids is None else generative.prediction_items(ids, predictions, references, metrics=names,
+                                                                       ignore_case=ignore_case)
+
+
+def _score_perplexity(ev: Evaluator, config, params, task: EvalTask, prepared, ids):
+  rows, num_bytes, row_docs = prepared
+  total, count, _ = scoring.score_rows(config, params, rows, **ev.batch)
+  return (corpus.perplexity_metrics(total, count, num_bytes),
+          None if ids is None else corpus.document_items(ids, task.examples, row_docs, {"nll": -total, "tokens": count}))
+
+
+def _prepare_kl(ev: Evaluator, task: EvalTask):
+  base_config, base_params = ev.base
+  return corpus.BaseReference.from_texts(base_config, base_params, ev.tokenizer, task.examples, max_len=ev.max_len,
+                                         cache_dir=ev.cache_dir, base_id=ev.base_id, mesh=ev.mesh, **ev.batch)
+
+
+def _score_kl(ev: Evaluator, config, params, task: EvalTask, prepared, ids):
+  if ids is None:
+    return corpus.kl_divergence(config, params, prepared), None
+  metrics, per_row = corpus.kl_scores(config, params, prepared)
+  return metrics, corpus.document_items(ids, task.examples, prepared.row_docs, per_row)
+
+
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (
+    Kind("multiple_choice", frozenset({"target_delimiter", "length_unit"}),
+         _request_rows(scoring.multiple_choice_requests), _score_multiple_choice),
+    Kind("partial", frozenset({"target_delimiter"}), _request_rows(scoring.partial_scoring_requests),
+         _score_partial),
+    Kind("generation", frozenset({"metrics", "ignore_case", "max_new_tokens", "stop", "stop_ids"}),
+         lambda ev, task: None, _score_generation),
+    Kind("perplexity", frozenset(), lambda ev, task: corpus.document_rows(ev.tokenizer, task.examples, ev.max_len),
+         _score_perplexity),
+    Kind("kl", frozenset(), _prepare_kl, _score_kl, needs_base=True),
+)}
+TASK_KINDS = tuple(KINDS)
 
 
 def write_results(results: Mapping[str, Mapping[str, float]], path: str):

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from grow_jax.errors import ConfigError, DataError
 from grow_jax.evaluation import tasks as task_eval
-from grow_jax.evaluation.evaluator import EvalTask, Evaluator
+from grow_jax.evaluation.evaluator import KINDS, EvalTask, Evaluator
 from grow_jax.evaluation.items import Scored
 from grow_jax.model.config import ModelConfig
 from grow_jax.registry import Registry
@@ -180,7 +180,7 @@ def merged_metrics(results: Mapping[str, Metrics], tasks: Sequence[EvalTask]) ->
 def _data_task_fn(name: str, split: str | None, ctx: EvalContext) -> EvalFn:
   split = split or ctx.split or _default_split(name)
   tasks = task_eval.eval_tasks(name, split=split, limit=ctx.limit, max_new_tokens=ctx.max_new_tokens)
-  base = ctx.base_model() if any(t.kind == "kl" for t in tasks) else None
+  base = ctx.base_model() if any(KINDS[t.kind].needs_base for t in tasks) else None
   evaluator = Evaluator(ctx.tokenizer, tasks, base=base, base_id=ctx.base_id, batch_size=ctx.batch_size,
                         max_len=ctx.max_len, cache_dir=ctx.cache_dir, mesh=ctx.mesh)
   if not ctx.items:
@@ -240,7 +240,7 @@ _SMOKE_TEXTS = (
 
 
 def _smoke(task: EvalTask, ctx: EvalContext) -> EvalFn:
-  base = ctx.base_model() if task.kind == "kl" else None
+  base = ctx.base_model() if KINDS[task.kind].needs_base else None
   evaluator = Evaluator(ctx.tokenizer, [task], base=base, base_id=ctx.base_id, batch_size=ctx.batch_size,
                         max_len=ctx.max_len, cache_dir=ctx.cache_dir, mesh=ctx.mesh)
   return lambda params: evaluator(ctx.model_config, params, items=ctx.items)[task.name]
