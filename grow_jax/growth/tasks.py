@@ -166,6 +166,19 @@ def grow_task(config: ModelConfig, params: Params, task: str, *, layers=None, no
   return new_config, operators._with_layer_mlps(params, new_mlps)
 
 
+def newest_task_branches(config: ModelConfig) -> str | None:
+  """A regex of the newest task's branch leaves (`layer_i/mlp/grown_j/{gating_einsum,linear}`): what G-Freeze
+  trains on a model with task branches, so earlier tasks stay as their training left them. None: the model has
+  no task names (every grown branch is the one task's)."""
+  names = task_names(config)
+  if not names:
+    return None
+  newest = names[-1]
+  paths = "|".join(f"layer_{i}/mlp/grown_{config.mlp_branch_tasks[i].index(newest) + 1}"
+                   for i in task_layers(config, newest))
+  return rf"({paths})/(gating_einsum|linear)"
+
+
 # ---- choosing the active tasks ---------------------------------------------------------------------------
 def task_scales(config: ModelConfig, active: Iterable[str] | Mapping[str, float] | None) -> dict[str, float]:
   """{task: scale} for every task of the model from `active`: None = every task on (1.0); a list of names = those
@@ -266,4 +279,4 @@ def select_tasks(config: ModelConfig, params: Params, active: Iterable[str] | Ma
 
 
 __all__ = ["task_names", "task_layers", "describe", "name_task", "grow_task", "grow_task_config", "task_scales",
-           "parse_active", "select_tasks", "check_task_names"]
+           "parse_active", "select_tasks", "check_task_names", "newest_task_branches"]
