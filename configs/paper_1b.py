@@ -39,10 +39,12 @@ from grow_jax.train import config as cu
 
 DEFAULT_LR = {"sft": 1e-5, "l2sp": 1e-5, "ewc": 1e-5, "g_freeze": 1e-4, "g_train": 5e-5, "lora": 2e-4,
               "mlp_only": 1e-5, "g_freeze_norms": 1e-4, "g_freeze_attn": 1e-4}
+METHOD_OPTIONS = {"lora_rank": 16}           # the LoRA arm's rank
 
 
 def get_config(arg=None):
-  return cu.paper_config(arg, default_lr=DEFAULT_LR, ckpt="hf:~/models/gemma-3-1b-pt")
+  return cu.paper_config(arg, default_lr=DEFAULT_LR, ckpt="hf:~/models/gemma-3-1b-pt",
+                         method_options=METHOD_OPTIONS)
 
 
 def sweep():

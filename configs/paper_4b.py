@@ -23,10 +23,12 @@ from grow_jax.train import config as cu
 
 DEFAULT_LR = {"sft": 5e-6, "l2sp": 5e-6, "ewc": 5e-6, "g_freeze": 5e-5, "g_train": 2e-5, "lora": 1e-4,
               "mlp_only": 5e-6, "g_freeze_norms": 5e-5, "g_freeze_attn": 5e-5}
+METHOD_OPTIONS = {"lora_rank": 16}           # the LoRA arm's rank
 
 
 def get_config(arg=None):
-  return cu.paper_config(arg, default_lr=DEFAULT_LR, ckpt="hf:~/models/gemma-3-4b-pt", tensor=4, accum=2)
+  return cu.paper_config(arg, default_lr=DEFAULT_LR, ckpt="hf:~/models/gemma-3-4b-pt", tensor=4, accum=2,
+                         method_options=METHOD_OPTIONS)
 
 
 def sweep():

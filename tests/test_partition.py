@@ -2,6 +2,7 @@
 its docstring names; a method is one registered class, bound to a model. All on abstract params."""
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from grow_jax import methods, model, tree_paths
@@ -82,16 +83,46 @@ def test_unknown_mode_bad_label_nothing_trainable():
 
 
 def test_setup_method_options_are_the_methods_own():
-  bound = methods.setup_method("g_train", GROWN_CFG, GROWN, {"unrelated": 1})
-  assert bound.model_params(GROWN) is GROWN and bound.fisher is None and bound.optimizer_transforms() == []
+  bound = methods.setup_method("g_train", GROWN_CFG, GROWN, {"lora_rank": 4})       # another method's: ignored
+  assert bound.model_params(GROWN) is GROWN and bound.prepared is None and bound.optimizer_transforms() == []
   assert set(partition.trainable_paths(bound.labels)) == trainable(GROWN_CFG, GROWN, "g_train")
-  custom = methods.setup_method("custom", CFG, ABSTRACT, {"rules": [("final_norm/scale", "trainable"),
-                                                                   (".*", "frozen")]})
+  custom = methods.setup_method("custom", CFG, ABSTRACT, {"custom_rules": [("final_norm/scale", "trainable"),
+                                                                          (".*", "frozen")]})
   assert partition.trainable_paths(custom.labels) == ["final_norm/scale"]
-  with pytest.raises(ConfigError, match=r"unknown method option\(s\) \['lora_rnak'\]"):
+  # A name no registered method declares is a typo, whatever its prefix.
+  with pytest.raises(ConfigError, match=r"unknown method option\(s\) \['lora_rnak'\] \(did you mean \['lora_rank'\]"):
     methods.setup_method("lora", CFG, ABSTRACT, {"lora_rnak": 4})
-  with pytest.raises(ConfigError, match="'ewc' needs reference_batches"):
-    methods.setup_method("ewc", CFG, ABSTRACT, {})
+  with pytest.raises(ConfigError, match=r"unknown method option\(s\) \['unrelated'\]"):
+    methods.setup_method("g_train", GROWN_CFG, GROWN, {"unrelated": 1})
+  with pytest.raises(ConfigError, match=r"custom_rules=None: expected a list of \(path_regex"):
+    methods.setup_method("custom", CFG, ABSTRACT, {})
+  # EWC prepares its Fisher on reference batches: on shapes it needs none (the restore target) ...
+  assert jax.tree.leaves(methods.setup_method("ewc", CFG, ABSTRACT, {}).prepared)[0].dtype == jnp.float32
+  real = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), ABSTRACT)
+  with pytest.raises(ConfigError, match="'ewc' needs reference_batches"):       # ... on weights it does
+    methods.setup_method("ewc", CFG, real, {})
+
+
+def test_options_are_declared_once_and_checked_by_their_method():
+  declared = methods.declared_options()
+  assert {"lora_rank", "match_params_of", "l2sp_coef", "ewc_coef", "ewc_batches", "custom_rules"} <= set(declared)
+  assert set(methods.config_options()) == {k for k, o in declared.items() if o.config}
+  assert "custom_rules" not in methods.config_options()               # a list of rules: the Python API only
+  with pytest.raises(ConfigError, match=r"ewc_normalize='sum': expected None, 'mean' or 'max'"):
+    methods.checked_options("ewc", {"ewc_normalize": "sum"})
+  with pytest.raises(ConfigError, match=r"l2sp_coef=-1: expected a float >= 0"):
+    methods.checked_options("l2sp", {"l2sp_coef": -1})
+
+  class Clash(methods.Method):
+    name = "clash_test"
+    options = {"lora_rank": methods.Option(4)}          # LoRA's name with another default
+
+  methods.register(Clash)
+  try:
+    with pytest.raises(ConfigError, match=r"method 'clash_test' declares option 'lora_rank' unlike method 'lora'"):
+      methods.declared_options()
+  finally:
+    methods.base.unregister("clash_test")
 
 
 def test_a_new_method_is_one_registered_class():

@@ -148,7 +148,7 @@ def test_the_trainer_grows_the_plans_layers(pilot):
   config_lib.check(config)
   mc = setup.grown_model_config(config, setup.base_model_config(config))
   assert [len(mc.layer_mlp_branches(i)) for i in range(3)] == [2 if i == layer else 1 for i in range(3)]
-  assert config_lib.method_options(config)["growth_layers"] == str(layer)
+  assert config_lib.growth_layers_spec(config) == str(layer)
   config.growth.layers = "0"
   with pytest.raises(ConfigError, match="config.growth.layers='0': expected 'all' when growth.plan="):
     config_lib.check(config)

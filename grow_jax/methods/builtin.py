@@ -9,7 +9,7 @@ its leaves at `layer_i/mlp/*` (down projection halved) and each copy is `layer_i
             down projection
   g_train   the grown copies, plus the original gate/up (layer_i/mlp/gating_einsum) of the grown layers (the
             paper's "entire up-projection is trainable"); the original down projection stays frozen
-  custom    rules given as an option: [(path_regex, 'trainable' | 'frozen'), ...]
+  custom    rules given as the option `custom_rules`: [(path_regex, 'trainable' | 'frozen'), ...]
 
 Ablations:
   g_freeze_norms  G-Freeze plus the grown layers' post-feed-forward norm scales (`post_ffw_norm/scale`), which
@@ -24,10 +24,10 @@ LoRA is in lora.py, L2-SP and EWC in regularizers.py.
 
 from __future__ import annotations
 
-from grow_jax.errors import ConfigError
 from grow_jax.growth.attention import grown_head_layers
 from grow_jax.growth.operators import grown_layers
-from grow_jax.methods.base import Method, register
+from grow_jax.growth.tasks import newest_task_branches
+from grow_jax.methods.base import Method, Option, register
 from grow_jax.methods.partition import FROZEN, GROWN_BRANCH, GROWN_HEADS, TRAINABLE, PartitionError
 from grow_jax.model.config import ModelConfig
 
@@ -49,16 +49,12 @@ class MLPOnly(Method):
 @register
 class Custom(Method):
   name = "custom"
-  description = "rules given as the option `rules`: [(path_regex, 'trainable' | 'frozen'), ...]"
-  options = {"rules": None}
-
-  @classmethod
-  def check_options(cls, options):
-    if not options["rules"]:
-      raise ConfigError("mode 'custom' needs options['rules'] = [(path_regex, 'trainable'|'frozen'), ...]")
+  description = "rules given as the option `custom_rules`: [(path_regex, 'trainable' | 'frozen'), ...]"
+  options = {"custom_rules": Option(None, check=bool, expected="a list of (path_regex, 'trainable' | 'frozen') rules",
+                                    config=False)}
 
   def rules(self, config):
-    return [tuple(rule) for rule in self.opts["rules"]]
+    return [tuple(rule) for rule in self.opts["custom_rules"]]
 
 
 @register
@@ -75,9 +71,14 @@ class GFreeze(Method):
                            "growth.grow_mlp(config, params, layers=...)")
     return layers
 
+  def branches(self, config: ModelConfig) -> str:
+    """The grown branches that train: every one, or on a model with task branches the newest task's (the
+    task this run grew: growth/tasks.py)."""
+    return newest_task_branches(config) or GROWN_BRANCH
+
   def rules(self, config):
     self.grown(config)
-    return [(GROWN_BRANCH, TRAINABLE), (".*", FROZEN)]
+    return [(self.branches(config), TRAINABLE), (".*", FROZEN)]
 
 
 @register
@@ -87,7 +88,7 @@ class GTrain(GFreeze):
 
   def rules(self, config):
     grown = self.grown(config)
-    return [(GROWN_BRANCH, TRAINABLE), (rf"layer_{layers_regex(grown)}/mlp/gating_einsum", TRAINABLE),
+    return [(self.branches(config), TRAINABLE), (rf"layer_{layers_regex(grown)}/mlp/gating_einsum", TRAINABLE),
             (".*", FROZEN)]
 
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from grow_jax import tree_paths
 from grow_jax.errors import ConfigError
-from grow_jax.methods.base import Method, register, trainable_count
+from grow_jax.methods.base import Method, Option, register, trainable_count
 from grow_jax.methods.partition import FROZEN, TRAINABLE
 
 Params = dict[str, Any]
@@ -177,22 +177,34 @@ def scale_for(rank: int, lora_alpha: float | None) -> float:
 
 
 # ---- the method ---------------------------------------------------------------------------------------
+def _positive_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 @register
 class LoRA(Method):
   """Rank-r adapters on `lora_targets` (B = 0: the model is unchanged at init); the base weights are frozen.
 
   match_params_of: 'g_freeze' | 'g_train' | 'mlp_only' | an int — pick the rank whose adapter count is closest
-  to that method's trainable count on this model grown by (growth_factor, growth_layers) (the model itself
-  if it is already grown); lora_alpha: scale = alpha / rank (None: scale 1).
+  to that method's trainable count on this model grown by `match_factor` at the layers the run grows
+  (Context.growth_layers: the trainer's config.growth.layers or growth plan; all by default), or on the model
+  itself if it is already grown; lora_alpha: scale = alpha / rank (None: scale 1).
   """
 
   name = "lora"
   description = "rank-r adapters (B = 0 at init) on q/kv/attn_vec/gating/linear; the base weights are frozen"
-  options = {"lora_rank": 8, "lora_alpha": None, "lora_targets": DEFAULT_TARGETS, "match_params_of": None,
-             "growth_factor": 2, "growth_layers": None}
+  options = {
+      "lora_rank": Option(8, help="adapter rank (unless match_params_of picks it)"),
+      "lora_alpha": Option(None, type=float, help="scale = lora_alpha / rank (None: 1)"),
+      "lora_targets": Option(DEFAULT_TARGETS, config=False, help="fullmatch regex of the adapted leaves"),
+      "match_params_of": Option(None, type=str, help="pick the rank matching this method's trainable count"),
+      "match_factor": Option(2, check=_positive_int, expected="a positive integer", config=False,
+                             help="the growth factor the matched method is counted at"),
+  }
 
   @classmethod
   def check_options(cls, options):
+    super().check_options(options)
     if options["match_params_of"] is None:
       _check_rank(options["lora_rank"])
 
@@ -202,7 +214,7 @@ class LoRA(Method):
     self.match: dict[str, Any] = {}
     if target is not None:
       count = target if isinstance(target, int) and not isinstance(target, bool) else trainable_count(
-          target, self.model_config, base, self.opts["growth_factor"], self.opts["growth_layers"])
+          target, self.model_config, base, self.opts["match_factor"], self.context.growth_layers)
       self.rank, n = rank_for_count(base, count, targets)
       self.match = {"match_params_of": target, "target_count": count, "lora_count": n,
                     "relative_gap": (n - count) / count}

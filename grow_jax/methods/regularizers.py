@@ -30,7 +30,7 @@ from grow_jax.model import transformer as model_lib
 from grow_jax import tree_paths
 from grow_jax.model.config import ModelConfig
 from grow_jax.errors import ConfigError
-from grow_jax.methods.base import Method, register
+from grow_jax.methods.base import Method, Option, is_abstract, register
 
 Params = dict[str, Any]
 
@@ -223,20 +223,23 @@ def _logged_penalty(kind: str, coef: float, params, opt_state):
 
 
 # ---- the methods ---------------------------------------------------------------------------------------
+def _is_coef(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+_COEF = "a float >= 0"
+
+
 @register
 class L2SP(Method):
   """Full fine-tuning pulled toward the initial weights: penalty (l2sp_coef / 2) * ||θ - θ*||²."""
 
   name = "l2sp"
   description = "every leaf trains, pulled toward the initial weights (l2sp_coef)"
-  options = {"l2sp_coef": 0.01}
+  options = {"l2sp_coef": Option(0.01, check=_is_coef, expected=_COEF, help="the penalty's coefficient")}
   regularizer_copies = 1
 
-  @classmethod
-  def check_options(cls, options):
-    _check_coef(options["l2sp_coef"], "l2sp_coef")
-
-  def optimizer_transforms(self, fisher=None):
+  def optimizer_transforms(self, prepared=None):
     return [l2sp(self.opts["l2sp_coef"])]
 
   def penalty(self, params, opt_state):
@@ -245,28 +248,38 @@ class L2SP(Method):
 
 @register
 class EWC(Method):
-  """Full fine-tuning with a diagonal-Fisher penalty ewc_coef * Σ F (θ - θ*)²; the Fisher is estimated on
-  original-domain reference text (the trainer's train.reference_task), never on the new task."""
+  """Full fine-tuning with a diagonal-Fisher penalty ewc_coef * Σ F (θ - θ*)²; the Fisher is estimated once, in
+  `prepare`, on original-domain reference text (Context.reference_batches: the trainer's
+  train.reference_task), never on the new task."""
 
   name = "ewc"
   description = "every leaf trains, with a diagonal-Fisher penalty (ewc_coef) estimated on reference text"
-  options = {"ewc_coef": 0.01, "ewc_batches": None, "ewc_normalize": "mean", "ewc_per_example": True}
+  options = {
+      "ewc_coef": Option(0.01, check=_is_coef, expected=_COEF, help="the penalty's coefficient"),
+      "ewc_batches": Option(4, check=lambda n: n is None or (isinstance(n, int) and not isinstance(n, bool) and n > 0),
+                            expected="a positive number of batches (None: every reference batch)",
+                            help="reference batches the Fisher is estimated on"),
+      "ewc_normalize": Option("mean", check=lambda v: v in (None, "mean", "max"), expected="None, 'mean' or 'max'",
+                              help="Fisher scaled to mean 1 ('mean') or max 1 ('max')"),
+      "ewc_per_example": Option(True, check=lambda v: isinstance(v, bool), expected="a boolean", config=False,
+                                help="one squared gradient per sequence (False: per batch)"),
+  }
   regularizer_copies = 2
   needs_reference_data = True
 
-  @classmethod
-  def check_options(cls, options):
-    _check_coef(options["ewc_coef"], "ewc_coef")
-    if options["ewc_normalize"] not in (None, "mean", "max"):
-      raise ConfigError(f"ewc_normalize={options['ewc_normalize']!r}: expected None, 'mean' or 'max'")
-
-  def estimate_fisher(self, params, batches, loss_fn=None):
-    return estimate_fisher(self.model_config, params, batches, loss_fn,
+  def prepare(self, params):
+    """The diagonal Fisher on the context's reference batches (its shapes when `params` are abstract)."""
+    if is_abstract(params):
+      return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), params)
+    if self.context.reference_batches is None:
+      raise ConfigError(f"mode {self.name!r} needs reference_batches (original-domain text) to estimate the Fisher")
+    n = self.opts["ewc_batches"]
+    return estimate_fisher(self.model_config, params, self.context.reference_batches(n), self.context.loss_fn,
                            per_example=bool(self.opts["ewc_per_example"]), normalize=self.opts["ewc_normalize"],
-                           max_batches=self.opts["ewc_batches"])
+                           max_batches=n)
 
-  def optimizer_transforms(self, fisher=None):
-    return [ewc(self.opts["ewc_coef"], fisher)]
+  def optimizer_transforms(self, prepared=None):
+    return [ewc(self.opts["ewc_coef"], prepared)]
 
   def penalty(self, params, opt_state):
     return _logged_penalty("ewc", self.opts["ewc_coef"], params, opt_state)

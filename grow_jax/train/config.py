@@ -108,21 +108,18 @@ def base_config() -> ml_collections.ConfigDict:
   # each branch and its copies (Wd/2 + N, Wd/2 - N: symmetry breaking), drawn from seed. attention_factor: attention-head growth of the same
   # layers, 0 = the method's default (2 for g_freeze_attn, 1 = none otherwise); attention_kv: the head copies
   # get kv heads of their own (False: they read the original kv heads). See growth/attention.py.
+  # task: a name for the branches this run grows (growth/tasks.py, docs/method.md "Task branches and deltas"):
+  # they grow from branch 0 alone, so each task can be switched off later; on a model that already has task
+  # branches (an init source grown for earlier tasks) a name is required and G-Freeze trains only the new ones.
+  # '' = the paper's growth, unnamed.
   c.growth = ml_collections.ConfigDict(dict(factor=0, layers="all", plan="", noise_scale=0.0, seed=0,
-                                            attention_factor=0, attention_kv=False))
+                                            attention_factor=0, attention_kv=False, task=""))
 
   # Which parameters train and how: a registered method (grow_jax.methods.names()):
-  #   sft | mlp_only | g_freeze | g_train | g_freeze_norms | g_freeze_attn | lora | l2sp | ewc | custom
-  c.train = ml_collections.ConfigDict(dict(
-      mode="sft", lora_rank=8, lora_alpha=config_dict.placeholder(float), l2sp_coef=0.01, ewc_coef=0.01,
-      ewc_batches=4, ewc_normalize="mean",
-      match_params_of=config_dict.placeholder(str),   # lora: pick the rank matching this mode's trainable count
-      reference_task="",              # EWC Fisher data (a task, its eval split): '' = general English prose
-                                      # (stdlib_text) for text tasks, the training task for synthetic ones
-      loss_chunk=0,                   # cross-entropy over T in chunks of this many tokens (0 = all at once)
-      target_capacity=-1,             # output head only at target positions: -1 = capacity measured on the
-                                      # first training batches, 0 = every position, n = n per row
-  ))
+  #   sft | mlp_only | g_freeze | g_train | g_freeze_norms | g_freeze_attn | lora | l2sp | ewc | custom | ...
+  # Every registered method's options are keys here too (grow_jax.methods.config_options(): each method's file
+  # declares its own names, defaults and checks); a method reads only its own.
+  c.train = ml_collections.ConfigDict(dict(mode="sft", **_method_option_defaults(), **TRAINER_DEFAULTS))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=2, schedule="cosine", min_lr_ratio=0.0, weight_decay=0.0,
@@ -162,6 +159,29 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# config.train keys that are the trainer's own (besides `mode`); every other key is a method's option.
+TRAINER_DEFAULTS = dict(
+    reference_task="",              # original-domain text for methods that read reference batches (a task, its
+                                    # eval split): '' = general English prose (stdlib_text) for text tasks, the
+                                    # training task for synthetic ones
+    loss_chunk=0,                   # cross-entropy over T in chunks of this many tokens (0 = all at once)
+    target_capacity=-1,             # output head only at target positions: -1 = capacity measured on the
+                                    # first training batches, 0 = every position, n = n per row
+)
+
+
+def _method_option_defaults() -> dict[str, Any]:
+  """config.train's method keys: every registered method's config options at their defaults (a None default
+  is a placeholder of the option's type)."""
+  from grow_jax import methods
+  out = {}
+  for name, option in methods.config_options().items():
+    if name == "mode" or name in TRAINER_DEFAULTS:
+      raise ConfigError(f"a method option is named {name!r}, which is config.train's own key; rename the option")
+    out[name] = option.default if option.default is not None else config_dict.placeholder(option.type or str)
+  return out
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
   """Applies {'a.b': value} overrides (a `sweep()` entry); an unknown key raises ConfigError naming it."""
   config = config.copy_and_resolve_references()
@@ -192,8 +212,8 @@ def expand_sweep(module, base_arg: str | None = None) -> list[ml_collections.Con
 PAPER_LIMIT = 200_000     # records per split the paper configs read from a hub task (config arg `limit`)
 
 
-def paper_config(arg, *, default_lr: dict[str, float], ckpt: str, tensor: int = 1,
-                 accum: int = 1) -> ml_collections.ConfigDict:
+def paper_config(arg, *, default_lr: dict[str, float], ckpt: str, tensor: int = 1, accum: int = 1,
+                 method_options: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
   """The paper's setting shared by configs/paper_*.py: a pretrained Gemma 3 grown x2 (all layers, given layers,
   or a growth plan's targeted layers) and fine-tuned on a new task; bf16 compute, f32 weights, FSDP (+ tensor)
   mesh; evaluated before and after on the task itself, WinoGrande (the paper's original-knowledge probe) and
@@ -206,6 +226,7 @@ def paper_config(arg, *, default_lr: dict[str, float], ckpt: str, tensor: int = 
   rematerialisation policy, default 'full' as MaxText's: without it 64 x 512 tokens of the 1B need ~50 GiB of
   activations per v5e chip; experiments/results/aot_matrix/matrix.md), scan (one jax.lax.scan over the layers, default
   True: with remat, only the layer boundaries stay live; it did not shorten compile times here). Hyperparameters are our choice: the paper does not publish them.
+  method_options: config.train keys of the methods' options the config file sets (e.g. the LoRA rank).
   """
   arg = parse_arg(arg, mode="g_freeze", task="translation_en_fr", limit=PAPER_LIMIT, layers="all", plan="",
                   steps=2000, batch=64, seq_len=512, lr=0.0, tensor=tensor, ckpt=ckpt, accum=accum, remat="full",
@@ -237,7 +258,8 @@ def paper_config(arg, *, default_lr: dict[str, float], ckpt: str, tensor: int = 
   c.train.mode = arg.mode
   c.train.loss_chunk = 128
   c.train.reference_task = "stdlib_text"
-  c.train.lora_rank = 16
+  for key, value in (method_options or {}).items():
+    c.train[key] = value
   c.growth.layers = arg.layers
   c.growth.plan = arg.plan
   c.optimizer.learning_rate = arg.lr or default_lr.get(arg.mode, min(default_lr.values()))
@@ -264,8 +286,6 @@ def paper_sweep() -> list[dict[str, Any]]:
 
 
 # ---- checks of a finished config (cheap; before anything is written) ----------------------------------
-# config.train keys that are the trainer's own; the rest are method options (methods.select_options).
-TRAINER_KEYS = ("mode", "loss_chunk", "reference_task", "target_capacity")
 
 
 def _need(ok: bool, field: str, value: Any, expected: str) -> None:
@@ -311,6 +331,14 @@ def check(config: ml_collections.ConfigDict) -> None:
     plan_lib.read_plan(config.growth.plan, field="config.growth.plan")    # readable, a plan
   _need(config.growth.noise_scale >= 0 and _finite_number(config.growth.noise_scale), "growth.noise_scale",
         config.growth.noise_scale, "a finite float >= 0")
+  if config.growth.task:
+    from grow_jax.model.config import TASK_NAME
+    _need(isinstance(config.growth.task, str) and bool(TASK_NAME.fullmatch(config.growth.task)), "growth.task",
+          config.growth.task, "a name of letters, digits, '_', '-' and '.' (at most 64), or '' (unnamed growth)")
+    _need(growth_factor(config) == 2, "growth.task", config.growth.task,
+          f"a run that grows the MLP by 2 (a task branch is one copy of branch 0); mode {config.train.mode!r} "
+          f"grows no MLP" if growth_factor(config) == 1 else f"growth.factor 2 (0: the method's default), not "
+          f"{config.growth.factor}")
   _need(config.data.seq_len > 1, "data.seq_len", config.data.seq_len, "an integer >= 2")
   _need(config.train.loss_chunk >= 0, "train.loss_chunk", config.train.loss_chunk, "an integer >= 0")
   _need(config.train.target_capacity >= -1, "train.target_capacity", config.train.target_capacity,
@@ -381,12 +409,10 @@ def optimizer_config(config) -> dict[str, Any]:
 
 
 def method_options(config) -> dict[str, Any]:
-  """config.train without the trainer's own keys, plus the growth a method may compare itself with (LoRA's
-  match_params_of counts the matched method on the model grown at config.growth.layers): the options
-  `methods.create` picks its method's keys from."""
-  options = {k: v for k, v in config.train.items() if k not in TRAINER_KEYS}
-  options["growth_layers"] = growth_layers_spec(config)
-  return options
+  """The options of config.train.mode's method that config.train holds (its config options; the method
+  fills the others with their defaults)."""
+  from grow_jax import methods
+  return {k: config.train[k] for k in methods.method_class(config.train.mode).options if k in config.train}
 
 
 def growth_layers_spec(config) -> str:

@@ -321,7 +321,7 @@ def _restore_or_init(config, mesh, resume, train_setup, train_iter, tokenizer):
               if step is not None else _find_resume_elsewhere(config, moved))
   _log.info("resume order: no checkpoint -> init source %s", config.init.source)
   mc, base = setup_lib.init_params(config, mesh)
-  reference = _reference_batches(config, mc, tokenizer) if train_setup.method.needs_reference_data else None
+  reference = lambda n: _reference_batches(config, mc, tokenizer, n)     # read only by a method that asks
   _, state = setup_lib.build(config, mc, base, mesh, reference_batches=reference)
   return state, resume
 
@@ -333,13 +333,14 @@ def _find_resume_elsewhere(config, moved) -> checkpointing.Resume:
   return checkpointing.Resume("init", set_aside=moved)
 
 
-def _reference_batches(config, mc, tokenizer):
-  """EWC's reference text: config.train.reference_task (default: general English prose, stdlib_text; the
-  training task itself only for synthetic runs), its eval split — never the new task's text by default."""
+def _reference_batches(config, mc, tokenizer, n: int | None) -> list:
+  """At most n batches (None: all) of original-domain text for a method's `prepare`:
+  config.train.reference_task (default: general English prose, stdlib_text; the training task itself only for
+  synthetic runs), its eval split — never the new task's text by default."""
   task = pipeline.reference_task(config)
   return list(pipeline.batch_iterator(
       config, config.data.eval_split, batch_size=config.eval.batch_size, model_config=mc, tokenizer=tokenizer,
-      task=task, max_examples=config.train.ewc_batches * config.eval.batch_size, finite=True))
+      task=task, max_examples=None if n is None else n * config.eval.batch_size, finite=True))
 
 
 # ---- 4. the step's target capacity and the evaluations ----------------------------------------------------

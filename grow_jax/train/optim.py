@@ -1,7 +1,7 @@
 """The optimizer: warmup + decay schedule, AdamW with a weight-decay mask, global-norm clipping, and a
 trainable/frozen partition so optimizer state exists only for trainable leaves.
 
-    make_optimizer(opt, method)                     # method: methods.TrainMethod (labels, its transforms)
+    make_optimizer(opt, bound)                      # bound: methods.TrainMethod (labels, its transforms)
     make_optimizer(opt, labels, transforms=[...])   # a labels tree; transforms run first (L2-SP, EWC)
 
 builds
@@ -35,6 +35,7 @@ import optax
 
 from grow_jax import tree_paths
 from grow_jax.methods import partition
+from grow_jax.methods.base import TrainMethod
 from grow_jax.errors import ConfigError
 
 OPT_DEFAULTS = dict(learning_rate=1e-4, schedule="cosine", warmup_steps=0, total_steps=None, min_lr_ratio=0.0,
@@ -95,12 +96,12 @@ def _decay_mask_fn(rules):
 
 
 def make_optimizer(opt, labels_or_method, *, transforms=()) -> optax.GradientTransformation:
-  """The training optimizer (see the module docstring). `labels_or_method` is a `TrainMethod`
-  (methods.setup_method: its labels and its optimizer transforms, e.g. L2-SP / EWC) or a labels tree
-  ('trainable' / 'frozen', structure of params) with optional `transforms` that run first in the trainable
-  chain."""
+  """The training optimizer (see the module docstring). `labels_or_method` is a bound method
+  (`methods.TrainMethod`, from `Method.bind` / `setup_method`: its labels, and its optimizer transforms, e.g.
+  L2-SP / EWC, first) or a labels tree ('trainable' / 'frozen', structure of params); `transforms` run first
+  in the trainable chain (after the method's)."""
   labels = labels_or_method
-  if hasattr(labels_or_method, "optimizer_transforms"):  # a TrainMethod
+  if isinstance(labels_or_method, TrainMethod):
     labels, transforms = labels_or_method.labels, list(labels_or_method.optimizer_transforms()) + list(transforms)
   values = set(jax.tree.leaves(labels))
   if not values <= {partition.TRAINABLE, partition.FROZEN}:

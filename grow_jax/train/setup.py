@@ -4,7 +4,7 @@ sharded state.
     mc = model_config(config)                                   # no weights (a GGUF's file is opened once)
     setup = build(config, mc, model.abstract_params(mc), mesh)  # abstract: the restore target, nothing computed
     mc, base = init_params(config, mesh)                        # weights, sharded, then grown
-    setup, state = build(config, mc, base, mesh, reference_batches=...)   # materialised
+    setup, state = build(config, mc, base, mesh, reference_batches=...)   # materialised (+ method.prepare)
 
 Both paths bind the method to the same (abstract) shapes, so its decisions (a LoRA rank matched to
 G-Freeze's count, the layers G-Train opens) are identical on a fresh start and on resume.
@@ -13,7 +13,7 @@ G-Freeze's count, the layers G-Train opens) are identical on a fresh start and o
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ import optax
 
 from grow_jax import formats, methods
 from grow_jax.errors import ConfigError
-from grow_jax.growth import attention, operators as growth
+from grow_jax.growth import attention, operators as growth, tasks
 from grow_jax.model import transformer
 from grow_jax.model.config import COMPUTE_FIELDS, ModelConfig, abstract_params, parse_layers
 from grow_jax.train import checkpointing, config as config_lib, optim, sharding, step as step_lib
@@ -65,7 +65,9 @@ def grown_model_config(config, base: ModelConfig) -> ModelConfig:
   config.growth says."""
   factor, heads = config_lib.growth_factor(config), config_lib.attention_growth_factor(config)
   mc = base
-  if factor > 1:
+  if factor > 1 and config.growth.task:
+    mc = tasks.grow_task_config(mc, config.growth.task, layers=growth_layers(config, base))
+  elif factor > 1:
     mc = growth.grow_config(mc, factor=factor, layers=growth_layers(config, base))
   if heads > 1:
     mc = attention.attention_config(mc, factor=heads, grow_kv=config.growth.attention_kv,
@@ -98,7 +100,9 @@ def init_params(config, mesh) -> tuple[ModelConfig, Params]:
 
   def grow(p):
     c = mc
-    if factor > 1:
+    if factor > 1 and g.task:
+      c, p = tasks.grow_task(c, p, g.task, layers=layers, noise_scale=g.noise_scale, seed=g.seed)
+    elif factor > 1:
       c, p = growth.grow_mlp(c, p, factor=factor, layers=layers, noise_scale=g.noise_scale, seed=g.seed)
     if heads > 1:
       c, p = attention.grow_attention(c, p, factor=heads, grow_kv=g.attention_kv, layers=layers)
@@ -119,45 +123,44 @@ class TrainSetup:
   abstract_state: Any                # ShapeDtypeStructs carrying `state_shardings`
 
 
-def build(config, mc: ModelConfig, params: Params, mesh, *, reference_batches: Iterable | None = None,
+def build(config, mc: ModelConfig, params: Params, mesh, *,
+          reference_batches: Callable[[int | None], Iterable] | None = None,
           abstract: bool = False) -> tuple[TrainSetup, Any]:
-  """The method bound to this model, the optimizer and the state.
+  """The method bound to this model (methods.Method.bind, as setup_method does), the optimizer and the state.
 
   abstract=False: `params` are the real (sharded, grown) weights; returns (setup, materialised sharded state).
   abstract=True: `params` are ShapeDtypeStructs; nothing is computed; returns (setup, None), and
   `setup.abstract_state` is the restore target.
+  reference_batches: n -> at most n batches of original-domain text (read only by a method that prepares on
+  them, and only on a fresh start).
   """
-  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  method = methods.create(config.train.mode, config_lib.method_options(config), mc, shapes)
+  shapes = methods.base.shapes_of(params)
+  loss_fn = lambda p, b: step_lib.mean_loss(mc, p, b, loss_chunk=config.train.loss_chunk)
+  context = methods.Context(growth_layers=config_lib.growth_layers_spec(config), reference_batches=reference_batches,
+                            loss_fn=loss_fn)
+  method = methods.create(config.train.mode, config_lib.method_options(config), mc, shapes, context)
   opt = config_lib.optimizer_config(config)
   rng = jax.random.key(config.seed + 1)
-  make_tx = lambda fisher: optim.make_optimizer(opt, method.labels, transforms=method.optimizer_transforms(fisher))
 
-  trained_shapes = jax.eval_shape(method.init_params, shapes, rng)
-  fisher_shapes = (jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), trained_shapes)
-                   if method.needs_reference_data else None)
-  opt_state = jax.eval_shape(lambda p, f: make_tx(f).init(p), trained_shapes, fisher_shapes)
-  param_sh = sharding.param_shardings(trained_shapes, mesh)
-  opt_sh = sharding.like_params_shardings(opt_state, param_sh, trained_shapes, mesh)
+  bound = method.bind(shapes, rng)                        # shapes: the trained params and what prepare makes
+  opt_state = jax.eval_shape(lambda p, prepared: optim.make_optimizer(
+      opt, dataclasses.replace(bound, prepared=prepared)).init(p), bound.params, bound.prepared)
+  param_sh = sharding.param_shardings(bound.params, mesh)
+  opt_sh = sharding.like_params_shardings(opt_state, param_sh, bound.params, mesh)
   rep = sharding.replicated(mesh)
   state_sh = {"step": rep, "params": param_sh, "opt_state": opt_sh, "rng": rep}
   rng_data = jax.random.key_data(jax.random.key(config.seed))
-  abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": trained_shapes, "opt_state": opt_state,
+  abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": bound.params, "opt_state": opt_state,
                     "rng": jax.ShapeDtypeStruct(rng_data.shape, rng_data.dtype)}
   abstract_state = checkpointing.abstract_with_shardings(abstract_state, state_sh)
   if abstract:
-    return TrainSetup(mc, method, make_tx(None), state_sh, abstract_state), None
+    # The transforms' update reads only their state, so this optimizer also steps a restored or fresh state.
+    return TrainSetup(mc, method, optim.make_optimizer(opt, bound), state_sh, abstract_state), None
 
-  params = jax.jit(method.init_params, out_shardings=param_sh)(params, rng)
-  fisher = None
-  if method.needs_reference_data:
-    if reference_batches is None:
-      raise ConfigError(f"mode {method.name!r} needs reference batches (config.train.reference_task)")
-    loss_fn = lambda p, b: step_lib.mean_loss(mc, p, b, loss_chunk=config.train.loss_chunk)
-    fisher = method.estimate_fisher(params, reference_batches, loss_fn)
-  tx = make_tx(fisher)
-  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-  state = {"step": jax.device_put(jnp.zeros((), jnp.int32), rep), "params": params, "opt_state": opt_state,
+  bound = method.bind(params, rng, shardings=param_sh)
+  tx = optim.make_optimizer(opt, bound)
+  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(bound.params)
+  state = {"step": jax.device_put(jnp.zeros((), jnp.int32), rep), "params": bound.params, "opt_state": opt_state,
            "rng": jax.device_put(rng_data, rep)}
   return TrainSetup(mc, method, tx, state_sh, abstract_state), state
 
