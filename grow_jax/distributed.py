@@ -355,16 +355,26 @@ def initialize(mode: str | None = None, coordinator_address: str | None = None, 
 
 
 def _main(argv: Sequence[str]) -> int:
-  import argparse
-  parser = argparse.ArgumentParser(prog="python -m grow_jax.distributed",
-                                   description="Print (or make) this process's jax.distributed.initialize call.")
-  parser.add_argument("--mode", choices=MODES, default=None, help=f"default ${ENV_VAR}, else auto")
-  parser.add_argument("--coordinator_address")
-  parser.add_argument("--num_processes", type=int)
-  parser.add_argument("--process_id", type=int)
-  parser.add_argument("--initialize", action="store_true",
-                      help="start it, then print process index/count, device counts and an all-gather")
-  args = parser.parse_args(argv)
+  """python -m grow_jax.distributed: print (or make) this process's jax.distributed.initialize call."""
+  from absl import flags
+  prog = "python -m grow_jax.distributed"
+  args = flags.FlagValues()
+  flags.DEFINE_enum("mode", None, MODES, f"default ${ENV_VAR}, else auto", flag_values=args)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0", flag_values=args)
+  flags.DEFINE_integer("num_processes", None, "how many processes", flag_values=args)
+  flags.DEFINE_integer("process_id", None, "this process's index", flag_values=args)
+  flags.DEFINE_bool("initialize", False, "start it, then print process index/count, device counts and an "
+                    "all-gather", flag_values=args)
+  if "--help" in argv or "-h" in argv:
+    print(f"usage: {prog} [flags]\n\n{args.get_help()}")
+    return 0
+  try:            # grow_jax.cli.parse's rules (this module imports nothing from grow_jax)
+    rest = args([prog, *argv])[1:]
+    if rest:
+      raise flags.Error(f"unexpected arguments {rest}")
+  except flags.Error as e:
+    print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+    return 2
   explicit = dict(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
                   process_id=args.process_id)
   try:

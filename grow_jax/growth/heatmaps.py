@@ -13,14 +13,14 @@ correlation of their per-layer update norms and their top-k overlaps.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from absl import flags
 
-from grow_jax import errors, figures, files, tables
+from grow_jax import cli, errors, figures, files, tables
 from grow_jax.errors import ConfigError, GrowJaxError
 from grow_jax.growth import analysis
 from grow_jax.growth.plan_file import read_plan
@@ -103,12 +103,17 @@ def write_report(plans: Mapping[str, Mapping[str, Any]], out: str, ks: Sequence[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m grow_jax.growth.heatmaps", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--plans", required=True, help="comma-separated growth-plan JSONs (plan.py)")
-  parser.add_argument("--labels", help="comma-separated names of the plans (default: the pilots' tasks)")
-  parser.add_argument("--out", required=True, help="output prefix for .png / .json / .md")
-  parser.add_argument("--k", default="3,6", help="top-k layers of the localisation")
-  args = parser.parse_args(argv)
+  """python -m grow_jax.growth.heatmaps (see the module docstring); returns the exit code."""
+  args = flags.FlagValues()
+  flags.DEFINE_string("plans", None, "comma-separated growth-plan JSONs (plan.py)", flag_values=args)
+  flags.DEFINE_string("labels", None, "comma-separated names of the plans (default: the pilots' tasks)",
+                      flag_values=args)
+  flags.DEFINE_string("out", None, "output prefix for .png / .json / .md", flag_values=args)
+  flags.DEFINE_string("k", "3,6", "top-k layers of the localisation", flag_values=args)
+  flags.mark_flags_as_required(["plans", "out"], flag_values=args)
+  rest = cli.parse("python -m grow_jax.growth.heatmaps", args, argv, positional=False)
+  if isinstance(rest, int):
+    return rest
   try:
     paths = [p for p in args.plans.split(",") if p]
     loaded = [read_plan(p, "--plans") for p in paths]

@@ -21,15 +21,15 @@ when every layer grows by `factor`; embeddings never count), the largest prefix 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from absl import flags
 
-from grow_jax import errors, files
+from grow_jax import cli, errors, files
 from grow_jax.errors import ConfigError, GrowJaxError
 from grow_jax.growth import analysis
 from grow_jax.growth.plan_file import (FORMAT, SIGNATURE, check_model, model_signature, read_plan,  # noqa: F401
@@ -194,47 +194,38 @@ def format_plan(plan: Mapping[str, Any]) -> str:
 
 def _run_pilot(spec: str, sets: Sequence[str], workdir: str) -> None:
   """Trains the pilot `spec` ('configs/x.py[:args]', `sets` 'a.b=value' overrides) into `workdir`."""
-  import importlib.util
-  from grow_jax.train import config as config_lib, loop
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ConfigError(f"--pilot_config={spec!r}: no config file at {path!r}")
-  module_spec = importlib.util.spec_from_file_location("pilot_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  for item in sets:
-    key, sep, text = item.partition("=")
-    node = config
-    for name in key.split(".")[:-1]:
-      node = node[name] if name in node else None
-      if node is None:
-        break
-    leaf = key.split(".")[-1]
-    if not sep or node is None or leaf not in node:
-      raise ConfigError(f"--pilot_set={item!r}: expected key=value with a key of the config")
-    value = config_lib.parse_arg(f"v={text}", v=node[leaf]).v
-    config = config_lib.apply_overrides(config, {key: value})
+  from grow_jax import config_file
+  from grow_jax.train import loop
+  config = config_file.load_config(spec, sets, flag="--pilot_config", override_flag="--pilot_set")
   loop.train_and_evaluate(config, workdir)
 
 
+def _define_flags(fv: flags.FlagValues) -> None:
+  define = dict(flag_values=fv)
+  flags.DEFINE_string("pilot", None, "pilot workdir (an ungrown SFT run; its newest readable checkpoint), or a "
+                      "grow_jax params file (.safetensors; needs --base)", **define)
+  flags.DEFINE_string("pilot_config", None, "train this config into --pilot first, 'configs/x.py[:args]'", **define)
+  flags.DEFINE_multi_string("pilot_set", [], "'a.b=value' override of --pilot_config (repeatable)", **define)
+  flags.DEFINE_string("base", None, "the pilot's starting weights (default: its config.json's init source)",
+                      **define)
+  flags.DEFINE_integer("step", None, "the pilot's checkpoint at this step (default: newest)", **define)
+  flags.DEFINE_string("criterion", "update", f"one of {sorted(CRITERIA)}", **define)
+  flags.DEFINE_integer("num_layers", None, "grow this many layers", **define)
+  flags.DEFINE_float("fraction", None, "budget: share of all-layer growth's trainable count", **define)
+  flags.DEFINE_string("method", "g_freeze", "the growth method whose trainable count is the budget", **define)
+  flags.DEFINE_integer("factor", 2, "growth factor of the budget's count", **define)
+  flags.DEFINE_string("out", None, "write the plan JSON here", **define)
+  flags.DEFINE_string("compare", None, "'a.json,b.json': ranking agreement of two plans (no pilot needed)", **define)
+  flags.DEFINE_string("k", "3,6", "top-k overlaps reported by --compare (besides the plans' sizes)", **define)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m grow_jax.growth.plan", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--pilot", help="pilot workdir (an ungrown SFT run; its newest readable checkpoint), or a "
-                      "grow_jax params file (.safetensors; needs --base)")
-  parser.add_argument("--pilot_config", help="train this config into --pilot first, 'configs/x.py[:args]'")
-  parser.add_argument("--pilot_set", action="append", default=[], help="'a.b=value' override of --pilot_config")
-  parser.add_argument("--base", help="the pilot's starting weights (default: its config.json's init source)")
-  parser.add_argument("--step", type=int, help="the pilot's checkpoint at this step (default: newest)")
-  parser.add_argument("--criterion", default="update", help=f"one of {sorted(CRITERIA)}")
-  parser.add_argument("--num_layers", type=int, help="grow this many layers")
-  parser.add_argument("--fraction", type=float, help="budget: share of all-layer growth's trainable count")
-  parser.add_argument("--method", default="g_freeze", help="the growth method whose trainable count is the budget")
-  parser.add_argument("--factor", type=int, default=2, help="growth factor of the budget's count")
-  parser.add_argument("--out", help="write the plan JSON here")
-  parser.add_argument("--compare", help="'a.json,b.json': ranking agreement of two plans (no pilot needed)")
-  parser.add_argument("--k", default="3,6", help="top-k overlaps reported by --compare (besides the plans' sizes)")
-  args = parser.parse_args(argv)
+  """python -m grow_jax.growth.plan (see the module docstring); returns the exit code."""
+  args = flags.FlagValues()
+  _define_flags(args)
+  rest = cli.parse("python -m grow_jax.growth.plan", args, argv, positional=False)
+  if isinstance(rest, int):
+    return rest
   try:
     if args.compare:
       names = [s for s in args.compare.split(",") if s]

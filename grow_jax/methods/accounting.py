@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -154,17 +155,20 @@ def standard_rows(preset: str, targeted: int = 10) -> dict[str, dict[str, Any]]:
   return rows
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
   """python -m grow_jax.methods.accounting [preset ...] [--targeted N]: print the accounting tables."""
-  import argparse
-  parser = argparse.ArgumentParser(description=main.__doc__)
-  parser.add_argument("presets", nargs="*", default=["gemma3_270m", "gemma3_1b"])
-  parser.add_argument("--targeted", type=int, default=10, help="layers in the targeted-growth rows")
-  args = parser.parse_args(argv)
-  for preset in args.presets:
+  from absl import flags
+  from grow_jax import cli
+  args = flags.FlagValues()
+  flags.DEFINE_integer("targeted", 10, "layers in the targeted-growth rows", flag_values=args)
+  presets = cli.parse("python -m grow_jax.methods.accounting", args, argv)
+  if isinstance(presets, int):
+    return presets
+  for preset in presets or ["gemma3_270m", "gemma3_1b"]:
     print(f"\n{preset} (f32; +FLOPs = forward matmul FLOPs per token added by growth)")
     print(format_table(standard_rows(preset, args.targeted)))
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -57,7 +57,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import hashlib
-import importlib.util
 import itertools
 import json
 import logging
@@ -69,7 +68,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
 
-from grow_jax import files
+from grow_jax import config_file, files
 from grow_jax.errors import ConfigError, GrowJaxError, StudyInterrupted, TrainingDivergedError
 from grow_jax.train import config as config_lib
 
@@ -152,12 +151,8 @@ class Study:
 
 def load_study(text: str) -> Study:
   """'path/to/study.py[:arg]' -> Study."""
-  path, _, arg = text.partition(":")
-  if not os.path.isfile(path):
-    raise ConfigError(f"--study={text!r}: no study file at {path!r}")
-  spec = importlib.util.spec_from_file_location(f"study_{os.path.basename(path)[:-3]}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module, arg = config_file.load_module(text, flag="--study", what="study")
+  path = text.partition(":")[0]
   for fn in ("get_config", "get_study", "select"):
     if not callable(getattr(module, fn, None)):
       raise ConfigError(f"--study={text!r}: the study file defines no {fn}()")
