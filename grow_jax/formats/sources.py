@@ -30,6 +30,7 @@ import pathlib
 from typing import Any
 
 
+from grow_jax import files
 from grow_jax.formats import hf_dir, hf_format, params_file
 from grow_jax.model.config import ModelConfig
 from grow_jax.errors import CheckpointError, ConfigError
@@ -124,13 +125,8 @@ def packaged_gguf_path(name: str, cache: str | os.PathLike | None = None) -> pat
   expected_size = sum(p.stat().st_size for p in module.chunk_paths())
   if target.is_file() and target.stat().st_size == expected_size:
     return target
-  # assemble() checks the sha256 of what it wrote; write under a temporary name, then rename.
-  tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-  try:
-    module.assemble(tmp, overwrite=True)
-    os.replace(tmp, target)
-  finally:
-    tmp.unlink(missing_ok=True)
+  # assemble() checks the sha256 of what it wrote; files.write_with renames it into place only when complete.
+  files.write_with(target, lambda tmp: module.assemble(tmp, overwrite=True))
   return target
 
 
