@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
-
-Params = dict[str, Any]
+from grow_jax.types import Params
 
 
 def _key_name(key) -> str:

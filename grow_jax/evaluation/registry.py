@@ -25,8 +25,8 @@ from grow_jax.evaluation.evaluator import KINDS, EvalTask, Evaluator
 from grow_jax.evaluation.items import Scored
 from grow_jax.model.config import ModelConfig
 from grow_jax.registry import Registry
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 Metrics = dict[str, float]
 EvalFn = Callable[[Params], Metrics]
 

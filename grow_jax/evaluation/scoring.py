@@ -39,8 +39,8 @@ import numpy as np
 from grow_jax.model.config import ModelConfig
 from grow_jax.model.generation import round_up
 from grow_jax.model.transformer import forward, unembed
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 Metrics = dict[str, float]
 # Log-likelihoods in per-item records are rounded to this many decimals (1e-4 nats: far below any real difference).
 LL_DECIMALS = 4

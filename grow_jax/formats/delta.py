@@ -32,8 +32,8 @@ from grow_jax import files, tree_paths
 from grow_jax.errors import CheckpointError, ConfigError
 from grow_jax.growth import tasks
 from grow_jax.model.config import ModelConfig
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 
 FORMAT = "grow_jax.delta"
 DTYPES = ("float32", "bfloat16")

@@ -44,8 +44,8 @@ from grow_jax.errors import CheckpointError, ConfigError
 from grow_jax.formats import gguf_import, hf_format
 from grow_jax.formats.params_file import check_params
 from grow_jax.model.config import ModelConfig
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 
 # --dtype names -> (tensor type name for matrices, llama.cpp general.file_type)
 DTYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),

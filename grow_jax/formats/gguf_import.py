@@ -26,8 +26,8 @@ import numpy as np
 from grow_jax.formats import hf_format
 from grow_jax.errors import CheckpointError, ConfigError
 from grow_jax.model.config import GLOBAL, LOCAL, ModelConfig
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 
 ARCHITECTURE = "gemma3"
 

@@ -20,8 +20,8 @@ from grow_jax.errors import CheckpointError, ConfigError
 from grow_jax.formats import hf_format
 from grow_jax.formats.params_file import check_params
 from grow_jax.model.config import ModelConfig
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"

@@ -28,8 +28,8 @@ import numpy as np
 
 from grow_jax.model.config import GLOBAL, LOCAL, ModelConfig
 from grow_jax.errors import ConfigError
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 
 _NORMS = {
     "input_layernorm": "pre_attention_norm",

@@ -14,8 +14,8 @@ import numpy as np
 from grow_jax import files, tree_paths
 from grow_jax.errors import CheckpointError
 from grow_jax.model.config import ModelConfig, param_shapes
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 
 FORMAT = "grow_jax.params"
 

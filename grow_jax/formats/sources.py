@@ -34,8 +34,7 @@ from grow_jax import files
 from grow_jax.formats import hf_dir, hf_format, params_file
 from grow_jax.model.config import ModelConfig
 from grow_jax.errors import CheckpointError, ConfigError
-
-Params = dict[str, Any]
+from grow_jax.types import Params
 
 
 # Bump when the GGUF -> params conversion changes, so stale cached conversions are not reused.

@@ -22,8 +22,8 @@ import numpy as np
 
 from grow_jax.errors import ConfigError
 from grow_jax.model.config import ModelConfig
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 MATRICES = ("gate", "up", "down")
 STATS = ("fro", "rel", "erank", "srank")
 

@@ -34,8 +34,8 @@ import jax.numpy as jnp
 from grow_jax.errors import ConfigError
 from grow_jax.growth.operators import _check_factor, _copy
 from grow_jax.model.config import ModelConfig, parse_layers
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 PROJECTIONS = ("q_einsum", "kv_einsum", "attn_vec_einsum")
 
 

@@ -43,8 +43,7 @@ import jax.numpy as jnp
 
 from grow_jax.model.config import ModelConfig, mlp_branch_prefix, parse_layers
 from grow_jax.errors import ConfigError
-
-Params = dict[str, Any]
+from grow_jax.types import Params
 
 
 # ---- helpers -----------------------------------------------------------------------------------------

@@ -39,8 +39,7 @@ import jax.numpy as jnp
 from grow_jax.errors import ConfigError
 from grow_jax.growth import operators
 from grow_jax.model.config import TASK_NAME, ModelConfig, parse_layers
-
-Params = dict[str, Any]
+from grow_jax.types import Params
 
 
 # ---- reading a model's tasks -----------------------------------------------------------------------------

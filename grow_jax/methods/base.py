@@ -38,8 +38,8 @@ from grow_jax.errors import ConfigError
 from grow_jax.methods import partition
 from grow_jax.model.config import ModelConfig
 from grow_jax.registry import Registry
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 Rules = Sequence[tuple[str, str]]
 
 

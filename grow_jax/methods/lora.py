@@ -34,8 +34,8 @@ from grow_jax import tree_paths
 from grow_jax.errors import ConfigError
 from grow_jax.methods.base import Method, Option, register, trainable_count
 from grow_jax.methods.partition import FROZEN, TRAINABLE
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 
 # q, kv, attn_vec and the MLP matrices (original and grown branches) of every layer.
 DEFAULT_TARGETS = r"layer_\d+/(attn/(q_einsum|kv_einsum|attn_vec_einsum)/w|mlp/(grown_\d+/)?(gating_einsum|linear))"

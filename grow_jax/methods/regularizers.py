@@ -31,8 +31,7 @@ from grow_jax import tree_paths
 from grow_jax.model.config import ModelConfig
 from grow_jax.errors import ConfigError
 from grow_jax.methods.base import Method, Option, is_abstract, register
-
-Params = dict[str, Any]
+from grow_jax.types import Params
 
 
 class AnchorState(NamedTuple):

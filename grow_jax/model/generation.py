@@ -39,8 +39,7 @@ import numpy as np
 
 from grow_jax.model.transformer import default_positions, forward_with_cache, init_cache
 from grow_jax.model.config import ModelConfig
-
-Params = dict[str, Any]
+from grow_jax.types import Params
 
 
 class GenerateOutput(NamedTuple):

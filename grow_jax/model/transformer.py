@@ -27,8 +27,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from grow_jax import tree_paths
 from grow_jax.model.config import GLOBAL, REMAT_NAMES, ModelConfig, param_shapes
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 Cache = dict[str, Any]
 
 # Masked logits get this value rather than -inf so fully masked rows (padding queries) stay finite.

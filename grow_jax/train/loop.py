@@ -38,8 +38,8 @@ from grow_jax.train import checkpointing, config as config_lib, setup as setup_l
 from grow_jax.train import summary, workdir as workdir_lib
 from grow_jax.train import preemption, writers
 from grow_jax.train.writers import MetricWriter
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 EvalFn = Callable[[Params], Mapping[str, float]]
 
 _log = logging.getLogger(__name__)

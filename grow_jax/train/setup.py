@@ -25,8 +25,7 @@ from grow_jax.growth import attention, operators as growth, tasks
 from grow_jax.model import transformer
 from grow_jax.model.config import COMPUTE_FIELDS, ModelConfig, abstract_params, parse_layers
 from grow_jax.train import checkpointing, config as config_lib, optim, sharding, step as step_lib
-
-Params = dict[str, Any]
+from grow_jax.types import Params
 
 
 # ---- the model ---------------------------------------------------------------------------------------

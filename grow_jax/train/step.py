@@ -26,8 +26,8 @@ from grow_jax.methods.base import Method
 from grow_jax.methods.partition import TRAINABLE
 from grow_jax.model import transformer as model_lib
 from grow_jax.model.config import ModelConfig
+from grow_jax.types import Params
 
-Params = dict[str, Any]
 Batch = Mapping[str, jax.Array]
 
 
