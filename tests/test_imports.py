@@ -131,3 +131,9 @@ def test_the_top_level_surface_is_lazy_curated_and_has_the_extension_points():
     assert str(e) == "module 'grow_jax' has no attribute 'no_such_name'"
   else:
     raise AssertionError("grow_jax.no_such_name resolved")
+
+
+def test_the_params_alias_is_defined_once():
+  defined = sorted(str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
+                   if any(line.startswith("Params =") for line in p.read_text().splitlines()))
+  assert defined == ["types.py"]
