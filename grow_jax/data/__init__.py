@@ -1,6 +1,8 @@
 """Tasks, datasets and batching for grow_jax.
 
-    tasks.py            Task, Example, the registry (get_task / list_tasks / register_task)
+    tasks.py            Task, Example, get_task, the process's data view
+    registry.py         the task registry (register_task / build_task / list_tasks), task options
+    staged.py           reading staged copies (manifests, staged_task); writing them is stage.py
     prompts.py          shared prompt formats (translation, multiple choice)
     cache.py            the offline datasets' cache: data dir, hash splits, atomic JSONL + manifest
     paper_tasks.py      the paper's tasks through Hugging Face `datasets`: scitail, sciq, mathqa, winogrande,
@@ -17,7 +19,7 @@
     pipeline.py         a config's task (its options, a staged copy) -> this process's batches; Prefetcher
     stage.py            staged datasets: a task's records built once into a directory or gs:// path that every
                         worker reads with no network; python -m grow_jax.data.stage
-    synthetic.py        the synthetic permutation task (tests, plumbing), same iterator interface
+    synthetic.py        the registered task 'synthetic': a permutation task made as token batches (no tokenizer)
 
 Typical use:
 

@@ -27,8 +27,9 @@ Text conventions (lm-evaluation-harness's, shared with grow_jax.evaluation; test
 A record that a template cannot handle (missing field, wrong type, empty target, gold out of range) raises
 `MalformedRecordError` naming the task, split, record index and id: it never becomes an empty example.
 
-Registry: task modules register factories `(**options) -> Task` with `@register_task(name)`;
-`get_task(name, **options)` builds one. Options are the factory's keyword arguments (e.g. `data_files=` to
+Registry (data/registry.py, re-exported here): task modules register factories `(**options) -> Task` with
+`@register_task(name)` (one grow_jax.registry rule: a duplicate is an error unless `replace=True`; the modules of
+grow_jax.data are discovered on the first lookup); `get_task(name, **options)` builds one. Options are the factory's keyword arguments (e.g. `data_files=` to
 read a paper task from local JSON files, `limit=` to read only the first records of a hub dataset, `data_dir=`
 for the offline tasks' cache); `check_options` refuses one a task does not take, naming the ones it does.
 A training config sets them as `config.data.options` (the keys of `CONFIG_OPTIONS`).

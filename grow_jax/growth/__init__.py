@@ -3,7 +3,9 @@
     operators.py  grow_mlp (bit-exact copy-and-halve), merge_branches, dial, clone_divergence
     attention.py  grow_attention (copied heads as their own head branches), merge_attention (HF export)
     analysis.py   ΔW = W_finetuned - W_pretrained statistics per layer and matrix (norms, effective/stable rank)
-    plan.py       targeted growth: criteria, budgets, the growth-plan JSON, ranking agreement; a CLI
+    plan.py       targeted growth: criteria, budgets, plans from pilot runs, ranking agreement; a CLI (sits above
+                  the trainer: it trains pilots)
+    plan_file.py  the growth-plan JSON: read_plan, write_plan, check_model (what the trainer reads)
     heatmaps.py   ΔW heat-maps (layer x gate/up/down) from a plan, and the localisation of the update
 """
 
