@@ -39,7 +39,7 @@ ADAM_MOMENTS = 2
 
 def base_config_of(config: ModelConfig) -> ModelConfig:
   """The config before growth: only branch 0 of every layer's MLP and attention heads."""
-  config = config.replace(attn_branches=None)
+  config = config.replace(attn_branches=None, mlp_branch_tasks=None)
   if config.mlp_branches is None:
     return config
   widths = [config.layer_mlp_branches(i)[0] for i in range(config.num_layers)]
