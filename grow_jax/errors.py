@@ -67,3 +67,10 @@ def print_error(program: str, error: GrowJaxError) -> None:
   (the traceback only in debug logging)."""
   logging.debug("error details", exc_info=error)
   print(f"{program}: error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+
+
+def one_line(e: BaseException) -> str:
+  """An exception as one line for a message: its type and its text, whitespace collapsed, at most 300
+  characters (the repr when the text is empty)."""
+  text = " ".join(str(e).split()) or repr(e)
+  return f"{type(e).__name__}: {text[:300]}"

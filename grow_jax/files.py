@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 import pathlib
 import shutil
 import tempfile
 import time
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from etils import epath
 
-from grow_jax.errors import WorkdirError
+from grow_jax.errors import WorkdirError, one_line
 
 PathLike = str | os.PathLike
 
@@ -85,6 +86,20 @@ def write_with(path: PathLike, write: Callable[[pathlib.Path], None]) -> None:
 def write_bytes(path: PathLike, data: bytes) -> None:
   """Atomically write `data` to `path`."""
   write_with(path, lambda tmp: tmp.write_bytes(data))
+
+
+def json_ready(value: Any) -> Any:
+  """A copy of `value` that json.dumps takes: mappings with str keys, lists and tuples as lists, numpy scalars and
+  0-d arrays as Python numbers, NaN / inf as strings (JSON has neither; kept readable)."""
+  if isinstance(value, Mapping):
+    return {str(k): json_ready(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_ready(v) for v in value]
+  if getattr(value, "shape", None) == () and hasattr(value, "item"):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  return value
 
 
 def write_text(path: PathLike, text: str) -> None:
@@ -206,11 +221,6 @@ class AppendFile:
 
 
 # ---- probes before any work --------------------------------------------------------------------------------
-def _one_line(e: BaseException) -> str:
-  text = " ".join(str(e).split()) or repr(e)
-  return f"{type(e).__name__}: {text[:300]}"
-
-
 def _installed(module: str) -> bool:
   try:
     return importlib.util.find_spec(module) is not None
@@ -237,7 +247,7 @@ def check_reachable(path: PathLike, what: str = "workdir") -> None:
   try:
     as_path(path).exists()
   except Exception as e:  # gcsfs, aiohttp and google-auth raise many types; any of them means "not reachable"
-    raise WorkdirError(f"{what} {os.fspath(path)} cannot be reached: {_one_line(e)}") from None
+    raise WorkdirError(f"{what} {os.fspath(path)} cannot be reached: {one_line(e)}") from None
 
 
 def check_writable(directory: PathLike, what: str = "workdir") -> None:
@@ -257,9 +267,9 @@ def check_writable(directory: PathLike, what: str = "workdir") -> None:
         os.fsync(f.fileno())
   except Exception as e:  # OSError locally; gcsfs's HttpError (403: no permission), FileNotFoundError, ... remotely
     if is_remote(target) and isinstance(e, FileNotFoundError):     # 404 on an upload: the bucket is missing
-      reason = f"no such bucket ({_one_line(e)})"
+      reason = f"no such bucket ({one_line(e)})"
     else:
-      reason = e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e)
+      reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
     raise WorkdirError(f"{what} {os.fspath(target)} is not writable: {reason}") from None
   finally:
     try:

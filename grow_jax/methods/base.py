@@ -34,6 +34,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import jax
 
+from grow_jax import files
 from grow_jax.errors import ConfigError
 from grow_jax.methods import partition
 from grow_jax.model.config import ModelConfig
@@ -174,8 +175,8 @@ class Method:
 
   def meta(self) -> dict[str, Any]:
     """What a checkpoint records to rebuild this method (`from_meta`)."""
-    return {"name": self.name, "options": _plain(self.opts), "info": _plain(self.info()),
-            "context": {"growth_layers": _plain(self.context.growth_layers)}}
+    return {"name": self.name, "options": files.json_ready(self.opts), "info": files.json_ready(self.info()),
+            "context": {"growth_layers": files.json_ready(self.context.growth_layers)}}
 
   def __repr__(self) -> str:
     return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in {**self.opts, **self.info()}.items())})"
@@ -368,14 +369,3 @@ def _as_dict(options) -> dict[str, Any]:
   if hasattr(options, "to_dict"):
     return options.to_dict()
   return dict(options)
-
-
-def _plain(value):
-  """JSON-friendly copy (tuples -> lists, numpy scalars -> Python)."""
-  if isinstance(value, Mapping):
-    return {str(k): _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-    return value.item()
-  return value

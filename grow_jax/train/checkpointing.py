@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from grow_jax import files, tree_paths
-from grow_jax.errors import CheckpointMismatchError
+from grow_jax.errors import CheckpointMismatchError, one_line
 
 ITEMS = ("state", "data", "meta")
 META_FORMAT = "grow_jax.train/2"
@@ -193,7 +193,7 @@ def newest_readable(ckpt: Checkpointer, *, may_set_aside: bool) -> tuple[int | N
       meta = ckpt.read_meta(step)
       ckpt.stored_tree(step)
     except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
-      reason = _one_line(e)
+      reason = one_line(e)
     if may_set_aside:
       if all_processes(reason is None):
         return step, meta, moved
@@ -211,11 +211,6 @@ def all_processes(ok: bool) -> bool:
     return ok
   from jax.experimental import multihost_utils
   return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
-
-
-def _one_line(e: BaseException) -> str:
-  text = " ".join(str(e).split())
-  return f"{type(e).__name__}: {text[:300]}"
 
 
 # ---- the meta item -----------------------------------------------------------------------------------

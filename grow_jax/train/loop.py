@@ -17,6 +17,8 @@ Every file goes through grow_jax/files.py's one path type, so the workdir may be
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -30,7 +32,8 @@ import numpy as np
 
 from grow_jax import files
 from grow_jax.data import pipeline
-from grow_jax.errors import CheckpointMismatchError, ConfigError, DataError, TrainingDivergedError, WorkdirError
+from grow_jax.errors import (CheckpointMismatchError, ConfigError, DataError, TrainingDivergedError, WorkdirError,
+                             one_line)
 from grow_jax.evaluation import registry
 from grow_jax.growth import operators as growth
 from grow_jax.model.config import abstract_params
@@ -76,130 +79,103 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpointing.compare_trees(train_setup.abstract_state, resume.checkpointer.stored_tree(resume.step),
                                 what=f"checkpoint {resume.checkpointer.directory}/{resume.step}")
 
-  # ==== 2. Workdir: one live run at a time, writable; a workdir this run creates is removed if it can't start
-  lock = workdir_lib.WorkdirLock(workdir)
-  created = is_main and not files.as_path(workdir).exists()
-  try:
+  # Everything the run holds is released on the way out, last acquired first: the prefetcher, the signal
+  # handlers, the metric writers, the checkpointer (waiting for an asynchronous save), the workdir lock.
+  with contextlib.ExitStack() as held:
+    # ==== 2. Workdir: one live run at a time, writable; a workdir this run creates is removed if it can't start
+    lock = workdir_lib.WorkdirLock(workdir)
+    held.callback(lock.release)
+    created = is_main and not files.as_path(workdir).exists()
+    with contextlib.ExitStack() as undo_start:                   # kept only if the run cannot start
+      if created:
+        undo_start.callback(files.remove_tree, workdir)
+      undo_start.callback(lock.release)
+      if is_main:
+        files.check_writable(workdir)
+        lock.acquire()
+      resume = _set_aside_unreadable(resume)          # every process: process 0 moves, the others wait for it
+      # ==== 3. State: restored, or the init weights grown and the method's state built ====================
+      t0 = time.time()
+      state, resume = _restore_or_init(config, mesh, resume, train_setup, train_iter, tokenizer)
+      undo_start.pop_all()
     if is_main:
-      files.check_writable(workdir)
-      lock.acquire()
-    resume = _set_aside_unreadable(resume)          # every process: process 0 moves, the others wait for it
-    # ==== 3. State: restored, or the init weights grown and the method's state built ======================
-    t0 = time.time()
-    state, resume = _restore_or_init(config, mesh, resume, train_setup, train_iter, tokenizer)
-  except BaseException:
-    lock.release()
-    if created:
-      files.remove_tree(workdir)
-    raise
-  if is_main:
-    files.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-                                    async_save=config.checkpoint.async_save)
-  try:
+      files.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                                      async_save=config.checkpoint.async_save)
+    held.callback(_close_checkpointer, ckpt)
     start_step = int(state["step"])
     writer = MetricWriter(workdir, enabled=is_main, total_steps=config.total_steps, initial_step=start_step)
+    held.callback(writer.close)
     writer.print(f"resume order -> {resume.describe()}; model ready at step {start_step} in "
                  f"{time.time() - t0:.1f} s")
     for path in resume.set_aside:
       writer.print(f"an unreadable checkpoint was moved aside to {path} (kept for inspection)")
     writer.print(summary.accounting_table(train_setup))
 
-    # ==== 4. Jit the step (explicit shardings, donated state); the evaluations ==========================
+    # ==== 4. Jit the step (explicit shardings, donated state); the evaluations ============================
     capacity = _target_capacity(config, train_iter, mesh)
     train_step = setup_lib.jit_train_step(config, train_setup, mesh, capacity)
     rep = sharding.replicated(mesh)
-    all_finite = jax.jit(_all_finite, out_shardings=rep)
-    model_params = jax.jit(train_setup.method.model_params)
     divergence = (jax.jit(lambda p: growth.clone_divergence(mc, p), out_shardings=rep) if mc.is_grown else None)
-    evaluations = _evaluations(config, mc, mesh, workdir, tokenizer, capacity, block, blocks)
+    evaluations = _evaluations(config, mc, mesh, workdir, tokenizer, block, blocks)
     evaluations.update(eval_fns or {})
-    batches = pipeline.Prefetcher(train_iter, lambda b: sharding.global_batch(b, mesh, config.grad_accum_steps))
+    run = _Run(config, mc, mesh, train_setup, writer, ckpt, evaluations,
+               model_params=jax.jit(train_setup.method.model_params),
+               all_finite=jax.jit(_all_finite, out_shardings=rep))
 
-    def evaluate(step: int) -> dict[str, Any]:
-      t = time.time()
-      params = model_params(state["params"])
-      out = {f"eval/{name}/{k}": v for name, fn in evaluations.items() for k, v in fn(params).items()}
-      out["eval/seconds"] = time.time() - t
-      writer.write_scalars(step, out)
-      writer.print(f"step {step}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                for k, v in out.items()))
-      return out
-
-    def save(step: int) -> None:
-      if not bool(all_finite(state["params"])):
-        raise TrainingDivergedError(f"parameters are not finite at step {step}: not saving. {_kept(ckpt)}")
-      meta = checkpointing.make_meta(config, mc, train_setup.method, sharding.describe(mesh), step)
-      writer.flush()                     # the metrics up to `step` are stored before its checkpoint can exist
-      try:
-        ckpt.save(step, state, batches.state(), meta, force=True)
-      except OSError as e:     # disk full, unwritable: orbax's temporary directory is never the latest
-        raise WorkdirError(f"checkpoint step {step} could not be written to {ckpt.directory}: "
-                           f"{e.strerror or e}. {_kept(ckpt)}") from None
-
-    # ==== 5. The loop ====================================================================================
+    # ==== 5. The loop ======================================================================================
     stop = preemption.SignalFlag(signal.SIGTERM, signal.SIGINT)    # preemption, Ctrl-C
+    held.callback(stop.restore)
+    batches = pipeline.Prefetcher(train_iter, lambda b: sharding.global_batch(b, mesh, config.grad_accum_steps))
+    held.callback(batches.close)
     metrics = writers.StepMetrics(writer, config.batch_size * config.data.seq_len, lambda: _kept(ckpt))
     last: dict[str, Any] = {"step": start_step}
     first_eval: dict[str, Any] = {}
     evaluated_at = -1
     run_start = time.time()
     step = start_step
-    try:
-      if config.eval.at_start and step == 0 and evaluations:
-        first_eval = evaluate(0)
-        last.update(first_eval)
-        writer.restart_clock()                   # the ETA counts training steps only
-      compile_start = time.time()
-      while step < config.total_steps:
-        try:
-          batch = next(batches)
-        except StopIteration:
-          raise DataError(f"config.data.task={config.data.task!r} ran out of training batches at step "
-                          f"{step}") from None
-        state, step_metrics = train_step(state, batch)
-        step += 1
-        metrics.add(step, step_metrics)
-        if step == start_step + 1:
-          jax.block_until_ready(step_metrics)
-          writer.print(f"first step (compile + run) took {time.time() - compile_start:.1f} s")
-          metrics.restart_clock()
-        writer.progress(step)
-        due = lambda every: bool(every) and step % every == 0
-        final = step == config.total_steps
-        stopping = stop.raised(sync=due(config.log_every_steps) or due(config.checkpoint.every_steps))
-        extra = {}
-        if divergence is not None and (due(config.diagnostics_every_steps) or final):
-          extra = jax.device_get(divergence(state["params"]))
-        if due(config.log_every_steps) or due(config.checkpoint.every_steps) or stopping or final or extra:
-          record = metrics.flush(extra)
-          last.update(record, step=step)
-          writer.progress(step, {"loss": record.get("loss")})
-        if evaluations and (due(config.eval_every_steps) or final):
-          last.update(evaluate(step))
-          evaluated_at = step
-          metrics.restart_clock()                  # steps/s measures training steps only
-        if due(config.checkpoint.every_steps) or stopping or final:
-          save(step)
-          metrics.restart_clock()
-        if stopping:
-          writer.print(f"stopped by signal {stop.name or '(sent to another process)'} at step {step}; "
-                       "checkpoint saved")
-          break
-      if step == start_step and start_step > 0:
-        writer.print(f"nothing to do: the checkpoint is at step {step} >= total_steps={config.total_steps}")
-    finally:
-      batches.close()
-      stop.restore()
-      writer.close()
-  finally:
-    try:
-      ckpt.close()                             # waits for an asynchronous save to finish
-    except OSError as e:
-      raise WorkdirError(f"the last checkpoint could not be written to {ckpt.directory}: {e.strerror or e}. "
-                         f"{_kept(ckpt)}") from None
-    finally:
-      lock.release()
+    if config.eval.at_start and step == 0 and evaluations:
+      first_eval = run.evaluate(state, 0)
+      last.update(first_eval)
+      writer.restart_clock()                   # the ETA counts training steps only
+    compile_start = time.time()
+    while step < config.total_steps:
+      try:
+        batch = next(batches)
+      except StopIteration:
+        raise DataError(f"config.data.task={config.data.task!r} ran out of training batches at step "
+                        f"{step}") from None
+      state, step_metrics = train_step(state, batch)
+      step += 1
+      metrics.add(step, step_metrics)
+      if step == start_step + 1:
+        jax.block_until_ready(step_metrics)
+        writer.print(f"first step (compile + run) took {time.time() - compile_start:.1f} s")
+        metrics.restart_clock()
+      writer.progress(step)
+      log, save = _due(step, config.log_every_steps), _due(step, config.checkpoint.every_steps)
+      final = step == config.total_steps
+      stopping = stop.raised(sync=log or save)
+      extra = {}
+      if divergence is not None and (_due(step, config.diagnostics_every_steps) or final):
+        extra = jax.device_get(divergence(state["params"]))
+      if log or save or stopping or final or extra:
+        record = metrics.flush(extra)
+        last.update(record, step=step)
+        writer.progress(step, {"loss": record.get("loss")})
+      if evaluations and (_due(step, config.eval_every_steps) or final):
+        last.update(run.evaluate(state, step))
+        evaluated_at = step
+        metrics.restart_clock()                  # steps/s measures training steps only
+      if save or stopping or final:
+        run.save(state, step, batches.state())
+        metrics.restart_clock()
+      if stopping:
+        writer.print(f"stopped by signal {stop.name or '(sent to another process)'} at step {step}; "
+                     "checkpoint saved")
+        break
+    if step == start_step and start_step > 0:
+      writer.print(f"nothing to do: the checkpoint is at step {step} >= total_steps={config.total_steps}")
   last["step"] = step
   last["preempted"] = stop.signum is not None
   # A before/after table only when "after" was evaluated at the last step (a run stopped by a signal between
@@ -312,7 +288,7 @@ def _restore_or_init(config, mesh, resume, train_setup, train_iter, tokenizer):
       if data_state:
         train_iter.restore(data_state)
       return state, resume
-    reason = checkpointing._one_line(error) if error is not None else "it could not be restored on another process"
+    reason = one_line(error) if error is not None else "it could not be restored on another process"
     if resume.origin != "workdir":
       raise CheckpointMismatchError(f"{resume.describe()} cannot be restored: {reason}") from error
     moved = resume.set_aside + resume.checkpointer.set_aside([resume.step], reason)
@@ -361,7 +337,7 @@ def _target_capacity(config, train_iter, mesh) -> int:
   return capacity
 
 
-def _evaluations(config, mc, mesh, workdir, tokenizer, capacity, block, blocks) -> dict[str, EvalFn]:
+def _evaluations(config, mc, mesh, workdir, tokenizer, block, blocks) -> dict[str, EvalFn]:
   def heldout_batches(split, batch_size, limit):
     return pipeline.batch_iterator(config, split or config.data.eval_split, batch_size=batch_size, model_config=mc,
                                    tokenizer=tokenizer, max_examples=limit, finite=True, process_index=block,
@@ -378,11 +354,59 @@ def _evaluations(config, mc, mesh, workdir, tokenizer, capacity, block, blocks) 
                              max_new_tokens=config.eval.max_new_tokens, cache_dir=os.path.join(workdir, "eval_cache"),
                              base_model=base_model, base_id=config.init.source, heldout_batches=heldout_batches,
                              mesh=mesh, loss_chunk=config.train.loss_chunk)
-  del capacity
   return registry.build_all(tuple(config.eval.tasks), ctx)
 
 
 # ---- 5. the loop's helpers ----------------------------------------------------------------------------
+def _due(step: int, every: int) -> bool:
+  """Whether a periodic action every `every` steps (0 = never) falls on `step`."""
+  return bool(every) and step % every == 0
+
+
+@dataclasses.dataclass
+class _Run:
+  """What the loop's evaluations and saves need besides the state, which they are given explicitly."""
+  config: ml_collections.ConfigDict
+  mc: Any
+  mesh: Any
+  train_setup: setup_lib.TrainSetup
+  writer: MetricWriter
+  ckpt: checkpointing.Checkpointer
+  evaluations: dict[str, EvalFn]
+  model_params: Callable
+  all_finite: Callable
+
+  def evaluate(self, state, step: int) -> dict[str, Any]:
+    t = time.time()
+    params = self.model_params(state["params"])
+    out = {f"eval/{name}/{k}": v for name, fn in self.evaluations.items() for k, v in fn(params).items()}
+    out["eval/seconds"] = time.time() - t
+    self.writer.write_scalars(step, out)
+    self.writer.print(f"step {step}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                   for k, v in out.items()))
+    return out
+
+  def save(self, state, step: int, data_state) -> None:
+    if not bool(self.all_finite(state["params"])):
+      raise TrainingDivergedError(f"parameters are not finite at step {step}: not saving. {_kept(self.ckpt)}")
+    meta = checkpointing.make_meta(self.config, self.mc, self.train_setup.method, sharding.describe(self.mesh), step)
+    self.writer.flush()                  # the metrics up to `step` are stored before its checkpoint can exist
+    try:
+      self.ckpt.save(step, state, data_state, meta, force=True)
+    except OSError as e:     # disk full, unwritable: orbax's temporary directory is never the latest
+      raise WorkdirError(f"checkpoint step {step} could not be written to {self.ckpt.directory}: "
+                         f"{e.strerror or e}. {_kept(self.ckpt)}") from None
+
+
+def _close_checkpointer(ckpt: checkpointing.Checkpointer) -> None:
+  """Waits for an asynchronous save to finish; a save that failed is one WorkdirError."""
+  try:
+    ckpt.close()
+  except OSError as e:
+    raise WorkdirError(f"the last checkpoint could not be written to {ckpt.directory}: {e.strerror or e}. "
+                       f"{_kept(ckpt)}") from None
+
+
 def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
                             if jnp.issubdtype(x.dtype, jnp.floating)]))

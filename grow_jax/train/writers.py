@@ -12,25 +12,15 @@ checkpoint's step is stored before the checkpoint can exist.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 from typing import Any, Callable, Mapping
 
 import jax
-import numpy as np
 
 from grow_jax import files
 from grow_jax.errors import TrainingDivergedError
-
-
-def _plain(value: Any) -> Any:
-  if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
-    value = value.item()
-  if isinstance(value, float) and not math.isfinite(value):
-    return str(value)        # JSON has no NaN/inf; keep them readable
-  return value
 
 
 def truncate_jsonl(path: str, last_step: int) -> None:
@@ -74,11 +64,11 @@ class MetricWriter:
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
-    record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
+    record = {"step": int(step), **{k: files.json_ready(v) for k, v in scalars.items()}}
     self._jsonl.write(json.dumps(record) + "\n")
     if self._tb is not None:
       for k, v in scalars.items():
-        v = _plain(v)
+        v = files.json_ready(v)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
           self._tb.add_scalar(k, v, int(step))
 
