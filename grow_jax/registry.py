@@ -11,8 +11,8 @@ The rule is the same for all three:
     `replace=True`. Registering the same definition again (same module and qualified name, e.g. a module
     imported twice) is not a duplicate.
   * Built-in entries are discovered, not listed: on the first lookup every module of the registry's package is
-    imported (`pkgutil`), and each registers what it defines. Nothing imports those modules by name, so a
-    package never imports itself in a circle.
+    imported (`pkgutil`), and each registers what it defines. No list of modules to keep, and no import of them
+    from the registry's own module, so a package never imports itself in a circle.
   * An entry registered from outside the package (a notebook, a test, a plug-in module) sees the built-ins
     first: the registry discovers them before adding it, so a clash with a built-in name is caught at once.
 
