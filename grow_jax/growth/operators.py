@@ -147,8 +147,12 @@ def grow_mlp(config: ModelConfig, params: Params, *, factor: int = 2, layers=Non
 def _grow_config(config: ModelConfig, factor, layers) -> tuple[ModelConfig, tuple[int, ...]]:
   factor = _check_factor(factor)
   if config.mlp_branch_tasks is not None:
-    from grow_jax.growth import tasks
-    raise ConfigError(f"grow_mlp: the model has task branches {list(tasks.task_names(config))}; grow one more "
+    # tasks.task_names' order (growth order), computed here: growth/tasks.py builds on this module, not back
+    grown = config.mlp_branch_tasks
+    names = sorted({n for layer in grown for n in layer},
+                   key=lambda n: (min(layer.index(n) for layer in grown if n in layer),
+                                  min(i for i, layer in enumerate(grown) if n in layer)))
+    raise ConfigError(f"grow_mlp: the model has task branches {names}; grow one more "
                       "with growth.tasks.grow_task (config.growth.task), which keeps each task switchable")
   layer_ids = parse_layers(layers, config.num_layers)
   if layer_ids is None:
