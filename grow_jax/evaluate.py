@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from absl import app, flags, logging
 
-from grow_jax import errors, files, formats
+from grow_jax import errors, files
 from grow_jax.errors import ConfigError, GrowJaxError
 from grow_jax.evaluation import evaluator, items as item_records, registry
 
@@ -35,21 +35,10 @@ _FLAGS_DEFINED = False
 
 
 def load_for_eval(path: str, deltas: Sequence[str] = (), active_tasks: str | None = None):
-  """(config, params) of what --checkpoint names: a trainer workdir, a model source or a grow_jax params file
-  (`*.safetensors`), then `deltas` (delta files) applied in order and only `active_tasks` switched on
-  (growth.tasks.parse_active's forms; None: every task as trained)."""
-  from grow_jax.formats import delta as delta_lib
-  from grow_jax.growth import tasks as task_lib
-  active = task_lib.parse_active(active_tasks)
-  if files.as_path(path).is_dir() and not path.startswith(("hf:", "gguf:")):
-    from grow_jax.train.checkpointing import load_trained_params
-    config, params, meta = load_trained_params(path)
-    logging.info("restored %s at step %s (method %s)", path, meta.get("step"), meta["method"]["name"])
-  else:
-    config, params = delta_lib.load_with_deltas(path, [])
-  for delta in deltas:
-    config, params = delta_lib.apply_delta(config, params, delta)
-  return task_lib.select_tasks(config, params, active)
+  """(config, params) of what --checkpoint names (train/trained.py `load_model`): a trainer workdir, a model source
+  or a grow_jax params file, then `deltas` applied in order and only `active_tasks` switched on."""
+  from grow_jax.train.trained import load_model
+  return load_model(path, deltas=deltas, active_tasks=active_tasks)
 
 
 class ByteTokenizer:
@@ -82,7 +71,8 @@ def run(checkpoint: str, tasks: Sequence[str], *, out: str | None = None, tokeni
     raise ConfigError(f"--tasks is empty; known: {registry.names()}")
   registry.check(list(tasks), field="--tasks")                   # before loading anything
   _check_remote_paths(checkpoint=checkpoint, base=base, out=out, cache_dir=cache_dir, items=items)
-  is_workdir = files.as_path(checkpoint).is_dir() and not checkpoint.startswith(("hf:", "gguf:"))
+  from grow_jax.train.trained import is_workdir
+  is_workdir = is_workdir(checkpoint)
   if tokenizer is None:
     if is_workdir or checkpoint.startswith("random:"):
       raise ConfigError(f"--checkpoint={checkpoint!r} names no tokenizer: pass --tokenizer")

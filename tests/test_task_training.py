@@ -86,3 +86,29 @@ def test_a_task_name_needs_a_run_that_grows_and_a_new_name(tmp_path, trained):
     stage(tmp_path, "sft", f"params:{tmp_path / 'base.safetensors'}", "A", mode="sft")
   with pytest.raises(ConfigError, match=r"task='A': the model already has a task of that name"):
     stage(tmp_path, "again", f"params:{trained['tmp'] / 'a.safetensors'}", "A")
+
+
+def test_convert_writes_the_next_init_source_and_the_newest_tasks_delta(trained, tmp_path):
+  """`python -m grow_jax.convert --src=<workdir> --dst=params:...` keeps branches and task names; `--dst=delta:...`
+  saves the newest task checked against the run's init source; --list_tasks names them."""
+  import subprocess
+  import sys
+  from grow_jax import convert
+  wd = str(trained["tmp"] / "b")
+  convert.convert(wd, f"params:{tmp_path / 'b.safetensors'}")
+  config, params = params_file.load_params_file(tmp_path / "b.safetensors")
+  assert config == trained["b_config"]
+  assert_same_params(params, trained["b_params"])
+  convert.convert(wd, f"delta:{tmp_path / 'B.delta'}")                       # checked against A's params file
+  assert delta_lib.read_delta(tmp_path / "B.delta").base_hash == delta_lib.params_hash(trained["a_config"],
+                                                                                      trained["a_params"])
+  with pytest.raises(Exception, match=r"B.delta' exists; pass --overwrite"):
+    convert.convert(wd, f"delta:{tmp_path / 'B.delta'}")
+  with pytest.raises(ConfigError, match=r"without 'B' and later tasks the model is not the given base"):  # A's base
+    convert.convert(wd, f"delta:{tmp_path / 'X.delta'}", base=str(trained["tmp"] / "base.safetensors"))
+  out = subprocess.run([sys.executable, "-m", "grow_jax.convert", f"--src={trained['tmp'] / 'base.safetensors'}",
+                        f"--deltas={trained['tmp'] / 'A.delta'},{tmp_path / 'B.delta'}", "--list_tasks"],
+                       capture_output=True, text=True, env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.splitlines()[-2:] == ["1. A: 3 layer(s) 0,1,2; 73,728 parameters",
+                                          "2. B: 2 layer(s) 0,2; 49,152 parameters"]

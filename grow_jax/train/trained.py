@@ -59,9 +59,34 @@ def load_with_base(path: str, *, base: str | None = None, step: int | None = Non
       raise ConfigError(f"{flag}={path!r} has no config.json naming its init source: pass --base")
     config, params, meta = load_trained_params(path, step=step)
     found_step, method = int(meta["step"]), meta["method"]["name"]
-  if is_params_file(base):
-    base_config, base_params = params_file.load_params_file(base)
+  if is_params_file(base) or base.startswith("params:"):
+    base_config, base_params = formats.load_checkpoint(base)
   else:
     overrides = {k: v for k, v in run.get("model", {}).items() if v is not None}
     base_config, base_params = formats.load_checkpoint(base, seed=int(run.get("seed", 0)), **overrides)
   return TrainedWithBase(config, params, base_config, base_params, base, run, found_step, method)
+
+
+def is_workdir(src: str) -> bool:
+  """A trainer workdir (a directory that is not an 'hf:' source)."""
+  return not src.startswith(("hf:", "gguf:", "random:", "params:")) and files.as_path(src).is_dir()
+
+
+def load_model(src: str, *, deltas=(), active_tasks: str | None = None, cache: str | None = None):
+  """(config, params) as the command lines load a model (`grow_jax.evaluate --checkpoint`, `grow_jax.convert
+  --src`): a trainer workdir's newest readable checkpoint (as the forward sees it: LoRA merged), a grow_jax params
+  file or a model source (formats.load_checkpoint), then `deltas` (delta files) applied in order and only
+  `active_tasks` on (growth.tasks.parse_active's forms; None: every task as trained)."""
+  from absl import logging
+  from grow_jax.formats import delta as delta_lib
+  from grow_jax.growth import tasks as task_lib
+  active = task_lib.parse_active(active_tasks)
+  if is_workdir(src):
+    from grow_jax.train.checkpointing import load_trained_params
+    config, params, meta = load_trained_params(src)
+    logging.info("restored %s at step %s (method %s)", src, meta.get("step"), meta["method"]["name"])
+  else:
+    config, params = delta_lib.load_with_deltas(src, [], **({"cache": cache} if cache else {}))
+  for delta in deltas:
+    config, params = delta_lib.apply_delta(config, params, delta)
+  return task_lib.select_tasks(config, params, active)
