@@ -6,7 +6,8 @@ presets), the HF and GGUF exports, and grow_jax's cached params file.
     hf_dir.py       HF directories: read (safetensors, lazily) and write (save_hf, merged branches)
     gguf_import.py  llama.cpp GGUF: metadata -> config, dequantized tensors, the tokenizer (no torch)
     gguf_export.py  write a (grown: merged) model as a Gemma 3 GGUF for llama.cpp (f32/f16/bf16/q8_0)
-    params_file.py  our safetensors params file (the GGUF conversion cache)
+    params_file.py  our safetensors params file (the GGUF conversion cache; the 'params:<file>' source)
+    delta.py        delta files: one task's branches + the hash of the model they extend (save / apply / load)
 """
 
 from grow_jax.formats.hf_dir import load_hf, save_hf

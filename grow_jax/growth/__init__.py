@@ -1,6 +1,7 @@
 """Growth: function-preserving operators over the param tree, and the analysis of what fine-tuning changed.
 
     operators.py  grow_mlp (bit-exact copy-and-halve), merge_branches, dial, clone_divergence
+    tasks.py      task branches: grow_task (a task's copy of branch 0), select_tasks (tasks on/off/scaled)
     attention.py  grow_attention (copied heads as their own head branches), merge_attention (HF export)
     analysis.py   ΔW = W_finetuned - W_pretrained statistics per layer and matrix (norms, effective/stable rank)
     plan.py       targeted growth: criteria, budgets, plans from pilot runs, ranking agreement; a CLI (sits above
