@@ -13,6 +13,9 @@ A study file (see experiments/studies/) defines
                       seeded_methods, task_methods, validation_eval and test_eval {task: [[entry, limit], ...]},
                       order, curves {every, max_examples, tasks {task: [entries]}, methods}, borrow, report,
                       reproduce_tolerance {'<entry>/<metric>' glob: absolute tolerance} (see below)
+                      after {task: parent task} (sequential stages: each run of the task starts from the trained
+                      params of its parent task's run of the same method and seed; `_check_stages`),
+                      task_method_overrides {task: {method: {dotted key: value}}} (e.g. a stage's growth.task)
     select(task, method, runs, reference) -> run   the rule, fixed in advance, that picks a grid point on
                       validation (reference: the task's 'base' record and the records selected so far)
 
@@ -125,6 +128,8 @@ class StudySpec:
   extend_edges: int = 0                  # points a numeric grid key may gain past an edge its selection sits on
   sweep_seeds: int = 1                   # how many of `seeds` (from the first) run every grid point
   reproduce_tolerance: dict[str, float] = dataclasses.field(default_factory=dict)   # metric glob -> abs tolerance
+  after: dict[str, str] = dataclasses.field(default_factory=dict)     # task -> the task its runs continue from
+  task_method_overrides: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)  # task -> method -> {}
 
 
 @dataclasses.dataclass
@@ -181,7 +186,49 @@ def load_study(text: str) -> Study:
     if shared:
       raise ConfigError(f"--study={text!r}: test_eval[{task!r}] repeats validation_eval entries {shared}; the "
                         "test sets must be disjoint from what selection reads")
-  return Study(path, arg or None, module, spec)
+  study = Study(path, arg or None, module, spec)
+  _check_stages(study, text)
+  return study
+
+
+def _check_stages(study: Study, text: str) -> None:
+  """`after` (sequential tasks): each child continues from its parent task's run of the same method and seed, so
+  the parent must be a task of the study that runs every child method, each at ONE grid point of literal values
+  (the run to continue from is then unambiguous), with every seed sweeping (all parent runs exist together)."""
+  spec = study.spec
+  for where, table in (("after", {t: None for t in spec.after}), ("task_method_overrides", spec.task_method_overrides)):
+    unknown = sorted(set(table) - set(spec.tasks))
+    if unknown:
+      raise ConfigError(f"--study={text!r}: get_study()['{where}'] names tasks {unknown} that 'tasks' does not declare")
+  for child, parent in spec.after.items():
+    if parent not in spec.tasks or parent == child or parent in spec.after:
+      raise ConfigError(f"--study={text!r}: get_study()['after'][{child!r}] is {parent!r}; expected another task of "
+                        "the study that does not itself continue one (one stage back)")
+    missing = sorted(set(study.methods(child)) - set(study.methods(parent)))
+    if missing:
+      raise ConfigError(f"--study={text!r}: task {child!r} continues {parent!r}, which does not run {missing}")
+    for method in study.methods(child):
+      grid = spec.grids.get(method, {})
+      if any(len(v) != 1 or (isinstance(v[0], str) and v[0].startswith("@")) for v in grid.values()):
+        raise ConfigError(f"--study={text!r}: task {child!r} continues {parent!r}, so method {method!r}'s grid must be "
+                          f"one point of literal values (it is {grid}): the run to continue from must be unambiguous")
+    if spec.sweep_seeds != len(spec.seeds):
+      raise ConfigError(f"--study={text!r}: task {child!r} continues {parent!r}: every seed must sweep "
+                        f"(sweep_seeds={len(spec.seeds)}), so that each seed's parent run exists to continue from")
+
+
+def parent_run(study: Study, run: Run) -> Run | None:
+  """The run `run` continues from (study.spec.after): its parent task's run of the same method and seed at the
+  method's one grid point; None for a first-stage task or a 'base' run."""
+  parent = study.spec.after.get(run.task)
+  if parent is None or run.method == "base":
+    return None
+  point = tuple((k, v[0]) for k, v in sorted(study.spec.grids.get(run.method, {}).items()))
+  return Run(parent, run.method, point, run.seed, "sweep")
+
+
+def is_parent_task(study: Study, task: str) -> bool:
+  return task in study.spec.after.values()
 
 
 # ---- expanding the grid --------------------------------------------------------------------------------
@@ -225,6 +272,8 @@ def expand(study: Study, selected: Mapping[tuple[str, str], dict]) -> list[Run]:
   for task in spec.tasks:
     runs.append(Run(task, "base", (), first, "base"))
     for method in study.methods(task):
+      if task in spec.after and (spec.after[task], method) not in selected:
+        continue                                # its parent runs are not all done yet
       for point in dict.fromkeys(grid_points(study, method, selected, task)):
         runs += [Run(task, method, point, seed, "sweep") for seed in swept]
       chosen = selected.get((task, method))
@@ -239,8 +288,12 @@ def expand(study: Study, selected: Mapping[tuple[str, str], dict]) -> list[Run]:
 def run_config(study: Study, run: Run, workdir_root: str) -> tuple[ml_collections.ConfigDict, str]:
   """The training config of a run and its workdir."""
   spec = study.spec
-  overrides = {**dict(spec.tasks[run.task]), **dict(spec.methods.get(run.method, {})), **dict(run.hparams),
+  overrides = {**dict(spec.tasks[run.task]), **dict(spec.methods.get(run.method, {})),
+               **dict(spec.task_method_overrides.get(run.task, {}).get(run.method, {})), **dict(run.hparams),
                "seed": run.seed}
+  parent = parent_run(study, run)
+  if parent is not None:                  # a stage: it starts from its parent run's trained params
+    overrides["init.source"] = "params:" + params_path(workdir_root, study, parent, "stages")
   config = config_lib.apply_overrides(study.base_config(), overrides)
   curves = spec.curves
   if curves and run.method in curves["methods"] and run.task in curves["tasks"]:
@@ -644,6 +697,13 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
       write_selection(study, out_dir, run)
     return borrowed
   config, workdir = run_config(study, run, workdir_root)
+  parent = parent_run(study, run)
+  if parent is not None and run.phase != "test":
+    stage_params = params_path(workdir_root, study, parent, "stages")
+    if not files.as_path(stage_params).exists():
+      raise ConfigError(f"run {run.id} continues {parent.id}, whose trained params are not at {stage_params} "
+                        f"(trained with another --workdir_root or on another machine): delete "
+                        f"{os.path.join(out_dir, 'runs', parent.file_name)} to train that run again")
   tokenizer = load_tokenizer(config.data.tokenizer or config.init.source)
   t0 = time.time()
   if run.phase == "test":
@@ -707,6 +767,8 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
     params_file.save_params_file(params_path(workdir_root, study, run), model_config, params)
   if keep_params and run.method != "base":
     params_file.save_params_file(params_path(workdir_root, study, run, "kept"), model_config, params)
+  if is_parent_task(study, run.task) and run.method != "base":   # the next stage starts from these
+    params_file.save_params_file(params_path(workdir_root, study, run, "stages"), model_config, params)
   write_record(out_dir, run, record)
   if not keep_workdir:
     files.remove_tree(workdir)
