@@ -10,9 +10,9 @@ method keeps MLP growth and changes only the second: each copy's down projection
 every original leaf stay frozen. If it keeps as much as attention growth, the lead is about the count, not the
 location; if it forgets like G-Freeze, it is about the location.
 
-At step 0 the model is the original one bit for bit (growth halves the down projections, as for G-Freeze); the
-trained copy is a new linear read-out of the original MLP's own (frozen) features, so the update stays inside
-the span the pretrained MLP computes. Growth as G-Freeze's: ×2 by default (`config.growth.factor`), at
+At step 0 the model is the original one bit for bit (growth halves the down projections, as for G-Freeze); what
+trains is a second linear read-out of the original MLP's own hidden features (the copies' gate/up stay the
+pretrained ones), so the update is linear in features the pretrained model already computes. Growth as G-Freeze's: ×2 by default (`config.growth.factor`), at
 `config.growth.layers` or a growth plan's layers.
 
     python -m grow_jax.main --config=configs/tiny.py:mode=g_freeze_down --workdir=/tmp/grow_jax/gfd
