@@ -91,3 +91,27 @@ def test_a_stage_whose_parent_params_are_gone_says_how_to_retrain_it(tmp_path):
 def test_ambiguous_stages_are_refused(tmp_path, extra, message):
   with pytest.raises(ConfigError, match=message):
     runs.load_study(study_file(tmp_path, extra))
+
+
+@pytest.mark.slow
+def test_the_sequential_study_smoke_runs_both_stages_and_b_starts_from_a(tmp_path):
+  """experiments/studies/sequential_270m.py:smoke end to end: stage A's runs, then stage B's from A's params; the
+  G-Freeze stage-B model carries both tasks' branches and switched to A alone is A's model bit for bit."""
+  import numpy as np
+  from grow_jax import tree_paths
+  from grow_jax.formats import params_file
+  from grow_jax.growth import tasks
+  study = runs.load_study(os.path.join(ROOT, "experiments", "studies", "sequential_270m.py") + ":smoke")
+  out, work = str(tmp_path / "out"), str(tmp_path / "work")
+  runs.run_all(study, out, work, keep_params=True)
+  records = runs.load_records(out, study)
+  assert sorted(records) == sorted(f"{t}/{m}/default/seed=0" for t in ("translation", "arithmetic_after")
+                                   for m in ("base", "sft", "g_freeze"))
+  kept = lambda task: runs.params_path(work, study, runs.Run(task, "g_freeze", (), 0, "sweep"), "kept")
+  a_config, a_params = params_file.load_params_file(kept("translation"))
+  b_config, b_params = params_file.load_params_file(kept("arithmetic_after"))
+  assert tasks.task_names(a_config) == ("translation",) and tasks.task_names(b_config) == ("translation", "arithmetic")
+  config, params = tasks.select_tasks(b_config, b_params, ["translation"])
+  assert config == a_config
+  for key, value in tree_paths.flatten(a_params).items():
+    np.testing.assert_array_equal(np.asarray(tree_paths.flatten(params)[key]), np.asarray(value), err_msg=key)

@@ -292,8 +292,10 @@ def run_config(study: Study, run: Run, workdir_root: str) -> tuple[ml_collection
                **dict(spec.task_method_overrides.get(run.task, {}).get(run.method, {})), **dict(run.hparams),
                "seed": run.seed}
   parent = parent_run(study, run)
-  if parent is not None:                  # a stage: it starts from its parent run's trained params
+  if parent is not None:                  # a stage: it starts from its parent run's trained params, whose
     overrides["init.source"] = "params:" + params_path(workdir_root, study, parent, "stages")
+    for key in ("num_layers", "hidden_dim", "vocab_size"):    # architecture they fix (a random preset's overrides
+      overrides[f"model.{key}"] = None                       # shaped the parent, not this run)
   config = config_lib.apply_overrides(study.base_config(), overrides)
   curves = spec.curves
   if curves and run.method in curves["methods"] and run.task in curves["tasks"]:
