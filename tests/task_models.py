@@ -15,6 +15,14 @@ def flat(params):
   return {k: np.asarray(v) for k, v in tree_paths.flatten(params).items()}
 
 
+def assert_same_params(a, b):
+  """Same leaves, bit for bit."""
+  fa, fb = flat(a), flat(b)
+  assert sorted(fa) == sorted(fb)
+  for k in fa:
+    np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+
+
 def train_only(config, params, task, seed):
   """What G-Freeze does to a model whose newest task is `task`: every leaf of that task's branches moves, nothing
   else (a random step of relative size ~10%, enough to change every logit)."""

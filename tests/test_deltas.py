@@ -9,19 +9,12 @@ from grow_jax.errors import CheckpointError, ConfigError
 from grow_jax.formats import delta as delta_lib, params_file
 from grow_jax.growth import operators, tasks
 from random_params import random_params
-from task_models import SMALL, flat, grown_and_trained
+from task_models import SMALL, assert_same_params, flat, grown_and_trained
 
 
 @pytest.fixture(scope="module")
 def stages():
   return grown_and_trained()
-
-
-def assert_same_params(a, b):
-  fa, fb = flat(a), flat(b)
-  assert sorted(fa) == sorted(fb)
-  for k in fa:
-    np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
 
 
 def test_deltas_rebuild_the_trained_model_bit_for_bit_in_growth_order(stages, tmp_path):

@@ -12,17 +12,10 @@ from grow_jax.errors import ConfigError
 from grow_jax.formats import params_file
 from grow_jax.growth import operators, tasks
 from random_params import random_params
-from task_models import SMALL, flat, grown_and_trained
+from task_models import SMALL, assert_same_params, flat, grown_and_trained
 
 FORWARD = jax.jit(model.forward, static_argnums=0)
 TOKENS = np.random.default_rng(0).integers(3, SMALL.vocab_size, size=(2, 20)).astype(np.int32)
-
-
-def assert_same_params(a, b):
-  fa, fb = flat(a), flat(b)
-  assert sorted(fa) == sorted(fb)
-  for k in fa:
-    np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,9 @@ from grow_jax.growth import tasks
 from grow_jax.model.config import get_preset
 from grow_jax.train import checkpointing, loop
 from random_params import random_params
-from task_models import flat
+from task_models import assert_same_params, flat
 
 BASE = get_preset("tiny", num_layers=3)
-
-
-def assert_same_params(a, b):
-  fa, fb = flat(a), flat(b)
-  assert sorted(fa) == sorted(fb)
-  for k in fa:
-    np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
 
 
 def stage(tmp_path, name, source, task, layers="all", mode="g_freeze"):
