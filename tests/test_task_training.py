@@ -14,6 +14,8 @@ from grow_jax.train import checkpointing, loop
 from random_params import random_params
 from task_models import assert_same_params, flat
 
+pytestmark = pytest.mark.slow          # two trainer runs and a subprocess: ~3 min
+
 BASE = get_preset("tiny", num_layers=3)
 
 
