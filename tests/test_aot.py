@@ -44,6 +44,7 @@ def test_shapes_come_from_the_preset_the_source_names_when_its_config_is_not_her
   assert aot.shapes_source(config, "random:gemma3_4b") == "random:gemma3_4b"
 
 
+@pytest.mark.slow
 def test_the_trainers_programs_compile_for_a_v5e_slice_with_per_device_figures():
   devices = _devices("v5e:2x2")
   config = load_config("tiny", "mode=g_freeze,batch=8,accum=2,seq_len=64")
@@ -62,6 +63,7 @@ def test_the_trainers_programs_compile_for_a_v5e_slice_with_per_device_figures()
   assert json.loads(json.dumps(report.to_json()))["programs"][0]["name"] == "train_step"
 
 
+@pytest.mark.slow
 def test_a_program_that_does_not_fit_is_a_verdict_with_xlas_figures_not_a_crash():
   devices = _devices("v5e:2x2")
   # A tiny model with a 262k-token vocabulary and long rows: the logits alone need far more than 16 GiB.
@@ -82,6 +84,7 @@ def _cli(*args):
                         cwd=ROOT, timeout=600)
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_the_verdict_and_writes_json(tmp_path):
   _devices("v5e:2x2")
   out = tmp_path / "fit.json"
@@ -93,6 +96,7 @@ def test_the_command_line_prints_the_verdict_and_writes_json(tmp_path):
   assert stored["topology"] == "v5e:2x2" and stored["fits"] and len(stored["programs"]) == 2
 
 
+@pytest.mark.slow
 def test_bad_topology_is_one_line():
   run = _cli("--config=configs/tiny.py", "--topology=h300")
   assert run.returncode == 1
@@ -101,6 +105,7 @@ def test_bad_topology_is_one_line():
   assert len(err) == 1 and err[0].startswith("grow_jax.aot: error: --topology='h300'")
 
 
+@pytest.mark.slow
 def test_scanned_layers_are_costed_as_every_layer_not_the_loop_body_once():
   """XLA's cost analysis counts a scanned loop's body once: the scanned step's FLOPs come from the same step
   lowered with the layers unrolled, and agree with the compiled unrolled program's."""

@@ -67,6 +67,7 @@ def test_factor2_head_growth_is_bit_exact_with_new_heads_as_own_leaves(tiny, gro
   assert max_delta(FORWARD(config, broken, toks), base) > 1e-3
 
 
+@pytest.mark.slow
 def test_factor3_and_growing_twice_preserve_to_rounding(small):
   params, toks, base = small
   c3, g3 = attention.grow_attention(SMALL, params, factor=3)
@@ -82,6 +83,7 @@ def test_factor3_and_growing_twice_preserve_to_rounding(small):
   assert d3 <= 1e-4 * scale and d4 <= 1e-5 * scale
 
 
+@pytest.mark.slow
 def test_kv_cache_decoding_matches_the_full_forward(small):
   params, toks, _ = small
   config, grown = attention.grow_attention(SMALL, params, layers=[1], grow_kv=True)
@@ -95,6 +97,7 @@ def test_kv_cache_decoding_matches_the_full_forward(small):
   assert max_delta(jnp.concatenate([first, second], axis=1), full) <= 1e-4 * float(jnp.max(jnp.abs(full)))
 
 
+@pytest.mark.slow
 def test_merged_heads_keep_the_function_and_must_sit_in_their_kv_group(small):
   params, toks, base = small
   for grow_kv in (False, True):
@@ -177,6 +180,7 @@ def test_save_hf_of_head_grown_model_loads_with_from_pretrained(small, tmp_path)
   assert hf_model.config.num_attention_heads == 8 and delta <= 1e-4
 
 
+@pytest.mark.slow
 def test_trainer_runs_g_freeze_attn_and_moves_only_the_new_heads(tiny_config, tmp_path):
   from grow_jax.train import loop
   from grow_jax.train.checkpointing import load_trained_params

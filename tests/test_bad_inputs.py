@@ -194,6 +194,7 @@ def _cli(module, *args, tmp):
     ("grow_jax.evaluate", ["--checkpoint=random:tiny", "--tokenizer=bytes", "--tasks=nope"], "unknown ['nope']"),
     ("grow_jax.convert", ["--src=hf:/no/such/dir", "--dst=hf:/tmp/never"], "/no/such/dir"),
 ])
+@pytest.mark.slow
 def test_the_command_line_prints_one_line(tmp_path, module, args, fragment):
   if module == "grow_jax.main":
     args = args + [f"--workdir={tmp_path / 'wd'}"]

@@ -8,6 +8,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow   # every test here: the benchmark and device-check scripts, run end to end
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -34,6 +34,7 @@ def _meta(config, mc, train_setup, mesh, step):
   return checkpointing.make_meta(config, mc, train_setup.method, sharding.describe(mesh), step)
 
 
+@pytest.mark.slow
 def test_save_on_one_mesh_restore_on_others(tmp_path):
   config = _config("mode=g_freeze,layers_n=2")
   mesh = _mesh(1, 2, 4)

@@ -318,6 +318,7 @@ def test_file_that_is_not_gguf_is_refused(tmp_path):
 
 
 # ---- command line -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_convert_command(exported, tmp_path):
   env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
   out = tmp_path / "converted"

@@ -218,6 +218,7 @@ def test_a_model_that_knows_the_facts_scores_one_and_one_that_talks_scores_zero(
   assert 0.0 < score(lambda e: " " + first_value(e))["exact_match"] < 0.1, "a fixed guess is rarely right"
 
 
+@pytest.mark.slow
 def test_the_tiny_random_model_is_scored_through_the_evaluation_cli(monkeypatch, tmp_path):
   monkeypatch.setenv("GROW_JAX_DATA_DIR", str(tmp_path))
   results = evaluate.run("random:tiny", ["fictional_facts:validation", "fictional_facts_mc:test_unseen"],
@@ -229,6 +230,7 @@ def test_the_tiny_random_model_is_scored_through_the_evaluation_cli(monkeypatch,
   assert [p.name.split("-")[0] for p in tmp_path.iterdir()] == ["fictional_facts"]
 
 
+@pytest.mark.slow
 def test_question_prompts_and_answers_fit_the_trainers_64_token_window(records):
   """The trainer evaluates with max_len = data.seq_len (64 in the 270M study); the longest question and answer
   must fit with room, and each answer within the generation budget."""

@@ -99,6 +99,7 @@ def _paper_like(tmp_path, **options):
   return config
 
 
+@pytest.mark.slow
 def test_the_trainer_reads_every_task_from_the_staged_copy_with_no_network(hub, monkeypatch, tmp_path):
   config = _paper_like(tmp_path)
   assert pipeline.data_reads(config) == {"translation_en_fr": (TRANSLATION, ["train", "validation"]),
@@ -173,6 +174,7 @@ def test_stage_to_gcs_and_read_back(gcs, hub, tmp_path):
   assert stage.staged_tasks(root) == ["translation_en_fr"]
 
 
+@pytest.mark.slow
 def test_the_command_line_stages_what_a_config_reads(tmp_path):
   wmt = {s: str(fake_hub.FIXTURES / "wmt14" / f"{s}.jsonl") for s in ("train", "validation")}
   out = tmp_path / "staged"

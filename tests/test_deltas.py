@@ -112,6 +112,7 @@ def test_a_source_loads_with_its_deltas(stages, tmp_path):
     delta_lib.load_with_deltas(str(tmp_path / "base.safetensors"), [tmp_path / "b.delta"])
 
 
+@pytest.mark.slow
 def test_evaluate_applies_deltas_and_chooses_the_active_tasks(stages, tmp_path):
   """grow_jax.evaluate --deltas=a,b --active_tasks=A scores A's model; 'none' the base; a bad spec is one line."""
   from grow_jax import evaluate

@@ -105,6 +105,7 @@ def test_a_preinstalled_jax_gets_only_the_missing_dependencies_with_jax_pinned(t
   assert len(of(calls, "missing_deps")) == 2 and len(of(calls, "run")) == 1        # checked again after installing
 
 
+@pytest.mark.slow
 def test_the_dependency_check_runs_first_and_a_dry_run_installs_nothing(tmp_path, broken_ml_collections):
   proc = subprocess.run(["bash", "experiments/device_check.sh", str(tmp_path / "out"), "--dry-run"], cwd=ROOT,
                         env={**os.environ, "PYTHONPATH": broken_ml_collections}, capture_output=True, text=True,

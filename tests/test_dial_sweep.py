@@ -24,6 +24,7 @@ def trained(tmp_path_factory):
   return wd
 
 
+@pytest.mark.slow
 def test_dial_sweep_scores_each_alpha_and_writes_json_and_png(trained, tmp_path):
   out = str(tmp_path / "dial")
   multiples = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
@@ -39,6 +40,7 @@ def test_dial_sweep_scores_each_alpha_and_writes_json_and_png(trained, tmp_path)
   assert os.path.getsize(out + ".png") > 1000
 
 
+@pytest.mark.slow
 def test_dial_sweep_of_a_params_file_equals_the_workdirs(trained, tmp_path):
   from grow_jax import formats
   from grow_jax.formats import params_file
@@ -56,6 +58,7 @@ def test_dial_sweep_of_a_params_file_equals_the_workdirs(trained, tmp_path):
     dial_sweep.run(str(tmp_path / "gf.safetensors"), **kwargs)
 
 
+@pytest.mark.slow
 def test_dial_sweep_errors_are_one_line(trained, capsys):
   assert dial_sweep.main([f"--workdir={trained}", "--new_task=smoke_ppl", "--retention=smoke_kl/kl",
                           "--tokenizer=bytes"]) == 1

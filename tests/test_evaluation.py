@@ -92,6 +92,7 @@ def forward_logprobs(params, ids, width=64):
 
 
 # ---- log-likelihood scoring --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_unembed_of_hidden_states_equals_forward_logits(lively):
   ids = np.asarray([[2, 40, 41, 300, 7] + [0] * 59], np.int32)
   mask = np.arange(64)[None] < 5
@@ -100,6 +101,7 @@ def test_unembed_of_hidden_states_equals_forward_logits(lively):
                              _FORWARD(lively, ids, mask)[:, :5], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_continuation_logprob_is_the_sum_of_forward_logprobs(lively):
   context, continuation = [2, 71, 72, 73, 300, 12], [44, 45, 46]
   [ll] = scoring.loglikelihood_tokens(CONFIG, lively, [(context, continuation)], **KW)
@@ -160,6 +162,7 @@ def test_partial_scoring_scores_the_shared_continuation_after_each_context(bigra
   assert scoring.score_partial(CONFIG, bigram, TOK, [example], target_delimiter="", **KW)["acc"] == 1.0
 
 
+@pytest.mark.slow
 def test_a_score_does_not_depend_on_its_batch(lively):
   short = ([2, 30, 31, 32], [33, 34])
   longer = [([2] + list(range(40, 80)), [81, 82]), ([2] + list(range(100, 150)), [151]),
@@ -204,6 +207,7 @@ def test_postprocess_cuts_at_the_first_stop_and_strips():
   assert metrics_text.postprocess("a b", stop=()) == "a b"
 
 
+@pytest.mark.slow
 def test_generation_scoring_decodes_greedily_and_compares(bigram):
   # The bigram model repeats the prompt's last character.
   examples = [gen("Say k", "kkkk"), gen("Say q", ["no", "qqqq"]),
@@ -243,6 +247,7 @@ def test_perplexity_is_exp_of_the_mean_nll_by_hand(lively):
   assert result["bits_per_byte"] == pytest.approx(nll / count / math.log(2), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_kl_is_zero_against_itself_and_matches_a_hand_computation(lively, tmp_path, monkeypatch):
   perturbed = jax.tree.map(lambda x: x * 1.05, lively)
   reference = ppl.BaseReference.from_texts(CONFIG, lively, TOK, TEXTS[:1], max_len=16, batch_size=4,
@@ -276,6 +281,7 @@ def test_kl_cache_key_follows_the_base_params(lively):
 
 
 # ---- tasks, evaluate_all and the CLI -----------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluate_all_writes_a_dict_of_floats_per_task(bigram, lively, tmp_path):
   tasks = [ev_lib.EvalTask("mc", "multiple_choice", [mc("Pick: k", ["kkk", "abc"], 0)],
                        {"target_delimiter": ""}),

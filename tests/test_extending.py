@@ -97,6 +97,7 @@ def _byte_tokenizer(directory):
   return f"hf:{directory}"
 
 
+@pytest.mark.slow
 def test_a_task_from_outside_the_package_is_trained_and_evaluated_on_the_tiny_config(outside, tmp_path):
   config = load_config("tiny", "steps=2,layers_n=1,seq_len=64")
   config.data.task = "capital_choice"
@@ -115,6 +116,7 @@ def test_a_task_from_outside_the_package_is_trained_and_evaluated_on_the_tiny_co
     tasks.register_task("capital_choice")(lambda: None)
 
 
+@pytest.mark.slow
 def test_an_evaluation_from_outside_the_package_is_run_by_the_evaluator(outside):
   with pytest.raises(ConfigError, match="unknown"):
     evaluate.run("random:tiny", ["greetings_ppl"], tokenizer="bytes")

@@ -47,6 +47,7 @@ def _damage_latest(workdir, how):
   return latest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated array file", "missing meta"])
 def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous(
     tmp_path, tiny_config, how, capfd):
@@ -64,6 +65,7 @@ def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_run_resumes_from_t
   assert _steps(workdir) == [2, 4, 6, 8]                             # step 6 trained again and saved
 
 
+@pytest.mark.slow
 def test_a_workdir_held_by_a_live_run_is_refused_and_a_killed_run_leaves_no_stuck_lock(tmp_path, tiny_config):
   workdir = tmp_path / "wd"
   holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
@@ -89,6 +91,7 @@ def test_a_workdir_held_by_a_live_run_is_refused_and_a_killed_run_leaves_no_stuc
     pass
 
 
+@pytest.mark.slow
 def test_a_save_killed_midway_leaves_the_previous_step_as_latest(tmp_path, tiny_config):
   workdir = tmp_path / "wd"
   loop.train_and_evaluate(_config(tiny_config, 4), str(workdir))
@@ -101,6 +104,7 @@ def test_a_save_killed_midway_leaves_the_previous_step_as_latest(tmp_path, tiny_
   assert out["step"] == 6 and _steps(workdir) == [2, 4, 6]
 
 
+@pytest.mark.slow
 def test_a_real_sigkill_during_a_save_resumes_from_the_last_complete_step(tmp_path):
   """A run checkpointing every step is SIGKILLed repeatedly at once after a save starts; every restart
   resumes from a complete checkpoint and the run finishes."""
@@ -132,6 +136,7 @@ def test_an_unwritable_workdir_is_one_line(tmp_path, tiny_config):
   assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config,
                                                                                 monkeypatch):
   save = ocp.CheckpointManager.save

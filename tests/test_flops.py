@@ -81,6 +81,7 @@ def train_step(mode):
   return config, fn, state, batch, labels, shapes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sft", "g_freeze", "lora"])
 def test_flop_model_equals_the_steps_matmuls_and_is_close_to_xla(mode):
   config, fn, state, batch, labels, shapes = train_step(mode)

@@ -75,6 +75,7 @@ def _final_state(workdir, step):
   return {p: np.asarray(x) for p, x in tree_paths.flatten_items(state)}
 
 
+@pytest.mark.slow
 def test_a_gs_run_trains_is_killed_and_resumes_bitwise_exactly_with_its_files_in_the_bucket(gcs, env, tmp_path):
   prefix = _prefix("resume")
   root = f"gs://{gcs.bucket}/{prefix}"
@@ -162,6 +163,7 @@ def test_gs_paths_without_the_gcs_libraries_name_the_extra(monkeypatch):
     files.check_writable("gs://b/x", "--out")
 
 
+@pytest.mark.slow
 def test_evaluate_writes_gs_results_and_reads_its_gs_kl_cache_back(gcs, caplog):
   from grow_jax import evaluate
   prefix = _prefix("evaluate")

@@ -78,6 +78,7 @@ def padded(prompts, side):
   return tokens, mask
 
 
+@pytest.mark.slow
 def test_cached_greedy_equals_full_forward_recompute(params, prompts, reference):
   tokens, logprobs, _ = reference
   assert max(PROMPT_LENGTHS) + NEW > 2 * CONFIG.sliding_window
@@ -88,6 +89,7 @@ def test_cached_greedy_equals_full_forward_recompute(params, prompts, reference)
   assert not out.stopped.any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_array_input_equals_list_input(params, prompts, reference, side):
   tokens, mask = padded(prompts, side)
@@ -120,12 +122,14 @@ def test_eos_stops_a_row_and_it_emits_pad_after(params, prompts, reference):
   assert out.lengths[1] <= 3
 
 
+@pytest.mark.slow
 def test_top_k_1_sampling_equals_greedy(params, prompts, reference):
   out = generate(CONFIG, params, prompts, max_new_tokens=NEW, eos_id=NO_EOS, temperature=0.7, top_k=1,
                  rng=jax.random.key(3))
   np.testing.assert_array_equal(out.tokens, reference[0])
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_and_stays_in_the_top_k(params, prompts, reference):
   sample = lambda seed: generate(CONFIG, params, prompts, max_new_tokens=NEW, eos_id=NO_EOS, temperature=2.0,
                                  top_k=3, rng=jax.random.key(seed)).tokens
@@ -146,6 +150,7 @@ def test_one_program_per_prompt_bucket(params, prompts):
   assert decode_cache_size() == before
 
 
+@pytest.mark.slow
 def test_max_len_keeps_the_end_of_long_prompts(params, prompts):
   cut = generate(CONFIG, params, prompts, max_new_tokens=NEW, max_len=NEW + 5, eos_id=NO_EOS)
   tail = generate(CONFIG, params, [p[-5:] for p in prompts], max_new_tokens=NEW, eos_id=NO_EOS)
@@ -172,6 +177,7 @@ def _decode_hlo():
   return module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("permuted", [True, False])
 def test_decode_loop_copies_no_weight(params, permuted):
   """No per-step copy of any weight inside the compiled decode loop.
@@ -216,6 +222,7 @@ def mixed_prompts():
   return [[2] + list(map(int, rng.integers(3, CONFIG.vocab_size, n - 1))) for n in MIXED_LENGTHS]
 
 
+@pytest.mark.slow
 def test_generate_batched_returns_rows_in_the_callers_order(params, mixed_prompts):
   """Each row equals `generate` on that prompt alone; one program per prompt bucket."""
   out = generation.generate_batched(CONFIG, params, mixed_prompts, batch_size=3, max_new_tokens=6, eos_id=NO_EOS)
@@ -230,6 +237,7 @@ def test_generate_batched_returns_rows_in_the_callers_order(params, mixed_prompt
   assert decode_cache_size() == before                                 # same buckets, nothing new to compile
 
 
+@pytest.mark.slow
 def test_generate_batched_stops_rows_at_eos(params, mixed_prompts):
   first = generation.generate_batched(CONFIG, params, mixed_prompts, batch_size=4, max_new_tokens=8, eos_id=NO_EOS)
   eos = int(first.tokens[2, 1])
@@ -243,6 +251,7 @@ def test_generate_batched_stops_rows_at_eos(params, mixed_prompts):
   assert out.lengths[2] <= 1
 
 
+@pytest.mark.slow
 def test_rows_marked_done_emit_padding(params, prompts):
   """The batch filler of generate_batched: rows finished from the start emit pad_id and stop nothing."""
   rows = [list(p) for p in prompts]
@@ -277,6 +286,7 @@ class _Chars:
                    else chr(97 + i % 26) for i in (int(x) for x in ids))
 
 
+@pytest.mark.slow
 def test_text_stops_end_rows_where_the_cut_text_is_complete():
   """Decoding that ends at the first stop after some text gives exactly the cut text of decoding to the end,
   and ends earlier."""

@@ -99,6 +99,7 @@ def grown(base):
   return config, params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0"])
 def test_transformers_reads_the_export_with_grow_jax_logits(base, tmp_path, dtype, record_property):
   config, params = base
@@ -160,6 +161,7 @@ def test_f32_round_trip_through_gguf_import(base, tmp_path):
       np.testing.assert_array_equal(back[key], value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["f32", "bf16"])
 def test_a_grown_model_exports_as_a_wider_gemma3(base, grown, tmp_path, dtype, record_property):
   config, params = grown
@@ -226,6 +228,7 @@ def test_bad_requests_are_refused_before_anything_is_written(base, tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "m.gguf"]   # no temporary left behind
 
 
+@pytest.mark.slow
 def test_q8_0_falls_back_to_f16_where_blocks_do_not_fit(tmp_path):
   config = CONFIG.replace(embed_dim=48)   # rows of 48 inputs: not a whole number of Q8_0's 32-wide blocks
   params = random_params(config, seed=2)
@@ -243,6 +246,7 @@ def _convert(*args, cwd):
   return result.returncode, result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_convert_writes_a_grown_gguf_with_the_source_vocabulary(base, tmp_path):
   import os
   config, params = base
@@ -285,6 +289,7 @@ def _train_branches(config, params, task, seed):
   return params
 
 
+@pytest.mark.slow
 def test_convert_exports_the_chosen_active_tasks(base, tmp_path):
   from grow_jax.convert import convert
   from grow_jax.formats.params_file import save_params_file

@@ -70,6 +70,7 @@ def test_factor2_growth_is_bit_exact(tiny, layers):
   assert delta == 0.0
 
 
+@pytest.mark.slow
 def test_factor3_growth_preserves_to_rounding(small):
   params, toks, base = small
   config, grown = growth.grow_mlp(SMALL, params, factor=3)
@@ -94,6 +95,7 @@ def test_growing_twice_composes(small):
   assert delta <= 1e-5 * float(jnp.max(jnp.abs(base)))
 
 
+@pytest.mark.slow
 def test_noise_is_antisymmetric_and_function_preserving(small):
   params, toks, base = small
   config, grown = growth.grow_mlp(SMALL, params, noise_scale=0.05, seed=3)
@@ -163,6 +165,7 @@ def regrown(small):
   return growth.grow_mlp(c1, p1, factor=3, layers=[1])
 
 
+@pytest.mark.slow
 def test_merge_branches_and_uniform_padding(small, regrown):
   params, toks, base = small
   config, grown = regrown

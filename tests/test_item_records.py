@@ -57,6 +57,7 @@ def every_kind():
                       {"metrics": ("exact_match", "exact_match_norm", "chrf", "bleu"), "max_new_tokens": 6})]
 
 
+@pytest.mark.slow
 def test_items_leave_every_aggregate_unchanged_and_reproduce_it(params, base):
   evaluator = ev.Evaluator(TOK, every_kind(), base=(CONFIG, base), **KW)
   plain = evaluator(CONFIG, params)

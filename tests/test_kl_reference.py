@@ -69,6 +69,7 @@ def host_numpy_kl(config, params, base_config, base, texts, *, max_len, batch_si
   return kl_total / count
 
 
+@pytest.mark.slow
 def test_the_reference_lives_on_the_mesh_sharded_and_gives_the_host_numpy_kl(mesh):
   base = base_params()
   reference = corpus.BaseReference.from_texts(CONFIG, base, TOK, TEXTS, mesh=mesh, **KW)
@@ -92,6 +93,7 @@ def test_the_reference_lives_on_the_mesh_sharded_and_gives_the_host_numpy_kl(mes
   assert corpus.kl_divergence(CONFIG, on_mesh(base, mesh), reference)["kl"] == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_bf16_base_keeps_bf16_hidden_states_and_the_same_kl():
   config = CONFIG.replace(dtype="bfloat16")
   base = base_params(config)
@@ -109,6 +111,7 @@ def test_the_batch_must_split_over_the_data_axes(mesh):
     corpus.BaseReference.from_texts(CONFIG, base_params(), TOK, TEXTS, mesh=mesh, max_len=16, batch_size=2)
 
 
+@pytest.mark.slow
 def test_the_trainers_evaluations_put_the_reference_on_its_mesh(mesh, monkeypatch):
   base = base_params()
   seen = []
@@ -124,6 +127,7 @@ def test_the_trainers_evaluations_put_the_reference_on_its_mesh(mesh, monkeypatc
   assert evaluator._prepare(evaluator.tasks[0]).mesh is mesh
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("process", [0, 1])
 def test_only_process_0_writes_the_cache_file(tmp_path, monkeypatch, process):
   base, model = base_params(), perturbed(base_params())
@@ -160,6 +164,7 @@ print("KL " + json.dumps(kl), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_two_processes_build_one_reference_and_process_0_alone_writes_it(tmp_path):
   """2 processes x 2 CPU devices (gloo): the hidden states gathered from both, the file written once, read back by
   both (process 0 decides), and the KL of one process with the whole mesh."""

@@ -111,6 +111,7 @@ def alive(pid):
 # ------------------------------------------------------------------------------------------------- TPU VM
 
 
+@pytest.mark.slow
 def test_tpu_setup_installs_with_uv_and_starts_jax_distributed_on_every_worker(cluster):
   if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode:
     pytest.skip("not a git checkout with a commit")
@@ -191,6 +192,7 @@ def test_tpu_run_wait_survives_gcloud_retries(cluster, drop, sleep, status):
     assert proc.stderr.count("attaching" if sleep else "already ran to its end") == WORKERS
 
 
+@pytest.mark.slow
 def test_sweep_on_tpu_records_no_failure_when_gcloud_retries(cluster):
   provision(cluster)
   env = {**cluster, "FAKE_GCLOUD_DROP": "0.5"}
@@ -270,6 +272,7 @@ def test_slurm_every_process_gets_its_distributed_arguments(cluster, options, la
         "local_device_ids": layout[i][1], "cluster_detection_method": "deactivate"}}
 
 
+@pytest.mark.slow
 def test_slurm_really_starts_jax_distributed_on_two_nodes(cluster):
   env = {**cluster, "FAKE_SLURM_NODELIST": "localhost,127.0.0.1", "JAX_COORDINATOR_PORT": str(free_port()),
          "FAKE_TRAINER_INIT": "1"}
@@ -294,6 +297,7 @@ def test_slurm_stages_the_model_on_every_node_before_training(cluster, tmp_path)
   assert len(runs) == 2 and log.index("local/gemma: ") < log.index("FAKE_TRAINER")
 
 
+@pytest.mark.slow
 def test_slurm_a_failing_process_fails_the_job(cluster):
   # Both record themselves, then fail after a pause: a task that failed at once would get its peer killed
   # (--kill-on-bad-exit) before a loaded machine had even started it.

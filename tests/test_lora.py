@@ -55,6 +55,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted(CASES))
 def test_merged_equals_unmerged(path):
   """W + A B applied to x equals x W + (x A) B: the adapter uses the forward pass's in/out axes."""

@@ -29,6 +29,7 @@ def _cli(*args, workdir):
     (["--config=configs/tiny.py", "--config.batch_size=abc"], "--config.batch_size=abc"),
     (["--config=configs/missing.py"], "configs/missing.py"),
 ])
+@pytest.mark.slow
 def test_cli_config_errors_are_one_line(tmp_path, args, expected):
   rc, lines, stderr = _cli(*args, workdir=tmp_path / "wd")
   assert rc == 2, stderr[-2000:]
@@ -90,6 +91,7 @@ def test_bad_values_name_the_field(tmp_path):
   _fails(config, tmp_path, ConfigError, "schedule='exp'")
 
 
+@pytest.mark.slow
 def test_eval_hook_gets_forward_ready_params(tmp_path):
   config = _config("mode=lora,steps=2,layers_n=1,seq_len=16")
   config.eval.tasks = ()

@@ -239,6 +239,7 @@ print("RESULT", json.dumps({"data_process": [[d.process_index for d in m.flat] f
 """
 
 
+@pytest.mark.slow
 def test_two_processes_as_two_nodes_data_crosses_them(tmp_path):
   with socket.socket() as s:
     s.bind(("localhost", 0))

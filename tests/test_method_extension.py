@@ -59,6 +59,7 @@ def _changed(config, workdir) -> set[str]:
   return {p for p in start if not np.array_equal(np.asarray(start[p]), np.asarray(trained[p]))}
 
 
+@pytest.mark.slow
 def test_g_freeze_down_trains_only_the_copies_down_projections(tmp_path):
   cfg = model.get_preset("tiny")
   grown_cfg = growth.grow_config(cfg, layers=[2, 5])
@@ -117,6 +118,7 @@ def plugin(tmp_path, monkeypatch):
   sys.modules.pop("norms_only_plugin", None)
 
 
+@pytest.mark.slow
 def test_a_method_from_outside_the_package_is_one_file_and_trains(plugin, tmp_path):
   assert "norms_only_plugin" in methods.names()
   config = load_config("tiny", "steps=2,layers_n=2,seq_len=16")

@@ -11,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow   # every test here: two trainer processes with gloo, against one
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/tiny.py:steps=6,layers_n=1,seq_len=16,accum=2", "--config.log_every_steps=1",
         "--config.checkpoint.every_steps=3", "--config.mesh.fsdp=2"]

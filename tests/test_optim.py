@@ -75,6 +75,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", sorted(EXPECTED))
 def test_exactly_the_trainable_leaves_change(mode):
   _, params, state = trained(mode)
@@ -87,6 +88,7 @@ def test_exactly_the_trainable_leaves_change(mode):
   assert set(tree_paths.flatten(moments[0].mu)) == EXPECTED[mode]
 
 
+@pytest.mark.slow
 def test_lora_trains_only_adapters():
   method = methods.setup_method("lora", GROWN_CFG, GROWN, {"lora_rank": 2})
   params, state = train(method)
@@ -97,6 +99,7 @@ def test_lora_trains_only_adapters():
   assert optim.state_bytes(state)["adam_moments"] == 2 * adapter_bytes
 
 
+@pytest.mark.slow
 def test_ewc_trains_everything_and_keeps_anchor_and_fisher_in_state():
   method = methods.setup_method("ewc", GROWN_CFG, GROWN, {"ewc_coef": 0.1}, reference_batches=BATCHES[:1])
   params, state = train(method, _grad)
@@ -108,6 +111,7 @@ def test_ewc_trains_everything_and_keeps_anchor_and_fisher_in_state():
   assert sum(x.nbytes for x in jax.tree.leaves(ewc_state)) == 2 * param_bytes
 
 
+@pytest.mark.slow
 def test_regularizer_changes_the_trajectory():
   sft, l2sp = trained("sft")[1], trained("l2sp", 10.0)[1]
   dist = lambda p: optax.global_norm(jax.tree.map(jnp.subtract, p, GROWN))
@@ -119,6 +123,7 @@ def _clone_div(params, config=GROWN_CFG):
   return {k.rsplit("/", 1)[1]: float(v) for k, v in growth.clone_divergence(config, params).items()}
 
 
+@pytest.mark.slow
 def test_symmetry_trap_sft_keeps_exact_copies_identical():
   params = trained("sft")[1]
   mlp = params["layer_1"]["mlp"]
@@ -128,12 +133,14 @@ def test_symmetry_trap_sft_keeps_exact_copies_identical():
   assert _clone_div(params) == {"gate": 0.0, "up": 0.0, "down": 0.0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["g_freeze", "g_train"])
 def test_asymmetric_freezing_breaks_the_symmetry(mode):
   div = _clone_div(trained(mode)[1])
   assert all(v > 0 for v in div.values()), div
 
 
+@pytest.mark.slow
 def test_noise_breaks_the_symmetry_under_sft():
   config, noisy = growth.grow_mlp(CFG, BASE, layers=[1], noise_scale=0.01)
   assert config == GROWN_CFG

@@ -51,6 +51,7 @@ def tiny():
   return _reference(TINY)
 
 
+@pytest.mark.slow
 def test_logits_match_hf_beyond_sliding_window(tiny, record_property):
   model, params = tiny
   tokens = _tokens((2, T), TINY.vocab_size)
@@ -65,6 +66,7 @@ def test_logits_match_hf_beyond_sliding_window(tiny, record_property):
   assert _max_delta(unwindowed, theirs) > 100 * TOL
 
 
+@pytest.mark.slow
 def test_padding_left_and_right(tiny, record_property):
   model, params = tiny
   n = 16
@@ -87,6 +89,7 @@ def test_padding_left_and_right(tiny, record_property):
   assert _max_delta(ours[2, :n], alone[1]) <= 1e-5
 
 
+@pytest.mark.slow
 def test_packed_segments_equal_separate_runs(tiny, record_property):
   model, params = tiny
   a, b = _tokens((1, 13), TINY.vocab_size, seed=2), _tokens((1, 11), TINY.vocab_size, seed=3)
@@ -110,6 +113,7 @@ def test_packed_segments_equal_separate_runs(tiny, record_property):
   assert _max_delta(leaky[:, 13:], theirs[:, 13:]) > 100 * TOL
 
 
+@pytest.mark.slow
 def test_linear_rope_scaling_of_global_layers(record_property):
   config = TINY.replace(global_scale_factor=8.0)  # Gemma 3 4B style
   model, params = _reference(config, seed=4)
@@ -123,6 +127,7 @@ def test_linear_rope_scaling_of_global_layers(record_property):
   assert _max_delta(unscaled, theirs) > 100 * TOL
 
 
+@pytest.mark.slow
 def test_final_logit_softcapping(record_property):
   config = TINY.replace(final_logit_softcap=3.0)
   model, params = _reference(config, seed=5)
@@ -141,6 +146,7 @@ def _eager_attention_with_softcap(module, *args, **kwargs):
   return eager_attention_forward(module, *args, softcap=module.attn_logit_softcapping, **kwargs)
 
 
+@pytest.mark.slow
 def test_attention_logit_softcapping(record_property):
   # transformers' Gemma3Attention stores config.attn_logit_softcapping but does not pass it to the attention
   # function (no released Gemma 3 uses it), so the reference is its eager attention with the softcap passed,
@@ -160,6 +166,7 @@ def test_attention_logit_softcapping(record_property):
   assert _max_delta(forward(config.replace(attn_logit_softcap=None), params, tokens), theirs) > 100 * TOL
 
 
+@pytest.mark.slow
 def test_bfloat16_params_and_compute_close_to_f32_reference(tiny, record_property):
   model, params = tiny
   config = TINY.replace(param_dtype="bfloat16", dtype="bfloat16")

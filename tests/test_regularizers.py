@@ -60,6 +60,7 @@ def test_state_holds_anchor_only_for_trainable_leaves():
       "layer_0/mlp/gating_einsum", "layer_0/mlp/linear"}
 
 
+@pytest.mark.slow
 def test_estimate_fisher_is_mean_squared_per_sequence_gradient():
   rng = np.random.default_rng(0)
   batches = [rng.integers(3, CFG.vocab_size, (2, 8)).astype(np.int32) for _ in range(2)]

@@ -95,6 +95,7 @@ def assert_same_model(name: str, remat: str, scan: bool):
       np.testing.assert_array_equal(x, ref, err_msg=what)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scan"])
 @pytest.mark.parametrize("remat", REMAT_NAMES)
 def test_every_remat_policy_scanned_or_not_computes_the_unrolled_model(remat, scan):
@@ -103,6 +104,7 @@ def test_every_remat_policy_scanned_or_not_computes_the_unrolled_model(remat, sc
   assert_same_model("mixed", remat, scan)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat, scan", [("none", True), ("full", True)])   # runs of one: remat unrolled
 @pytest.mark.parametrize("name", ["grown", "targeted", "heads", "lora"])
 def test_grown_and_adapted_models_scanned_and_rematerialised_are_the_same_model(name, remat, scan):
@@ -138,6 +140,7 @@ def _primitives(jaxpr, found=None):
   return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scan"])
 @pytest.mark.parametrize("remat", REMAT_NAMES)
 def test_the_gradient_program_rematerialises_each_layer_with_the_named_policy(remat, scan):
@@ -157,6 +160,7 @@ def test_the_gradient_program_rematerialises_each_layer_with_the_named_policy(re
   assert scans == ([2, 2] if scan else [])
 
 
+@pytest.mark.slow
 def test_full_remat_in_a_scan_keeps_less_for_the_backward():
   config = get_preset("tiny", num_layers=8)
   params = abstract_params(config)

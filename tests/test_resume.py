@@ -71,6 +71,7 @@ def _complete_steps(workdir):
   return checkpointing.Checkpointer(str(workdir / "checkpoints"), read_only=True).all_steps()
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path, env):
   ref_dir = tmp_path / "reference"
   proc = _run(ref_dir, env)
@@ -119,6 +120,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path, env):
   assert steps == list(range(1, STEPS + 1))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path, env):
   workdir = tmp_path / "term"
   proc = subprocess.Popen(_cmd(workdir, ["--config.total_steps=100000"]), cwd=ROOT, env=env,
@@ -140,6 +142,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, env):
   assert checkpointing.Checkpointer(str(workdir / "checkpoints"), read_only=True).latest_step() == stopped
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_config):
   config = tiny_config("steps=10,layers_n=1,seq_len=16,lr=1e30")
   config.optimizer.warmup_steps = 0

@@ -87,6 +87,7 @@ def _run(config, mesh, steps=2):
   return setup, state, losses
 
 
+@pytest.mark.slow
 def test_meshes_give_the_same_training():
   config = _tiny_config()
   ref_setup, ref_state, ref_losses = _run(config, _mesh(1, 1, 1))

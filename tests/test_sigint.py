@@ -12,6 +12,8 @@ import pytest
 
 from grow_jax.train import checkpointing, preemption
 
+pytestmark = pytest.mark.slow   # every test here: a trainer subprocess interrupted and restarted
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/tiny.py:steps=100000,layers_n=1,seq_len=16", "--config.checkpoint.every_steps=5",
         "--config.log_every_steps=1", "--config.checkpoint.keep=2", "--config.eval_every_steps=0"]

@@ -62,6 +62,7 @@ def test_packed_segment_boundary_is_not_a_target():
   np.testing.assert_array_equal(w, [[0, 1, 0, 0, 1]])
 
 
+@pytest.mark.slow
 def test_chunked_cross_entropy_matches_full(tiny):
   cfg, params = tiny
   b = _batch(cfg, batch_size=2, seq_len=24, packing=True)
@@ -87,6 +88,7 @@ def _setup(cfg, params, mode, accum_total_steps=10):
   return bound.method, tx, step.trainable_map(bound.labels), state
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_big_batch(tiny):
   cfg, params = tiny
   method, tx, _, state = _setup(cfg, params, "sft")
@@ -141,6 +143,7 @@ def _rel(a, b):
   return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / max(np.max(np.abs(np.asarray(b))), 1e-30))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [0, 4])
 def test_target_only_loss_and_grads_equal_dense(tiny, chunk):
   """Gathering each row's target positions (static capacity) gives the dense loss and gradients: f32, <= 1e-6
@@ -162,6 +165,7 @@ def test_target_only_loss_and_grads_equal_dense(tiny, chunk):
     assert _rel(tree_paths.get(g_sparse, path), a) <= 1e-6, path
 
 
+@pytest.mark.slow
 def test_a_group_over_capacity_takes_the_dense_path(tiny):
   cfg, params = tiny
   b = _batch(cfg, batch_size=2, seq_len=32, packing=True)

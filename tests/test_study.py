@@ -46,6 +46,7 @@ def test_grid_selection_and_dependent_runs_without_training():
   assert runs.pending(study, records, only="*/l2sp/*")[0].method == "l2sp"
 
 
+@pytest.mark.slow
 def test_list_prints_every_run_in_the_order_the_runner_takes_them_and_honours_only(tmp_path):
   study = runs.load_study(SMOKE)
   out = str(tmp_path / "out")
@@ -343,6 +344,7 @@ def test_a_borrow_refuses_a_twin_that_trains_differently_or_is_scored_on_other_s
   assert runs.borrowed_record(_borrower(tmp_path, theirs), selected, str(tmp_path / "mine")) is None  # ... so its test
 
 
+@pytest.mark.slow
 def test_periodic_evaluations_change_nothing_in_training(tmp_path, tiny_config):
   """What borrowing relies on: a run with learning curves trains the same params as one without."""
   import jax

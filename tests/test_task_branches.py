@@ -30,6 +30,7 @@ def test_the_first_task_growth_is_the_papers_growth(stages):
   assert tasks.task_names(stages["a_config"]) == ("A",)
 
 
+@pytest.mark.slow
 def test_growing_a_task_preserves_the_function_bit_exactly(stages):
   base_logits = FORWARD(SMALL, stages["base"], TOKENS)
   assert float(jnp.max(jnp.abs(FORWARD(stages["a_config"], stages["a_grown"], TOKENS) - base_logits))) == 0.0

@@ -66,6 +66,7 @@ def test_trainer_rejects_unknown_eval_task_before_writing(tmp_path):
   assert not (tmp_path / "wd").exists()
 
 
+@pytest.mark.slow
 def test_a_trained_workdir_is_evaluated_with_its_trained_params(tmp_path):
   config = _tiny_config("mode=lora,steps=2,layers_n=1,seq_len=16")
   config.eval.tasks = ()

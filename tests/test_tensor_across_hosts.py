@@ -9,6 +9,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow   # every test here: two trainer processes with gloo, against one
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/tiny.py:steps=4,layers_n=1,seq_len=16,accum=2", "--config.log_every_steps=1",

@@ -65,6 +65,7 @@ def test_pad_left_and_right(tok):
   assert tokens[0].tolist() == [2] + PROMPT_IDS and mask.sum(1).tolist() == [6, 2]
 
 
+@pytest.mark.slow
 def test_save_loads_in_transformers_and_back(tok, tmp_path):
   import transformers
   tok.save(tmp_path)
