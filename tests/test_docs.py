@@ -296,3 +296,12 @@ def test_the_readme_keeps_its_two_commands():
   assert 'pip install -e ".[test]" && python -m pytest -q -n 2 --dist loadfile' in readme
   ci = open(os.path.join(ROOT, ".ci", "run")).read()
   assert "python -m pytest -q -n 2 --dist loadfile" in ci and "configs/quickstart.py" in ci
+
+
+def test_the_readme_says_how_to_run_the_fast_tier_and_setup_cfg_declares_its_marker():
+  readme = open(os.path.join(ROOT, "README.md")).read()
+  assert 'python -m pytest -q -n 2 -m "not slow"' in readme and "python -m pytest -q -n 2 -m slow" in readme
+  setup = configparser.ConfigParser()
+  setup.read(os.path.join(ROOT, "setup.cfg"))
+  markers = [line.split(":")[0].strip() for line in setup["tool:pytest"]["markers"].strip().splitlines()]
+  assert "slow" in markers
