@@ -11,7 +11,7 @@ another machine continues the study; with every run done it regenerates identica
 Workdirs (checkpoints) go to --workdir_root and are deleted after each run unless --keep_workdirs; with
 --keep_params every trained run's params file stays under <workdir_root>/<study>/kept/ (e.g. pilots for
 `python -m grow_jax.growth.plan`).
---out and --workdir_root may be gs:// paths (README: "Workdirs on cloud storage").
+--out and --workdir_root may be gs:// paths (docs/training.md: "Workdirs on cloud storage").
 
 Every command checks the records first: one whose run identity (resolved config, evaluation sets and limits)
 differs from what the study file now asks for, or a frozen selection (its test is scored) that the grid or
