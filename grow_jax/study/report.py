@@ -470,7 +470,10 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
     validation = [tuple(m) for m in report.get("validation", [])]
     sweep = sweep_table(task, validation, records, methods, selected) if validation else ""
     if sweep:
-      lines += ["Every grid point on the validation sets (seed 0; what the selection rule saw):", "", sweep, ""]
+      swept = list(spec.seeds[:spec.sweep_seeds])
+      saw = ("what the selection rule saw" if len(swept) == 1 else
+             f"the selection rule saw the mean over seeds {', '.join(map(str, swept))}")
+      lines += [f"Every grid point on the validation sets (seed {swept[0]}; {saw}):", "", sweep, ""]
       if len(validation) >= 2:
         name = f"{task}_sweep.png"
         sweep_plot(os.path.join(out_dir, name), task, records, methods, validation[0], validation[-1], selected)
