@@ -147,20 +147,17 @@ def grow_task(config: ModelConfig, params: Params, task: str, *, layers=None, no
   0 appended, labelled `task`; other branches are untouched. Function-preserving, bit-exact in float32 without
   noise. `noise_scale` / `seed` as in `operators.grow_mlp` (zero-sum noise on branch 0 and the copy). Pure."""
   new_config, layer_ids = _grow_task_config(config, task, layers)
-  branch0 = {i: operators._layer_branches(config, params, i)[0] for i in layer_ids}
-  one = config.replace(mlp_branches=None, mlp_branch_tasks=None, attn_branches=None)
-  # grow_mlp on the one-branch view of each layer: the paper's operator, noise rule included
-  view = {f"layer_{i}": {"mlp": dict(branch0[i])} for i in layer_ids}
-  widths = tuple((config.layer_mlp_branches(i)[0],) for i in range(config.num_layers))
-  one = one.replace(mlp_branches=widths)
-  view.update({f"layer_{i}": {"mlp": dict(operators._layer_branches(config, params, i)[0])}
-               for i in range(config.num_layers) if i not in layer_ids})
+  # grow_mlp on the one-branch view of the grown layers: the paper's operator, noise rule included (it reads only
+  # the layers it grows)
+  old = {i: operators._layer_branches(config, params, i) for i in layer_ids}
+  one = config.replace(attn_branches=None, mlp_branch_tasks=None,
+                       mlp_branches=tuple((config.layer_mlp_branches(i)[0],) for i in range(config.num_layers)))
+  view = {f"layer_{i}": {"mlp": dict(old[i][0])} for i in layer_ids}
   _, grown = operators.grow_mlp(one, view, factor=2, layers=list(layer_ids), noise_scale=noise_scale, seed=seed)
   new_mlps = {}
   for i in layer_ids:
-    old = operators._layer_branches(config, params, i)
     g = grown[f"layer_{i}"]["mlp"]
-    new_mlps[i] = operators._set_branches(params[f"layer_{i}"]["mlp"], [operators._branch(g, 0), *old[1:],
+    new_mlps[i] = operators._set_branches(params[f"layer_{i}"]["mlp"], [operators._branch(g, 0), *old[i][1:],
                                                                         operators._branch(g, 1)])
   return new_config, operators._with_layer_mlps(params, new_mlps)
 
