@@ -104,6 +104,7 @@ def get_study(arg=None):
                            ["val capitals_gen (EM)", "capitals_gen:validation/exact_match_norm"]],
             "metrics": metrics}
   s.report = {A: dict(report), B: dict(report)}
+  s.report[B]["stages"] = {"first": metrics[0], "second": metrics[1], "probes": metrics[2:]}   # grow_jax/study/stages.py
   if variant == "smoke":                   # a random tiny Gemma with the real vocabulary: seconds per run
     s.methods = {m: s.methods[m] for m in ("sft", "g_freeze")}
     s.grids = {m: {} for m in s.methods}

@@ -357,13 +357,6 @@ def _base_point(records: Mapping[str, dict], task: str, x_key: str, y_key: str) 
 
 
 # ---- figures -----------------------------------------------------------------------------------------------
-def _styles(methods: Sequence[str]) -> dict[str, dict]:
-  import matplotlib
-  colours, markers = matplotlib.colormaps["tab10"].colors, "osD^vP"
-  return {m: {"color": colours[i % len(colours)], "marker": markers[(i // len(colours)) % len(markers)]}
-          for i, m in enumerate(methods)}
-
-
 def frontier_plot(path: str, task: str, points_by_method: Mapping[str, Sequence[Point]], labels: tuple[str, str],
                   base: tuple[float, float] | None = None) -> None:
   """Every grid point (mean over seeds; bars: min..max over seeds on both axes), each method's frontier a line,
@@ -371,7 +364,7 @@ def frontier_plot(path: str, task: str, points_by_method: Mapping[str, Sequence[
   from grow_jax import figures
   plt = figures.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-  styles = _styles(list(points_by_method))
+  styles = figures.method_styles(list(points_by_method))
   for method, points in points_by_method.items():
     style = styles[method]
     for p in points:
@@ -413,7 +406,7 @@ def curves_plot(path: str, title: str, curves_by_method: Mapping[str, Sequence[S
   from grow_jax import figures
   plt = figures.pyplot()
   fig, axes = plt.subplots(1, len(series), figsize=(5.2 * len(series), 4.2), dpi=120, squeeze=False)
-  styles = _styles(list(curves_by_method))
+  styles = figures.method_styles(list(curves_by_method))
   for ax, (label, key) in zip(axes[0], series):
     for method, curves in curves_by_method.items():
       steps, mean, low, high = curve_bands(curves, key)

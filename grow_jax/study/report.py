@@ -150,22 +150,13 @@ def sweep_table(task: str, metrics: Sequence[tuple[str, str]], records: Mapping[
   return tables.markdown(header, rows) if rows else ""
 
 
-def _method_styles(methods: Sequence[str]) -> dict[str, dict]:
-  """A distinct (colour, marker) per method, the same in every figure of a study: tab10's colours first, then the
-  cycle again with another marker (14 methods with one colour cycle gave base and an ablation the same blue)."""
-  import matplotlib
-  colours, markers = matplotlib.colormaps["tab10"].colors, "osD^vP"
-  return {m: {"color": colours[i % len(colours)], "marker": markers[(i // len(colours)) % len(markers)]}
-          for i, m in enumerate(methods)}
-
-
 def sweep_plot(path: str, task: str, records: Mapping[str, dict], methods: Sequence[str], x: tuple[str, str],
                y: tuple[str, str], selected: Mapping[tuple[str, str], dict]) -> None:
   """Every grid point on the validation sets: new-task score (x) vs retention (y), a line per method through its
   grid in order, the selected point ringed, the untrained model a dotted line at its retention."""
   plt = figures.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-  styles = _method_styles(methods)
+  styles = figures.method_styles(methods)
   for method in ["base"] + list(methods):
     rs = sorted((r for r in _grid_records(records, task) if r["method"] == method
                  and x[1] in r["final"] and y[1] in r["final"]), key=_grid_key)
@@ -190,7 +181,7 @@ def pareto_plot(path: str, task: str, grouped, methods: Sequence[str], x: tuple[
   model a dotted line at its retention."""
   plt = figures.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-  styles = _method_styles(list(methods) + list(extra_curves or {}))
+  styles = figures.method_styles(list(methods) + list(extra_curves or {}))
   for method in ["base"] + list(methods):
     rs = grouped.get((task, method), [])
     xs = [r["final"][x[1]] for r in rs if x[1] in r["final"]]
@@ -232,7 +223,7 @@ def curve_plot(path: str, task: str, grouped, methods: Sequence[str], series: Se
   """Learning curves: each series' periodic evaluation against steps, mean over seeds (band: min..max)."""
   plt = figures.pyplot()
   fig, axes = plt.subplots(1, len(series), figsize=(5.2 * len(series), 4.2), dpi=120, squeeze=False)
-  styles = _method_styles(methods)
+  styles = figures.method_styles(methods)
   for ax, (label, key) in zip(axes[0], series):
     for method in methods:
       curves = [r.get("curve", []) for r in grouped.get((task, method), [])]
@@ -457,6 +448,9 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
     if report.get("frontier"):           # the primary analysis of studies that declare one (study/frontier.py)
       from grow_jax.study import frontier
       lines += frontier.report_lines(task, report["frontier"], records, items_by_run, out_dir)
+    if report.get("stages") and task in spec.after:   # sequential tasks (study/stages.py)
+      from grow_jax.study import stages
+      lines += stages.report_lines(task, spec.after[task], report["stages"], grouped, methods, out_dir)
     if report.get("pareto"):
       x, y = (tuple(a) for a in report["pareto"])
       name = f"{task}_pareto.png"
