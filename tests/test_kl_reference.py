@@ -2,7 +2,6 @@
 jax.Arrays put there once (not host numpy sent with every evaluation batch), the KL equals the former host-numpy
 computation, and only process 0 writes the cache file."""
 
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from grow_jax.evaluation.scoring import make_batches, scored_hidden
 from grow_jax.model.config import get_preset
 from grow_jax.train import sharding
 
+import processes
 from random_params import random_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,26 +168,16 @@ print("KL " + json.dumps(kl), flush=True)
 def test_two_processes_build_one_reference_and_process_0_alone_writes_it(tmp_path):
   """2 processes x 2 CPU devices (gloo): the hidden states gathered from both, the file written once, read back by
   both (process 0 decides), and the KL of one process with the whole mesh."""
-  import socket
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
+  port = processes.free_port()
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
   procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(tmp_path / "cache"), f"localhost:{port}", str(i)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
-  outs = []
-  for p in procs:
-    try:
-      outs.append(p.communicate(timeout=300))
-    finally:
-      if p.poll() is None:
-        p.kill()
+  outs = processes.finish(procs)
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-  # gloo prints its own "[Gloo] ..." lines to stdout, before or after ours
-  kls = [json.loads(next(line for line in out.splitlines() if line.startswith("KL "))[3:]) for out, _ in outs]
+  kls = [processes.tagged(out, "KL") for out, _ in outs]
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2}, devices=jax.devices()[:4])      # the same mesh, one process
   single = corpus.kl_divergence(CONFIG, on_mesh(perturbed(base_params()), mesh),
                                 corpus.BaseReference.from_texts(CONFIG, base_params(), TOK, TEXTS, mesh=mesh, **KW))

@@ -8,13 +8,14 @@ in two tests, really makes it: two processes on localhost CPU, through JAX's own
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+import processes
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"
@@ -26,12 +27,6 @@ pytestmark = pytest.mark.skipif(any(not os.path.exists(f"/usr/bin/{c}") and not 
                                     for c in ("setsid", "ps")), reason="needs util-linux setsid and procps ps")
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture
 def cluster(tmp_path):
   """The environment that puts the fakes first on PATH; worker/node directories under tmp_path."""
@@ -39,7 +34,7 @@ def cluster(tmp_path):
          "PATH": f"{FAKE / 'bin'}{os.pathsep}{os.environ['PATH']}",
          "FAKE_TPU_ROOT": str(tmp_path / "tpu"), "FAKE_TPU_WORKERS": str(WORKERS),
          "FAKE_SLURM_ROOT": str(tmp_path / "slurm"), "FAKE_REAL_PYTHON": sys.executable,
-         "FAKE_TPU_PORT": str(free_port()), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+         "FAKE_TPU_PORT": str(processes.free_port()), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   for var in ("GROW_JAX_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS", "JAX_COORDINATOR_PORT", "FAKE_GCLOUD_DROP"):
     env.pop(var, None)
   yield env
@@ -274,7 +269,7 @@ def test_slurm_every_process_gets_its_distributed_arguments(cluster, options, la
 
 @pytest.mark.slow
 def test_slurm_really_starts_jax_distributed_on_two_nodes(cluster):
-  env = {**cluster, "FAKE_SLURM_NODELIST": "localhost,127.0.0.1", "JAX_COORDINATOR_PORT": str(free_port()),
+  env = {**cluster, "FAKE_SLURM_NODELIST": "localhost,127.0.0.1", "JAX_COORDINATOR_PORT": str(processes.free_port()),
          "FAKE_TRAINER_INIT": "1"}
   start = time.monotonic()
   runs, log = sbatch(env, "--nodes=2", "--gpus-per-node=2", "launch/slurm.sbatch", "--config=configs/x.py",

@@ -17,7 +17,6 @@ and exits 0, and the SLURM job that loses a node (SIGKILL) falls back to its ste
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import fake_hub
+import processes
 from config_files import load_config
 from test_data_staging import _byte_tokenizer
 
@@ -48,12 +48,6 @@ pytestmark = pytest.mark.skipif(any(not os.path.exists(f"/usr/bin/{c}") and not 
                                     for c in ("setsid", "ps")), reason="needs util-linux setsid and procps ps")
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def compilation_cache(tmp_path_factory):
   """One persistent compilation cache for every process of this file: a resumed run loads its programs."""
@@ -66,7 +60,7 @@ def cluster(tmp_path, gcs, compilation_cache):
   env = {**os.environ, **gcs.env,
          "PATH": f"{FAKE / 'bin'}{os.pathsep}{os.environ['PATH']}", "FAKE_REAL_PYTHON": sys.executable,
          "FAKE_REAL_TRAINER": "1", "FAKE_TPU_ROOT": str(tmp_path / "tpu"), "FAKE_TPU_WORKERS": "2",
-         "FAKE_TPU_PORT": str(free_port()), "FAKE_SLURM_ROOT": str(tmp_path / "slurm"),
+         "FAKE_TPU_PORT": str(processes.free_port()), "FAKE_SLURM_ROOT": str(tmp_path / "slurm"),
          "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GROW_JAX_DATA_DIR": str(tmp_path / "no_offline_cache"),
          "GROW_JAX_COMPILATION_CACHE": compilation_cache, "TOKENIZERS_PARALLELISM": "false"}
   for var in ("GROW_JAX_DISTRIBUTED", "GROW_JAX_STAGED_DATA", "JAX_COORDINATOR_ADDRESS", "JAX_COORDINATOR_PORT",
@@ -221,7 +215,7 @@ def test_paper_4b_on_slurm_loses_a_node_and_the_job_resubmitted_resumes(cluster,
   values = overrides()
   assert stage(monkeypatch, tmp_path, "paper_4b", arg, values, data) == {
       "scitail": {"train": 3, "validation": 2}, "winogrande": {"validation": 2}, "stdlib_text": {"validation": 659}}
-  env.update(FAKE_SLURM_NODELIST="localhost,127.0.0.1", JAX_COORDINATOR_PORT=str(free_port()),
+  env.update(FAKE_SLURM_NODELIST="localhost,127.0.0.1", JAX_COORDINATOR_PORT=str(processes.free_port()),
              XLA_FLAGS="--xla_force_host_platform_device_count=2",
              GROW_JAX_STAGED_DATA=data)               # sbatch passes the submitting shell's environment on
   (tmp_path / "shared").mkdir()

@@ -5,10 +5,8 @@ import dataclasses
 import functools
 import importlib.util
 import itertools
-import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -19,6 +17,8 @@ from jax.experimental import mesh_utils
 
 from grow_jax.errors import ConfigError, ShardingError
 from grow_jax.train import sharding
+
+import processes
 
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None,
@@ -241,25 +241,16 @@ print("RESULT", json.dumps({"data_process": [[d.process_index for d in m.flat] f
 
 @pytest.mark.slow
 def test_two_processes_as_two_nodes_data_crosses_them(tmp_path):
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
+  port = processes.free_port()
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu", PYTHONPATH=root)
   procs = [subprocess.Popen([sys.executable, "-c", NODE, str(port), str(i)], env=env, cwd=root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outs = []
-  for p in procs:
-    try:
-      outs.append(p.communicate(timeout=300))
-    finally:
-      if p.poll() is None:
-        p.kill()
+  outs = processes.finish(procs)
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   for i, (out, _) in enumerate(outs):
-    # gloo prints its own "[Gloo] Rank 0 is connected ..." lines to stdout, before or after ours
-    got = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    got = processes.tagged(out, "RESULT")
     assert got["data_process"] == [[0] * 4, [1] * 4]          # data index i: node (process) i
     assert got["block"] == [i, 2]
     # the global batch is the same rows whatever the process count: microbatch a holds rows a, a + 2, ...

@@ -4,12 +4,13 @@ agree on a damaged checkpoint: process 0 alone moves it aside, both go on from t
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+import processes
 
 pytestmark = pytest.mark.slow   # every test here: two trainer processes with gloo, against one
 
@@ -32,14 +33,8 @@ def _losses(workdir):
   return train, evals
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_match_one(tmp_path):
-  port = _free_port()
+  port = processes.free_port()
   multi = tmp_path / "multi"
   procs = [subprocess.Popen([sys.executable, "-m", "grow_jax.main", *ARGS, f"--workdir={multi}",
                              f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
@@ -47,13 +42,7 @@ def test_two_processes_match_one(tmp_path):
            for i in range(2)]
   single = subprocess.run([sys.executable, "-m", "grow_jax.main", *ARGS, f"--workdir={tmp_path / 'single'}"],
                           cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300)
-  errs = []
-  for p in procs:
-    try:
-      errs.append(p.communicate(timeout=300)[1])
-    finally:
-      if p.poll() is None:
-        p.kill()
+  errs = [err for _, err in processes.finish(procs)]
   for p, err in zip(procs, errs):
     assert p.returncode == 0, err[-3000:]
   assert single.returncode == 0, single.stderr[-3000:]
@@ -70,18 +59,12 @@ def test_two_processes_match_one(tmp_path):
 
 def _train_two_processes(workdir, *extra):
   """Both processes' (returncode, stderr) for one two-process run of ARGS (+ extra flags)."""
-  port = _free_port()
+  port = processes.free_port()
   procs = [subprocess.Popen([sys.executable, "-m", "grow_jax.main", *ARGS, *extra, f"--workdir={workdir}",
                              f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
                             cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
-  errs = []
-  for p in procs:
-    try:
-      errs.append(p.communicate(timeout=300)[1])
-    finally:
-      if p.poll() is None:
-        p.kill()
+  errs = [err for _, err in processes.finish(procs)]
   return [(p.returncode, err) for p, err in zip(procs, errs)]
 
 

@@ -4,12 +4,13 @@ one process does. Two JAX processes on localhost, 4 CPU devices each."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+import processes
 
 pytestmark = pytest.mark.slow   # every test here: two trainer processes with gloo, against one
 
@@ -25,12 +26,6 @@ def _env(devices):
   return env
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def _losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(l) for l in f]
@@ -39,7 +34,7 @@ def _losses(workdir):
 
 
 def test_tensor_group_across_two_processes_trains_like_one_process(tmp_path):
-  port = _free_port()
+  port = processes.free_port()
   multi = tmp_path / "multi"
   worker = [sys.executable, os.path.abspath(__file__), *ARGS, f"--workdir={multi}",
             f"--coordinator_address=localhost:{port}", "--num_processes=2"]
@@ -47,13 +42,7 @@ def test_tensor_group_across_two_processes_trains_like_one_process(tmp_path):
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
   single = subprocess.run([sys.executable, "-m", "grow_jax.main", *ARGS, f"--workdir={tmp_path / 'single'}"],
                           cwd=ROOT, env=_env(8), capture_output=True, text=True, timeout=600)
-  errs = []
-  for p in procs:
-    try:
-      errs.append(p.communicate(timeout=600)[1])
-    finally:
-      if p.poll() is None:
-        p.kill()
+  errs = [err for _, err in processes.finish(procs, timeout=600)]
   for p, err in zip(procs, errs):
     assert p.returncode == 0, err[-3000:]
   assert single.returncode == 0, single.stderr[-3000:]
