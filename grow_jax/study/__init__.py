@@ -7,5 +7,6 @@ one small JSON per finished run, selected on validation by a rule fixed in advan
     report.py  results.csv, results.md (mean ± sd, bootstrap intervals, paired differences), plots
     item_stats.py  paired bootstrap over items (and seeds), exact McNemar: the report's item-level comparisons
     frontier.py  new-task x retention frontiers with seed bands, retention at a matched new-task score
+    stages.py  sequential tasks in the report: each stage's scores per method, forgetting paired per seed, a figure
     __main__.py the command line: run what is pending, --list, --report_only
 """
