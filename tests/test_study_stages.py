@@ -115,3 +115,10 @@ def test_the_sequential_study_smoke_runs_both_stages_and_b_starts_from_a(tmp_pat
   assert config == a_config
   for key, value in tree_paths.flatten(a_params).items():
     np.testing.assert_array_equal(np.asarray(tree_paths.flatten(params)[key]), np.asarray(value), err_msg=key)
+  # the report's stages section: a row per method with both stages, and its figure
+  from grow_jax.study import report
+  text = report.write_report(study, records, runs.selections(study, records), out)
+  section = text.split("### translation, then arithmetic_after")[1]
+  assert [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][1:] == [
+      "base (untrained)", "sft", "g_freeze"]
+  assert os.path.exists(os.path.join(out, "arithmetic_after_stages.png"))

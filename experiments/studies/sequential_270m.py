@@ -119,6 +119,9 @@ def get_study(arg=None):
     s.order = [[A, list(s.methods)], [B, list(s.methods)]]
     s.report = {t: {"selection": "none", "metrics": [["capitals_gen (EM)", "capitals_gen:test/exact_match_norm"]]}
                 for t in (A, B)}
+    s.report[B]["stages"] = {"first": ["val A chrF", "gettext_en_fr:validation/chrf"],
+                             "second": ["val B acc", "arithmetic_cloze:validation/acc"],
+                             "probes": [["capitals_gen (EM)", "capitals_gen:test/exact_match_norm"]]}
   return vars(s)
 
 
