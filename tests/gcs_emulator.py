@@ -23,20 +23,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
+import processes
+
 BUCKET = "grow-jax-test"
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 class Emulator:
@@ -70,7 +65,7 @@ def _binary() -> str:
 @contextlib.contextmanager
 def running():
   """Starts the emulator, sets its environment in this process (restored afterwards), yields an Emulator."""
-  port = _free_port()
+  port = processes.free_port("127.0.0.1")
   url = f"http://127.0.0.1:{port}"
   with tempfile.TemporaryFile() as log:
     proc = subprocess.Popen([_binary(), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port",

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from grow_jax import figures, files, tables
-from grow_jax.study import runs
+from grow_jax.study import runs, stages
 
 BOOTSTRAP = 10_000
 
@@ -449,7 +449,6 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
       from grow_jax.study import frontier
       lines += frontier.report_lines(task, report["frontier"], records, items_by_run, out_dir)
     if report.get("stages") and task in spec.after:   # sequential tasks (study/stages.py)
-      from grow_jax.study import stages
       lines += stages.report_lines(task, spec.after[task], report["stages"], grouped, methods, out_dir)
     if report.get("pareto"):
       x, y = (tuple(a) for a in report["pareto"])

@@ -44,12 +44,6 @@ def table(parent: str, child: str, spec: Mapping, grouped, methods: Sequence[str
             f"forgetting of {parent} (paired)", f"{second[0]} after {parent}", f"{second[0]} after {child}"]
   header += [f"{label} after {stage}" for label, _ in probes for stage in (parent, child)]
   rows = []
-  base = grouped.get((parent, "base"), [])
-  if base:
-    final = base[0]["final"]
-    value = lambda key: _cell([final[key]] if key in final else [])
-    rows.append(["base (untrained)", "–", value(first[1]), "", "", value(second[1]), ""]
-                + [cell for _, key in probes for cell in (value(key), "")])
   for method in methods:
     pairs = [(a["final"], b["final"]) for a, b in _pairs(grouped, parent, child, method)]
     if not pairs:
@@ -60,7 +54,15 @@ def table(parent: str, child: str, spec: Mapping, grouped, methods: Sequence[str
            _cell(forgetting), _cell(column(second[1], 0)), _cell(column(second[1], 1))]
     row += [_cell(column(key, stage)) for _, key in probes for stage in (0, 1)]
     rows.append(row)
-  return tables.markdown(header, rows) if len(rows) > len(base[:1]) else ""     # no method ran both stages: none
+  if not rows:                                          # no method ran both stages yet: no table
+    return ""
+  base = grouped.get((parent, "base"), [])
+  if base:
+    final = base[0]["final"]
+    value = lambda key: _cell([final[key]] if key in final else [])
+    rows.insert(0, ["base (untrained)", "–", value(first[1]), "", "", value(second[1]), ""]
+                + [cell for _, key in probes for cell in (value(key), "")])
+  return tables.markdown(header, rows)
 
 
 def plot(path: str, parent: str, child: str, spec: Mapping, grouped, methods: Sequence[str]) -> None:
