@@ -205,6 +205,14 @@ def test_test_sets_must_be_disjoint_from_what_selection_reads(tmp_path):
     runs.load_study(f"{study}:smoke")
 
 
+@pytest.mark.parametrize("name", ["forgetting_270m", "frontier_270m", "sequential_270m"])
+def test_an_unknown_study_variant_is_one_line_naming_the_variants(name):
+  path = os.path.join(ROOT, "experiments", "studies", f"{name}.py")
+  with pytest.raises(ConfigError, match=r"^study variant 'gpu': expected one of \[.*'cpu'.*'smoke'.*\]$"):
+    runs.load_study(f"{path}:gpu")
+  assert runs.variant(" smoke ", ["cpu", "smoke"]) == "smoke" and runs.variant(None, ["cpu"]) == "cpu"
+
+
 def test_the_full_variant_selects_on_its_own_tasks_keys():
   study = runs.load_study(SMOKE.replace(":smoke", ":full"))
   assert sorted(study.spec.report) == ["mathqa", "translation"]

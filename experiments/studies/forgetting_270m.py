@@ -41,6 +41,7 @@ Protocol (fixed before any run; variant 'cpu', the default):
 import types
 
 from grow_jax.errors import ConfigError
+from grow_jax.study.runs import variant as study_variant
 from grow_jax.train import config as cu
 
 STEPS = {"cpu": 100, "full": 2000, "smoke": 3}
@@ -55,16 +56,9 @@ NEW_TASK_VALIDATION = {"translation": ["gettext_en_fr:validation/chrf", "transla
 RETENTION_VALIDATION = ["capitals_gen:validation/exact_match_norm", "winogrande:train/acc"]
 
 
-def _variant(arg) -> str:
-  variant = (arg or "cpu").strip()
-  if variant not in STEPS:
-    raise ValueError(f"study variant {variant!r}: expected one of {sorted(STEPS)}")
-  return variant
-
-
 def get_config(arg=None):
   """The training config every run starts from (the study's tasks and methods override parts of it)."""
-  variant = _variant(arg)
+  variant = study_variant(arg, sorted(STEPS))
   c = cu.base_config()
   c.init.source = "gemma3-270m"
   c.total_steps = STEPS[variant]
@@ -107,7 +101,7 @@ def get_config(arg=None):
 
 
 def get_study(arg=None):
-  variant = _variant(arg)
+  variant = study_variant(arg, sorted(STEPS))
   s = types.SimpleNamespace()
   s.name = {"cpu": "forgetting_270m", "full": "forgetting_1b", "smoke": "forgetting_smoke"}[variant]
   s.description = __doc__.split("Protocol")[1].split("\n", 1)[1] if variant != "smoke" else "A smoke test."

@@ -97,6 +97,7 @@ import os
 import types
 
 from grow_jax.errors import ConfigError
+from grow_jax.study.runs import variant as study_variant
 
 _FORGETTING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "forgetting_270m.py")
 _spec = importlib.util.spec_from_file_location("forgetting_270m_base", _FORGETTING)
@@ -116,20 +117,13 @@ LEADS = ["g_freeze_attn", "l2sp"]
 LONG = ["sft", "g_freeze", "lora_matched", "ewc"]
 
 
-def _variant(arg) -> str:
-  variant = (arg or "cpu").strip()
-  if variant not in VARIANTS:
-    raise ValueError(f"study variant {variant!r}: expected one of {list(VARIANTS)}")
-  return variant
-
-
 def get_config(arg=None):
   """The forgetting study's config of the same variant (translation's runs are then borrowable from it)."""
-  return forgetting.get_config(_variant(arg))
+  return forgetting.get_config(study_variant(arg, VARIANTS))
 
 
 def get_study(arg=None):
-  variant = _variant(arg)
+  variant = study_variant(arg, VARIANTS)
   lr = "optimizer.learning_rate"
   s = types.SimpleNamespace()
   s.name = {"cpu": "frontier_270m", "smoke": "frontier_smoke"}[variant]

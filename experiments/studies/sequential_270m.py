@@ -44,6 +44,7 @@ import os
 import types
 
 from grow_jax.errors import ConfigError
+from grow_jax.study.runs import variant as study_variant
 
 _FORGETTING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "forgetting_270m.py")
 _spec = importlib.util.spec_from_file_location("forgetting_270m_base", _FORGETTING)
@@ -56,22 +57,15 @@ RATES = {"sft": (3e-5, 1e-5), "g_freeze": (1e-4, 1e-5), "lora_matched": (1e-4, 3
 NEW_TASK = {A: "gettext_en_fr:validation/chrf", B: "arithmetic_cloze:validation/acc"}
 
 
-def _variant(arg) -> str:
-  variant = (arg or "cpu").strip()
-  if variant not in VARIANTS:
-    raise ValueError(f"study variant {variant!r}: expected one of {list(VARIANTS)}")
-  return variant
-
-
 def get_config(arg=None):
   """The forgetting study's config of the same variant; the tokenizer named (stage B starts from a params file)."""
-  c = forgetting.get_config(_variant(arg))
+  c = forgetting.get_config(study_variant(arg, VARIANTS))
   c.data.tokenizer = "gemma3-270m"
   return c
 
 
 def get_study(arg=None):
-  variant = _variant(arg)
+  variant = study_variant(arg, VARIANTS)
   lr = "optimizer.learning_rate"
   s = types.SimpleNamespace()
   s.name = {"cpu": "sequential_270m", "smoke": "sequential_smoke"}[variant]

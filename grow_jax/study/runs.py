@@ -132,6 +132,14 @@ class StudySpec:
   task_method_overrides: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)  # task -> method -> {}
 
 
+def variant(arg: str | None, variants: Sequence[str], default: str = "cpu") -> str:
+  """A study file's variant: `arg` (the text after ':' in --study; `default` when absent) if it is one of `variants`."""
+  name = (arg or default).strip()
+  if name not in variants:
+    raise ConfigError(f"study variant {name!r}: expected one of {list(variants)}")
+  return name
+
+
 @dataclasses.dataclass
 class Study:
   path: str
