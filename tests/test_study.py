@@ -205,6 +205,25 @@ def test_test_sets_must_be_disjoint_from_what_selection_reads(tmp_path):
     runs.load_study(f"{study}:smoke")
 
 
+@pytest.mark.parametrize("old,new,message", [
+    ('"reference": "sft",', '"refrence": "sft",', r"\['translation'\] has unknown keys \['refrence'\]; expected some of"),
+    ('s.report = {"translation": {', 's.report = {"translaton": {',
+     r"\['report'\] names tasks \['translaton'\] that 'tasks' does not declare"),
+    ('"reference": "sft",', '"reference": "lora",', r"\['reference'\] is 'lora'; expected one of the task's methods"),
+    ('"reference": "sft",', '"reference": "sft", "stages": {},', r"\['stages'\] is given but task 'translation' "
+     r"continues no other task"),
+    ('"metrics": [["chrF held-out"', '"metric": [["chrF held-out"', r"has unknown keys \['metric'\]"),
+])
+def test_a_misspelt_report_section_is_refused_naming_it_instead_of_silently_left_out(tmp_path, old, new, message):
+  text = open(SMOKE.rsplit(":", 1)[0]).read()
+  start = text.index('    s.report = {"translation": {"selection": "max validation chrF"')
+  assert old in text[start:]
+  study = tmp_path / "typo.py"
+  study.write_text(text[:start] + text[start:].replace(old, new, 1))
+  with pytest.raises(ConfigError, match=message):
+    runs.load_study(f"{study}:smoke")
+
+
 @pytest.mark.parametrize("name", ["forgetting_270m", "frontier_270m", "sequential_270m"])
 def test_an_unknown_study_variant_is_one_line_naming_the_variants(name):
   path = os.path.join(ROOT, "experiments", "studies", f"{name}.py")
@@ -278,6 +297,7 @@ def get_config(arg=None):
 def get_study(arg=None):
   s = smoke.get_study("smoke")
   s.update(name="borrower", curves=None, borrow={{m: [{study!r}, {out!r}, m] for m in ("base", "sft")}})
+  s["report"]["translation"].pop("curves")          # nothing measured along training, so no curves plot
   s["validation_eval"] = {{"translation": [["gettext_en_fr:validation", {limit}], ["capitals_gen:validation", 4]]}}
   return s
 

@@ -177,6 +177,7 @@ def get_study(arg=None):
                              "x_fallback": ["facts val MC acc", "fictional_facts_mc:validation/acc"],
                              "min_range": 0.05, "methods": CORE + LEADS}},
       "facts_long": {"selection": "the rate selected on facts ('@facts/<method>')",
+                     "reference": "long_sft",
                      "validation": [["val EM", NEW_TASK_VALIDATION["facts"]],
                                     ["val capitals_gen (EM)", RETENTION_VALIDATION]],
                      "metrics": [["EM", "fictional_facts:test/exact_match_norm"],
@@ -214,6 +215,7 @@ def get_study(arg=None):
     s.report = {"facts": {"selection": "max mean validation exact match", "frontier": frontier,
                           "metrics": [["EM", "fictional_facts:test/exact_match_norm"], ["KL", "stdlib_text:test/kl"]]},
                 "facts_long": {"selection": "facts' selection",
+                               "reference": "long_sft",
                                "metrics": [["EM", "fictional_facts:test/exact_match_norm"]],
                                "curves": [["facts EM", "fictional_facts/exact_match_norm"],
                                           ["capitals_gen EM", "capitals_gen/exact_match_norm"]]}}

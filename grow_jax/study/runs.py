@@ -196,7 +196,37 @@ def load_study(text: str) -> Study:
                         "test sets must be disjoint from what selection reads")
   study = Study(path, arg or None, module, spec)
   _check_stages(study, text)
+  _check_report(study, text)
   return study
+
+
+# What a task's `report` entry may hold (study/report.py reads them); 'metrics' is required.
+REPORT_KEYS = ("metrics", "selection", "reference", "validation", "frontier", "stages", "pareto", "curves")
+
+
+def _check_report(study: Study, text: str) -> None:
+  """`report` {task: {key: ...}}: known tasks and keys only, so a misspelt section fails here, not silently."""
+  spec = study.spec
+  where = f"--study={text!r}: get_study()['report']"
+  unknown = sorted(set(spec.report) - set(spec.tasks))
+  if unknown:
+    raise ConfigError(f"{where} names tasks {unknown} that 'tasks' does not declare")
+  for task, report in spec.report.items():
+    unknown = sorted(set(report) - set(REPORT_KEYS))
+    if unknown:
+      raise ConfigError(f"{where}[{task!r}] has unknown keys {unknown}; expected some of {list(REPORT_KEYS)}")
+    if not report.get("metrics"):
+      raise ConfigError(f"{where}[{task!r}]['metrics'] is missing; expected [[label, '<entry>/<metric>'], ...]")
+    if "stages" in report and task not in spec.after:
+      raise ConfigError(f"{where}[{task!r}]['stages'] is given but task {task!r} continues no other task "
+                        "(get_study()['after'] has no entry for it)")
+    if "curves" in report and not spec.curves:
+      raise ConfigError(f"{where}[{task!r}]['curves'] is given but get_study()['curves'] is not: nothing is "
+                        "measured along training")
+    reference = report.get("reference", "sft")
+    if reference not in study.methods(task):
+      raise ConfigError(f"{where}[{task!r}]['reference'] is {reference!r}; expected one of the task's methods "
+                        f"{study.methods(task)}")
 
 
 def _check_stages(study: Study, text: str) -> None:
