@@ -8,9 +8,10 @@ r"""Evaluate a model on named evaluations; print a table and write {evaluation: 
 
 --checkpoint is a trainer workdir (its newest readable checkpoint, the trained method's params as the forward
 sees them, e.g. LoRA merged) or a model source (`grow_jax.formats.load_checkpoint`: 'gemma3-270m', 'hf:<dir>',
-'gguf:<file>', 'random:<preset>') or a grow_jax params file (`*.safetensors`); --deltas are delta files of task
-branches applied to it in growth order and --active_tasks chooses the task branches switched on (docs/method.md,
-"Task branches and deltas"). --tasks are entries of the one evaluation registry the trainer uses too
+'gguf:<file>', 'random:<preset>') or a grow_jax params file (`*.safetensors`); a workdir's evaluations of its own
+task read it with the options the run set (its config.json's `data.options`), as the trainer's did. --deltas are
+delta files of task branches applied to it in growth order and --active_tasks chooses the task branches switched on
+(docs/method.md, "Task branches and deltas"). --tasks are entries of the one evaluation registry the trainer uses too
 (grow_jax/evaluation/registry.py): the smoke_* sanity tasks or any grow_jax.data task as 'task' or 'task:split'.
 Tasks that compute KL(base ‖ model) need --base. --items writes every evaluation's per-item records (predictions,
 per-item scores, log-likelihoods, per-text NLL; grow_jax/evaluation/items.py) as JSON lines, gzip'd when the name
@@ -29,6 +30,7 @@ from absl import app, flags, logging
 
 from grow_jax import errors, files
 from grow_jax.errors import ConfigError, GrowJaxError
+from grow_jax.data import tasks as data_tasks
 from grow_jax.evaluation import evaluator, items as item_records, registry
 
 _FLAGS_DEFINED = False
@@ -78,16 +80,12 @@ def run(checkpoint: str, tasks: Sequence[str], *, out: str | None = None, tokeni
       raise ConfigError(f"--checkpoint={checkpoint!r} names no tokenizer: pass --tokenizer")
     tokenizer = checkpoint
   config, params = load_for_eval(checkpoint, deltas, active_tasks)
-  ctx = registry.EvalContext(
-      config, tokenizer=load_tokenizer_for_eval(tokenizer), limit=limit, batch_size=batch_size, max_len=max_len,
-      cache_dir=cache_dir, base_model=(lambda: load_for_eval(base)) if base else None,
-      base_id=base if base and not base.startswith("random:") and not files.as_path(base).is_dir() else None,
-      items=bool(items))
-  results = {name: fn(params) for name, fn in registry.build_all(list(tasks), ctx).items()}
-  per_item = {}
-  if items:
-    per_item = {name: scored.items for name, scored in results.items()}
-    results = {name: scored.metrics for name, scored in results.items()}
+  own = run_task_options(checkpoint) if is_workdir else {}
+  for task, options in own.items():
+    logging.info("%s trained on %s with options %s: its evaluations read that data", checkpoint, task, options)
+  with data_tasks.run_data(None, own):
+    results, per_item = _score(config, params, tasks, tokenizer=tokenizer, base=base, limit=limit,
+                               batch_size=batch_size, max_len=max_len, cache_dir=cache_dir, items=bool(items))
   print(evaluator.format_table(results))
   if out:
     evaluator.write_results(results, out)
@@ -96,6 +94,29 @@ def run(checkpoint: str, tasks: Sequence[str], *, out: str | None = None, tokeni
     written = item_records.write_items(items, per_item)
     logging.info("wrote %s (%d items, %d bytes)", items, sum(written["entries"].values()), written["bytes"])
   return results
+
+
+def run_task_options(workdir: str) -> dict[str, dict[str, Any]]:
+  """{task: options} for the options a workdir's run set for its own task (config.json's `data.options`; {} when
+  none): its evaluations here read the data it trained on, as the trainer's own evaluations did."""
+  from grow_jax.train.trained import run_config
+  data = run_config(workdir).get("data", {})
+  options = {k: v for k, v in (data.get("options") or {}).items() if v is not None}
+  return {data["task"]: options} if options and data.get("task") else {}
+
+
+def _score(config, params, tasks, *, tokenizer, base, limit, batch_size, max_len, cache_dir, items):
+  """({evaluation: metrics}, {evaluation: per-item records} or {}) of `params` on `tasks`."""
+  ctx = registry.EvalContext(
+      config, tokenizer=load_tokenizer_for_eval(tokenizer), limit=limit, batch_size=batch_size, max_len=max_len,
+      cache_dir=cache_dir, base_model=(lambda: load_for_eval(base)) if base else None,
+      base_id=base if base and not base.startswith("random:") and not files.as_path(base).is_dir() else None,
+      items=items)
+  results = {name: fn(params) for name, fn in registry.build_all(list(tasks), ctx).items()}
+  if not items:
+    return results, {}
+  return ({name: scored.metrics for name, scored in results.items()},
+          {name: scored.items for name, scored in results.items()})
 
 
 def _check_remote_paths(*, checkpoint, base, out, cache_dir, items=None) -> None:

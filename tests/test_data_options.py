@@ -152,3 +152,20 @@ def test_paper_configs_read_a_stated_number_of_records_of_a_hub_task():
   assert load_config("paper_1b", "task=gettext_en_fr").data.options.limit is None        # offline: no limit
   with pytest.raises(ConfigError, match="config arg limit=-1"):
     load_config("paper_1b", "limit=-1")
+
+
+def test_evaluating_a_workdir_reads_its_task_with_the_options_it_trained_on(monkeypatch, tmp_path):
+  from grow_jax import evaluate, formats
+  from grow_jax.evaluation import items
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(_config("arithmetic_cloze", seed=7, num_problems=300).to_json_best_effort())
+  monkeypatch.setattr(evaluate, "load_for_eval", lambda *a, **k: formats.load_checkpoint("random:tiny"))
+  written = tmp_path / "items.jsonl"
+  evaluate.run(str(workdir), ["arithmetic_cloze:validation"], tokenizer="bytes", limit=3, batch_size=4, max_len=64,
+               items=str(written))
+  scored = [item["id"] for item in items.read_items(str(written))["arithmetic_cloze"]]
+  trained_on = [e.id for e in tasks.build_task("arithmetic_cloze", seed=7, num_problems=300).examples("validation")]
+  default = [e.id for e in tasks.build_task("arithmetic_cloze").examples("validation")]
+  assert scored == trained_on[:3] and scored != default[:3]
+  assert tasks.get_task("arithmetic_cloze").examples("validation")[0].id == default[0]    # the view is put back

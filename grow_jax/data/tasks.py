@@ -44,6 +44,7 @@ read the same data as its training.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -299,6 +300,18 @@ def use_run_data(staged: str | None, options: Mapping[str, Mapping[str, Any]] | 
   options ({task: {option: value}}). Replaces the previous view; `use_run_data(None)` restores the default."""
   _run_data["staged"] = staged or None
   _run_data["options"] = {name: dict(opts) for name, opts in (options or {}).items()}
+
+
+@contextlib.contextmanager
+def run_data(staged: str | None, options: Mapping[str, Mapping[str, Any]] | None = None) -> Iterator[None]:
+  """`use_run_data` for the duration of a `with` block, then the previous view again (for a tool that reads data
+  as one run did, inside a process that may hold another view)."""
+  previous = {"staged": _run_data["staged"], "options": dict(_run_data["options"])}
+  use_run_data(staged, options)
+  try:
+    yield
+  finally:
+    _run_data.update(previous)
 
 
 def staged_root() -> str | None:
