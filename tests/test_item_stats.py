@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from grow_jax.evaluation import capitals_errors, generative, items, text_metrics
+from grow_jax.evaluation import capitals_errors, generative, text_metrics
 from grow_jax.study import item_stats, report, runs
 
 SMOKE = "experiments/studies/forgetting_270m.py:smoke"

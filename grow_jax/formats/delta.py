@@ -24,7 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 

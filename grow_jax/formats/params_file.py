@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any
 
 import numpy as np
 

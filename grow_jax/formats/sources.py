@@ -27,8 +27,6 @@ import hashlib
 import importlib
 import os
 import pathlib
-from typing import Any
-
 
 from grow_jax import files
 from grow_jax.formats import hf_dir, hf_format, params_file

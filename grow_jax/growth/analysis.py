@@ -16,7 +16,7 @@ update (the share of the total update norm in the top-k layers).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -27,8 +27,6 @@ zero output row contributes exactly 0).
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
 
 from grow_jax.errors import ConfigError

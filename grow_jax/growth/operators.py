@@ -36,7 +36,7 @@ Other operators: `merge_branches` (fold branches into one wider MLP, zero-pad to
 from __future__ import annotations
 
 import numbers
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -35,7 +35,6 @@ from grow_jax.growth import analysis
 from grow_jax.growth.plan_file import (FORMAT, SIGNATURE, check_model, model_signature, read_plan,  # noqa: F401
                                       write_plan)
 from grow_jax.model.config import ModelConfig
-from grow_jax.types import Params
 
 
 # ---- criteria: name -> (score of one layer's stats row, description) -------------------------------------

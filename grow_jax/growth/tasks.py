@@ -32,7 +32,7 @@ Attention-head branches (growth/attention.py) carry no task names and are left a
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import jax.numpy as jnp
 

@@ -50,7 +50,7 @@ def base_config_of(config: ModelConfig) -> ModelConfig:
 
 def forward_flops_per_token(config: ModelConfig) -> int:
   """Forward matmul FLOPs per token (see module docstring), all MLP and head branches included."""
-  D, N, K, H, V = config.embed_dim, config.num_heads, config.num_kv_heads, config.head_dim, config.vocab_size
+  D, H, V = config.embed_dim, config.head_dim, config.vocab_size
   total = 2 * D * V
   for i in range(config.num_layers):
     total += sum(2 * D * H * (2 * n + 2 * k) for n, k in config.layer_attn_branches(i))
