@@ -1,18 +1,37 @@
-"""Helpers for tests that start several processes: a free port for their coordinator, waiting for all of them
-(none left running, whatever happens), and a tagged result line among the lines other libraries print."""
+"""Helpers for tests that start several processes: a free port for their coordinator, the environment of a trainer
+process with N CPU devices, waiting for all of them (none left running, whatever happens), a tagged result line
+among the lines other libraries print, and the losses a run's metrics.jsonl recorded."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 from typing import Any, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def free_port(host: str = "localhost") -> int:
   with socket.socket() as s:
     s.bind((host, 0))
     return s.getsockname()[1]
+
+
+def cpu_env(devices: int) -> dict[str, str]:
+  """This environment for a child trainer process on `devices` CPU devices, importing this checkout's grow_jax."""
+  env = dict(os.environ)
+  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  return env
+
+
+def losses(workdir) -> tuple[list[float], list[float]]:
+  """(training losses, held-out losses) in the order a run's metrics.jsonl recorded them."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  return ([r["loss"] for r in records if "loss" in r],
+          [r["eval/heldout_loss/loss"] for r in records if "eval/heldout_loss/loss" in r])
 
 
 def finish(procs: Sequence[subprocess.Popen], timeout: float = 300) -> list[tuple[Any, Any]]:

@@ -1,7 +1,6 @@
 """Two JAX processes on localhost (2 CPU devices each, gloo collectives) train like one process with 4 devices, and
 agree on a damaged checkpoint: process 0 alone moves it aside, both go on from the same older step."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,36 +18,23 @@ ARGS = ["--config=configs/tiny.py:steps=6,layers_n=1,seq_len=16,accum=2", "--con
         "--config.checkpoint.every_steps=3", "--config.mesh.fsdp=2"]
 
 
-def _env(devices):
-  env = dict(os.environ)
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  return env
-
-
-def _losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(l) for l in f]
-  train = [r["loss"] for r in records if "loss" in r]
-  evals = [r["eval/heldout_loss/loss"] for r in records if "eval/heldout_loss/loss" in r]
-  return train, evals
-
-
 def test_two_processes_match_one(tmp_path):
   port = processes.free_port()
   multi = tmp_path / "multi"
   procs = [subprocess.Popen([sys.executable, "-m", "grow_jax.main", *ARGS, f"--workdir={multi}",
                              f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-                            cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=processes.cpu_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
            for i in range(2)]
   single = subprocess.run([sys.executable, "-m", "grow_jax.main", *ARGS, f"--workdir={tmp_path / 'single'}"],
-                          cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=processes.cpu_env(4), capture_output=True, text=True, timeout=300)
   errs = [err for _, err in processes.finish(procs)]
   for p, err in zip(procs, errs):
     assert p.returncode == 0, err[-3000:]
   assert single.returncode == 0, single.stderr[-3000:]
 
-  train_multi, eval_multi = _losses(multi)
-  train_single, eval_single = _losses(tmp_path / "single")
+  train_multi, eval_multi = processes.losses(multi)
+  train_single, eval_single = processes.losses(tmp_path / "single")
   assert len(train_multi) == 6 and eval_multi
   np.testing.assert_allclose(train_multi, train_single, rtol=1e-5)
   np.testing.assert_allclose(eval_multi, eval_single, rtol=1e-5)
@@ -62,7 +48,8 @@ def _train_two_processes(workdir, *extra):
   port = processes.free_port()
   procs = [subprocess.Popen([sys.executable, "-m", "grow_jax.main", *ARGS, *extra, f"--workdir={workdir}",
                              f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-                            cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=processes.cpu_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
            for i in range(2)]
   errs = [err for _, err in processes.finish(procs)]
   return [(p.returncode, err) for p, err in zip(procs, errs)]
@@ -92,5 +79,5 @@ def test_two_processes_set_a_damaged_checkpoint_aside_once_and_go_on_from_the_sa
   moved = [n for n in names if n.startswith("6.unreadable-")]
   assert len(moved) == 1, names                                # moved once, by process 0, kept
   assert [n for n in names if n.isdigit()] == ["3", "6", "9"]  # both processes trained steps 4-9 again and saved
-  train, _ = _losses(workdir)
+  train, _ = processes.losses(workdir)
   assert len(train) == 9                                       # steps 1-3 kept, 4-9 trained again

@@ -2,7 +2,6 @@
 chips): both processes address the same batch rows, so each must load exactly those rows, and the run trains as
 one process does. Two JAX processes on localhost, 4 CPU devices each."""
 
-import json
 import os
 import subprocess
 import sys
@@ -20,36 +19,23 @@ ARGS = ["--config=configs/tiny.py:steps=4,layers_n=1,seq_len=16,accum=2", "--con
         "--config.mesh.fsdp=4", "--config.mesh.tensor=2"]
 
 
-def _env(devices):
-  env = dict(os.environ)
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  return env
-
-
-def _losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(l) for l in f]
-  return ([r["loss"] for r in records if "loss" in r],
-          [r["eval/heldout_loss/loss"] for r in records if "eval/heldout_loss/loss" in r])
-
-
 def test_tensor_group_across_two_processes_trains_like_one_process(tmp_path):
   port = processes.free_port()
   multi = tmp_path / "multi"
   worker = [sys.executable, os.path.abspath(__file__), *ARGS, f"--workdir={multi}",
             f"--coordinator_address=localhost:{port}", "--num_processes=2"]
-  procs = [subprocess.Popen([*worker, f"--process_id={i}"], cwd=ROOT, env=_env(4), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [subprocess.Popen([*worker, f"--process_id={i}"], cwd=ROOT, env=processes.cpu_env(4),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
   single = subprocess.run([sys.executable, "-m", "grow_jax.main", *ARGS, f"--workdir={tmp_path / 'single'}"],
-                          cwd=ROOT, env=_env(8), capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, env=processes.cpu_env(8), capture_output=True, text=True, timeout=600)
   errs = [err for _, err in processes.finish(procs, timeout=600)]
   for p, err in zip(procs, errs):
     assert p.returncode == 0, err[-3000:]
   assert single.returncode == 0, single.stderr[-3000:]
   assert "tensor groups span the processes" in errs[0]
 
-  train_multi, eval_multi = _losses(multi)
-  train_single, eval_single = _losses(tmp_path / "single")
+  train_multi, eval_multi = processes.losses(multi)
+  train_single, eval_single = processes.losses(tmp_path / "single")
   assert len(train_multi) == 4 and len(eval_multi) == 2
   np.testing.assert_allclose(train_multi, train_single, rtol=1e-5)
   np.testing.assert_allclose(eval_multi, eval_single, rtol=1e-5)
