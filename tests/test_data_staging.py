@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 import fake_hub
+from byte_tokenizer import byte_tokenizer
 from config_files import ROOT, load_config
 from grow_jax.data import pipeline, stage, tasks
 from grow_jax.errors import DataError
@@ -71,27 +72,13 @@ def test_a_staged_read_gives_the_direct_loads_examples_with_the_hub_cut_off(hub,
   assert len(hub.calls) == calls + 1 and not (tmp_path / "no_cache_here").exists()
 
 
-def _byte_tokenizer(directory):
-  """An `hf:` tokenizer directory: one token per byte plus Gemma's special tokens (260 ids, fits random:tiny)."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-  specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
-  vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
-  tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-  tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-  tk.decoder = decoders.ByteLevel()
-  tk.add_special_tokens(specials)
-  directory.mkdir()
-  tk.save(str(directory / "tokenizer.json"))
-  return f"hf:{directory}"
-
-
 def _paper_like(tmp_path, **options):
   """The tiny model on translation, evaluated as the paper configs are (the task, WinoGrande, stdlib prose)."""
   config = load_config("tiny", "steps=1,layers_n=1,seq_len=256")
   config.data.task = "translation_en_fr"
   for key, value in {**TRANSLATION, **options}.items():
     config.data.options[key] = value
-  config.data.tokenizer = _byte_tokenizer(tmp_path / f"tokenizer-{uuid.uuid4().hex[:6]}")
+  config.data.tokenizer = byte_tokenizer(tmp_path / f"tokenizer-{uuid.uuid4().hex[:6]}")
   config.eval.tasks = ("heldout_loss", "translation_en_fr:validation", "winogrande:validation",
                        "stdlib_text:validation")
   config.eval.max_examples = 2

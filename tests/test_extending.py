@@ -13,6 +13,7 @@ from grow_jax.data import tasks
 from grow_jax.errors import ConfigError
 from grow_jax.evaluation import registry
 from grow_jax.train import loop
+from byte_tokenizer import byte_tokenizer
 from config_files import load_config
 
 TASK_FILE = '''
@@ -83,25 +84,11 @@ def outside(tmp_path, monkeypatch):
     registry.EVALUATIONS.remove(name)
 
 
-def _byte_tokenizer(directory):
-  """An `hf:` tokenizer directory: one token per byte plus Gemma's special tokens (260 ids, fits random:tiny)."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-  specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
-  vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
-  tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-  tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-  tk.decoder = decoders.ByteLevel()
-  tk.add_special_tokens(specials)
-  directory.mkdir()
-  tk.save(str(directory / "tokenizer.json"))
-  return f"hf:{directory}"
-
-
 @pytest.mark.slow
 def test_a_task_from_outside_the_package_is_trained_and_evaluated_on_the_tiny_config(outside, tmp_path):
   config = load_config("tiny", "steps=2,layers_n=1,seq_len=64")
   config.data.task = "capital_choice"
-  config.data.tokenizer = _byte_tokenizer(tmp_path / "tokenizer")
+  config.data.tokenizer = byte_tokenizer(tmp_path / "tokenizer")
   config.eval.tasks = ("heldout_loss", "capital_choice")
   with pytest.raises(ConfigError, match=r"config.data.task='capital_choice'"):   # not there before the import
     loop.train_and_evaluate(config, str(tmp_path / "refused"))

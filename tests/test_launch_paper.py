@@ -28,7 +28,7 @@ import pytest
 import fake_hub
 import processes
 from config_files import load_config
-from test_data_staging import _byte_tokenizer
+from byte_tokenizer import byte_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"
@@ -168,7 +168,7 @@ def test_paper_1b_on_a_tpu_vm_stopped_by_kill_and_resumed(cluster, gcs, monkeypa
   assert stage(monkeypatch, tmp_path, "paper_1b", arg, values, data) == {
       "translation_en_fr": {"train": 2, "validation": 1}, "winogrande": {"validation": 2},
       "stdlib_text": {"validation": 659}}
-  launch("stage_model.sh", *TPU, f"--src={_byte_tokenizer(tmp_path / 'byte-tokenizer')[3:]}",
+  launch("stage_model.sh", *TPU, f"--src={byte_tokenizer(tmp_path / 'byte-tokenizer')[3:]}",
          f"--dest={TOKENIZER}", env=env)
   for i in range(2):         # what tpu_setup.sh leaves: the code (this checkout's, linked) and a venv
     (worker(env, i) / "grow_jax" / "venv" / "bin").mkdir(parents=True)
@@ -219,7 +219,7 @@ def test_paper_4b_on_slurm_loses_a_node_and_the_job_resubmitted_resumes(cluster,
              XLA_FLAGS="--xla_force_host_platform_device_count=2",
              GROW_JAX_STAGED_DATA=data)               # sbatch passes the submitting shell's environment on
   (tmp_path / "shared").mkdir()
-  tokenizer = _byte_tokenizer(tmp_path / "shared" / "byte-tokenizer")[3:]
+  tokenizer = byte_tokenizer(tmp_path / "shared" / "byte-tokenizer")[3:]
   job = ["--nodes=2", "launch/slurm.sbatch", f"--config=configs/paper_4b.py:{arg}", f"--workdir={workdir}",
          "--jax-platforms=cpu", f"--stage-src={tokenizer}", f"--stage-dest={TOKENIZER}", "--", *flags(values)]
   slurm = Path(env["FAKE_SLURM_ROOT"])
