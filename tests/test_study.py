@@ -2,6 +2,7 @@
 each finished run is one JSON, and a re-run with every JSON present trains nothing and rewrites identical
 results."""
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -79,6 +80,36 @@ def test_the_sweep_table_shows_every_grid_point_on_validation_and_marks_the_pick
   assert table.splitlines()[2:] == ["| base | – |  | 2 | 0.0 |",
                                     "| sft | learning_rate=0.001 |  | 5 | 0.0 |",
                                     "| sft | learning_rate=0.003 | ✓ | 9 | 0.0 |"]
+
+
+def test_with_several_sweep_seeds_the_table_has_a_row_per_seed_and_the_figure_a_line_through_their_means(
+    monkeypatch):
+  study = runs.load_study(SMOKE)
+  chrf, cap = "gettext_en_fr:validation/chrf", "capitals_gen:validation/exact_match_norm"
+  base, low, high = runs.pending(study, {})
+  values = {(low, 0): (5.0, 0.5), (low, 1): (7.0, 0.3), (high, 0): (9.0, 0.2), (high, 1): (8.0, 0.1)}
+  records = {base.id: _record(base, **{chrf: 2.0, cap: 0.6})}
+  for (run, seed), (c, k) in values.items():
+    seeded = dataclasses.replace(run, seed=seed)
+    records[seeded.id] = _record(seeded, **{chrf: c, cap: k})
+  selected = {("translation", "sft"): records[high.id]}
+  table = report.sweep_table("translation", [("val chrF", chrf)], records, ["sft"], selected)
+  assert table.splitlines()[0] == "| method | grid point | seed | selected | val chrF | minutes (train + validation) |"
+  assert table.splitlines()[2:] == ["| base | – | 0 |  | 2 | 0.0 |",
+                                    "| sft | learning_rate=0.001 | 0 |  | 5 | 0.0 |",
+                                    "| sft | learning_rate=0.001 | 1 |  | 7 | 0.0 |",
+                                    "| sft | learning_rate=0.003 | 0 | ✓ | 9 | 0.0 |",
+                                    "| sft | learning_rate=0.003 | 1 | ✓ | 8 | 0.0 |"]
+  drawn = []
+  monkeypatch.setattr(report.figures, "save_png", lambda fig, path: drawn.append(fig))
+  report.sweep_plot("unused.png", "translation", records, ["sft"], ("chrF", chrf), ("capitals", cap), selected)
+  ax, = drawn[0].axes
+  line, = [line for line in ax.lines if line.get_label() == "sft"]
+  assert list(line.get_xdata()) == [6.0, 8.5] and list(line.get_ydata()) == pytest.approx([0.4, 0.15])
+  dots = [sorted(zip(d.get_xdata(), d.get_ydata())) for d in ax.lines if d.get_marker() == "."]
+  assert dots == [[(5.0, 0.5), (7.0, 0.3)], [(8.0, 0.1), (9.0, 0.2)]]          # each seed, around its mean
+  rings = [(r.get_xdata()[0], r.get_ydata()[0]) for r in ax.lines if r.get_markersize() == 13]
+  assert rings == [(8.5, pytest.approx(0.15))]                                  # the pick: at its seeds' mean
 
 
 def test_a_diverged_grid_point_is_recorded_never_selected_and_blocks_nothing():
@@ -391,3 +422,10 @@ def test_periodic_evaluations_change_nothing_in_training(tmp_path, tiny_config):
   assert [json.loads(line)["step"] for line in lines if '"eval/' in line] == [0, 2, 4]
   with_curves, without = (jax.tree_util.tree_leaves(jax.device_get(p)) for p in trained)
   assert len(with_curves) == len(without) and all(np.array_equal(a, b) for a, b in zip(with_curves, without))
+
+
+def test_a_method_without_a_grid_is_said_to_have_its_one_point():
+  study = runs.load_study(os.path.join(ROOT, "experiments", "studies", "sequential_270m.py"))
+  assert runs.method_grid(study, {}, "translation", "sft") == {}
+  assert report.pick_text(study, {("translation", "sft"): {"hparams": []}}, "translation", "sft") == (
+      "its one point (no grid)")

@@ -115,7 +115,7 @@ def pick_text(study, selected, task: str, method: str) -> str:
   hparams = selected[(task, method)]["hparams"]
   edges = runs.grid_edges(runs.method_grid(study, selected, task, method), dict(hparams))
   note = "; ".join(f"{k.rsplit('.', 1)[-1]} is its grid's {side}" for k, side in edges.items())
-  return _hparams_text(hparams) + (f" (edge: {note})" if note else "")
+  return (_hparams_text(hparams) or "its one point (no grid)") + (f" (edge: {note})" if note else "")
 
 
 def _grid_records(records: Mapping[str, dict], task: str) -> list[dict]:
@@ -136,14 +136,16 @@ def _is_selected(record: dict, selected: Mapping[tuple[str, str], dict]) -> bool
 def sweep_table(task: str, metrics: Sequence[tuple[str, str]], records: Mapping[str, dict], methods: Sequence[str],
                 selected: Mapping[tuple[str, str], dict]) -> str:
   """Markdown: every grid point's validation scores (what selection saw), the untrained model first; the
-  selected point of each method is marked."""
-  header = ["method", "grid point", "selected"] + [label for label, _ in metrics] + ["minutes (train + validation)"]
+  selected point of each method is marked. Where several seeds swept, a row per seed, with a seed column."""
   order = {m: i for i, m in enumerate(["base"] + list(methods))}
+  grid = [r for r in _grid_records(records, task) if r["method"] in order]
+  seeded = len({r["seed"] for r in grid}) > 1
+  header = (["method", "grid point"] + ["seed"] * seeded + ["selected"] + [label for label, _ in metrics]
+            + ["minutes (train + validation)"])
   rows = []
-  for r in sorted((r for r in _grid_records(records, task) if r["method"] in order),
-                  key=lambda r: (order[r["method"]], _grid_key(r))):
+  for r in sorted(grid, key=lambda r: (order[r["method"]], _grid_key(r), r["seed"])):
     mark = "✓" if _is_selected(r, selected) else ""
-    rows.append([r["method"], _hparams_text(r["hparams"]) or "–", mark]
+    rows.append([r["method"], _hparams_text(r["hparams"]) or "–"] + [str(r["seed"])] * seeded + [mark]
                 + ["diverged" if r.get("diverged") else f"{r['final'][key]:.4g}" if key in r["final"] else "–"
                    for _, key in metrics]
                 + [f"{(r['train_seconds'] + r['eval_seconds']) / 60:.1f}"])
@@ -153,24 +155,31 @@ def sweep_table(task: str, metrics: Sequence[tuple[str, str]], records: Mapping[
 def sweep_plot(path: str, task: str, records: Mapping[str, dict], methods: Sequence[str], x: tuple[str, str],
                y: tuple[str, str], selected: Mapping[tuple[str, str], dict]) -> None:
   """Every grid point on the validation sets: new-task score (x) vs retention (y), a line per method through its
-  grid in order, the selected point ringed, the untrained model a dotted line at its retention."""
+  grid in order, the selected point ringed, the untrained model a dotted line at its retention. Where several seeds
+  swept a point, the line goes through their mean (what selection saw) and each seed is a small dot."""
   plt = figures.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
   styles = figures.method_styles(methods)
   for method in ["base"] + list(methods):
-    rs = sorted((r for r in _grid_records(records, task) if r["method"] == method
-                 and x[1] in r["final"] and y[1] in r["final"]), key=_grid_key)
-    if not rs:
+    points: dict[str, list[dict]] = {}         # grid point -> its seeds' records, in grid order
+    for r in sorted((r for r in _grid_records(records, task) if r["method"] == method
+                     and x[1] in r["final"] and y[1] in r["final"]), key=lambda r: (_grid_key(r), r["seed"])):
+      points.setdefault(_hparams_text(r["hparams"]), []).append(r)
+    if not points:
       continue
-    xs, ys = [r["final"][x[1]] for r in rs], [r["final"][y[1]] for r in rs]
+    xs = [float(np.mean([r["final"][x[1]] for r in rs])) for rs in points.values()]
+    ys = [float(np.mean([r["final"][y[1]] for r in rs])) for rs in points.values()]
     if method == "base":
       _base_line(ax, xs[0], ys[0], x)
       continue
     line, = ax.plot(xs, ys, "-", label=method, **styles[method])
-    for r, xi, yi in zip(rs, xs, ys):
-      ax.annotate(_hparams_text(r["hparams"]).replace("learning_rate=", "lr "), (xi, yi), textcoords="offset points",
-                  xytext=(4, 4), fontsize=7)
-      if _is_selected(r, selected):
+    for (text, rs), xi, yi in zip(points.items(), xs, ys):
+      if len(rs) > 1:
+        ax.plot([r["final"][x[1]] for r in rs], [r["final"][y[1]] for r in rs], ".", markersize=4,
+                color=line.get_color(), alpha=0.6)
+      ax.annotate(text.replace("learning_rate=", "lr "), (xi, yi), textcoords="offset points", xytext=(4, 4),
+                  fontsize=7)
+      if _is_selected(rs[0], selected):
         ax.plot([xi], [yi], "o", markersize=13, markerfacecolor="none", markeredgecolor=line.get_color())
   _save_scatter(fig, ax, path, x, y, f"{task}: every grid point on validation (ringed: selected)")
 
@@ -464,9 +473,9 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
     sweep = sweep_table(task, validation, records, methods, selected) if validation else ""
     if sweep:
       swept = list(spec.seeds[:spec.sweep_seeds])
-      saw = ("what the selection rule saw" if len(swept) == 1 else
-             f"the selection rule saw the mean over seeds {', '.join(map(str, swept))}")
-      lines += [f"Every grid point on the validation sets (seed {swept[0]}; {saw}):", "", sweep, ""]
+      saw = (f"seed {swept[0]}; what the selection rule saw" if len(swept) == 1 else
+             f"seeds {', '.join(map(str, swept))}, a row each; the selection rule saw their mean")
+      lines += [f"Every grid point on the validation sets ({saw}):", "", sweep, ""]
       if len(validation) >= 2:
         name = f"{task}_sweep.png"
         sweep_plot(os.path.join(out_dir, name), task, records, methods, validation[0], validation[-1], selected)
