@@ -71,6 +71,29 @@ def test_a_stage_waits_for_its_parent_runs_then_starts_from_their_params(tmp_pat
                          "/scratch")[0].growth.task == ""
 
 
+def test_every_stage_measures_kl_against_the_untrained_model_not_the_stage_it_started_from(tmp_path, monkeypatch):
+  from grow_jax import formats
+  from grow_jax.evaluation import registry
+  study = runs.load_study(study_file(tmp_path))
+  child = runs.Run("b", "g_freeze", (("optimizer.learning_rate", 3e-3),), 1, "test")
+  config, _ = runs.run_config(study, child, "/scratch")
+  assert config.init.source.startswith("params:/scratch/stages/")             # b starts from a's trained params
+  reference = runs.reference_config(study, child, "/scratch")
+  assert reference.init.source == "random:tiny" and reference.seed == config.seed
+  parent = runs.parent_run(study, child)
+  assert runs.reference_config(study, parent, "/scratch").init.source == "random:tiny"    # a first stage: itself
+  loaded = []
+  monkeypatch.setattr(formats, "load_checkpoint", lambda source, **kw: loaded.append(source) or ("cfg", "params"))
+
+  def kl_entry(entry, ctx):
+    return lambda params: ({"kl": 0.0}, []) if ctx.base_model() == ("cfg", "params") and ctx.base_id else None
+  monkeypatch.setattr(registry, "build", kl_entry)
+  scores = runs.evaluate([["stdlib_text:test", 2]], config, None, None, None, reference=reference)
+  assert loaded == ["random:tiny"] and scores == {"stdlib_text:test/kl": 0.0}
+  runs.evaluate([["stdlib_text:test", 2]], config, None, None, None)
+  assert loaded[-1] == config.init.source                                     # without a reference: its own
+
+
 def test_a_stage_whose_parent_params_are_gone_says_how_to_retrain_it(tmp_path):
   study = runs.load_study(study_file(tmp_path))
   child = runs.Run("b", "sft", (("optimizer.learning_rate", 1e-3),), 0, "sweep")

@@ -265,6 +265,15 @@ def parent_run(study: Study, run: Run) -> Run | None:
   return Run(parent, run.method, point, run.seed, "sweep")
 
 
+def reference_config(study: Study, run: Run, workdir_root: str) -> ml_collections.ConfigDict:
+  """The config whose init source is the untrained model `run` is compared with (KL(base ‖ model)): the run's own,
+  or for a later stage (which starts from its parent's trained params) its first stage's, so that every stage is
+  measured against the same base."""
+  while (parent := parent_run(study, run)) is not None:
+    run = parent
+  return run_config(study, run, workdir_root)[0]
+
+
 def is_parent_task(study: Study, task: str) -> bool:
   return task in study.spec.after.values()
 
@@ -398,25 +407,27 @@ class Scores(dict):
     self.per_item = per_item if per_item is not None else {}
 
 
-def evaluate(entries, config, model_config, params, tokenizer, base_model=None) -> Scores:
+def evaluate(entries, config, model_config, params, tokenizer, base_model=None, reference=None) -> Scores:
   """Evaluations [[entry, limit], ...] of (model_config, params): {'<entry>/<metric>': value}, with their per-item
-  records in `.per_item`. `base_model`: () -> (config, params) of the untrained model, for a caller that holds it
-  (default: loaded from config.init.source when an entry first needs it)."""
+  records in `.per_item`. The untrained model that KL(base ‖ model) compares with is `reference`'s init source
+  (a config; default `config`: a later stage passes its first stage's, `reference_config`), loaded when an entry
+  first needs it; `base_model`: () -> (config, params) of it, for a caller that holds it."""
   from grow_jax import formats
   from grow_jax.evaluation import registry
+  reference = reference if reference is not None else config
   base_cache = {}
 
   def load_base():
     if "model" not in base_cache:
-      base_cache["model"] = formats.load_checkpoint(config.init.source, seed=config.seed,
-                                                    **config_lib.model_overrides(config))
+      base_cache["model"] = formats.load_checkpoint(reference.init.source, seed=reference.seed,
+                                                    **config_lib.model_overrides(reference))
     return base_cache["model"]
 
   out = Scores()
   for entry, limit in entries:
     ctx = registry.EvalContext(model_config, tokenizer=tokenizer, limit=limit, batch_size=config.eval.batch_size,
                                max_len=config.eval.max_len, max_new_tokens=config.eval.max_new_tokens,
-                               base_model=base_model or load_base, base_id=config.init.source, items=True)
+                               base_model=base_model or load_base, base_id=reference.init.source, items=True)
     metrics, out.per_item[entry] = registry.build(entry, ctx)(params)
     out.update({f"{entry}/{k}": float(v) for k, v in metrics.items()})
   return out
@@ -745,6 +756,7 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
                         f"(trained with another --workdir_root or on another machine): delete "
                         f"{os.path.join(out_dir, 'runs', parent.file_name)} to train that run again")
   tokenizer = load_tokenizer(config.data.tokenizer or config.init.source)
+  reference = reference_config(study, run, workdir_root)      # KL against the untrained model, at every stage
   t0 = time.time()
   if run.phase == "test":
     record = load_records(out_dir)[run.id]
@@ -754,12 +766,12 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
       model_config, params, _ = load_trained_params(workdir)
       files.remove_tree(workdir)
       validation = [tuple(e) for e in study.spec.validation_eval[run.task]]
-      reproduced = evaluate(validation, config, model_config, params, tokenizer)
+      reproduced = evaluate(validation, config, model_config, params, tokenizer, reference=reference)
       check_reproduced(study, run, record, reproduced)
       params_file.save_params_file(stored, model_config, params)
       record["test_retrained"] = reproduced
     model_config, params = params_file.load_params_file(stored)
-    scored = evaluate(scored_entries(study, run), config, model_config, params, tokenizer)
+    scored = evaluate(scored_entries(study, run), config, model_config, params, tokenizer, reference=reference)
     record["final"].update(scored)
     write_items(out_dir, run, record, getattr(scored, "per_item", {}))
     record["test_seconds"] = time.time() - t0
@@ -798,7 +810,7 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
     record["curve"] = read_curve(workdir)
     model_config, params, _ = load_trained_params(workdir)
   t1 = time.time()
-  scored = evaluate(scored_entries(study, run), config, model_config, params, tokenizer)
+  scored = evaluate(scored_entries(study, run), config, model_config, params, tokenizer, reference=reference)
   record["final"] = dict(scored)
   write_items(out_dir, run, record, getattr(scored, "per_item", {}))
   record["eval_seconds"] = time.time() - t1
