@@ -94,8 +94,8 @@ def summary_table(task: str, metrics: Sequence[tuple[str, str]], grouped, method
       mean, sd = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
       lo, hi = bootstrap_ci(values)
       text = f"{mean:.3g}" + (f" ± {sd:.2g} [{lo:.3g}, {hi:.3g}]" if len(values) > 1 else "")
-      diffs = [r["final"][key] - ref[r["seed"]]["final"][key] for r in rs
-               if r["seed"] in ref and key in ref[r["seed"]]["final"]]
+      diffs = [r["final"][key] - ref[r["seed"]]["final"][key] for r in rs      # seeds scored on both sides
+               if key in r["final"] and r["seed"] in ref and key in ref[r["seed"]]["final"]]
       if method not in (reference, "base") and diffs:
         dlo, dhi = bootstrap_ci(diffs)
         text += f"; Δ {np.mean(diffs):+.3g}" + (f" [{dlo:+.3g}, {dhi:+.3g}]" if len(diffs) > 1 else "")
