@@ -99,10 +99,13 @@ def run(checkpoint: str, tasks: Sequence[str], *, out: str | None = None, tokeni
 def run_task_options(workdir: str) -> dict[str, dict[str, Any]]:
   """{task: options} for the options a workdir's run set for its own task (config.json's `data.options`; {} when
   none): its evaluations here read the data it trained on, as the trainer's own evaluations did."""
+  import ml_collections
+  from grow_jax.data import pipeline
   from grow_jax.train.trained import run_config
-  data = run_config(workdir).get("data", {})
-  options = {k: v for k, v in (data.get("options") or {}).items() if v is not None}
-  return {data["task"]: options} if options and data.get("task") else {}
+  run = ml_collections.ConfigDict(run_config(workdir))
+  task = run.get("data", {}).get("task")
+  options = pipeline.task_options(run, task) if task else {}
+  return {task: options} if options else {}
 
 
 def _score(config, params, tasks, *, tokenizer, base, limit, batch_size, max_len, cache_dir, items):
