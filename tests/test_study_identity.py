@@ -45,7 +45,7 @@ def fake(monkeypatch):
     with open(path, "w") as f:
       json.dump(params, f)
 
-  def evaluate(entries, config, model_config, params, tok):
+  def evaluate(entries, config, model_config, params, tok, reference=None):
     out = {}
     for entry, limit in entries:
       if entry.startswith("gettext_en_fr"):
