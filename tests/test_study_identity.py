@@ -228,3 +228,42 @@ def test_a_record_notes_the_commit_and_a_modified_checkout(tmp_path, fake, monke
   runs.run_all(study, out, wd, max_runs=1)
   record = runs.load_records(out)["translation/sft/learning_rate=0.001/seed=0"]
   assert record["dirty"] is False and "dirty_files" not in record and record["commit"] != head
+
+
+def test_a_run_resumed_after_signals_records_the_time_of_every_attempt(tmp_path, fake, monkeypatch):
+  """A stopped attempt's wall time is kept in the run's workdir and counted when the run resumes and records."""
+  import time as real_time
+  from grow_jax.errors import StudyInterrupted
+  from grow_jax.train import loop
+  clock = [1000.0]
+  monkeypatch.setattr(runs, "time", types.SimpleNamespace(time=lambda: clock[0], strftime=real_time.strftime))
+  trained = loop.train_and_evaluate
+  attempts = []
+
+  def stopped_twice(config, workdir):                 # 100 s an attempt; the first two are stopped by a signal
+    attempts.append(workdir)
+    clock[0] += 100.0
+    if len(attempts) <= 2:
+      os.makedirs(workdir, exist_ok=True)
+      return {"step": len(attempts), "preempted": True}
+    return trained(config, workdir)
+
+  monkeypatch.setattr(loop, "train_and_evaluate", stopped_twice)
+  study = runs.load_study(SMOKE)
+  sweep = runs.pending(study, {})[1]
+  out, wd = str(tmp_path / "out"), str(tmp_path / "wd")
+  for _ in range(2):
+    with pytest.raises(StudyInterrupted):
+      runs.execute(study, sweep, out, wd)
+  record = runs.execute(study, sweep, out, wd)
+  assert len(set(attempts)) == 1                                   # every attempt trains in the same workdir
+  assert record["stopped_seconds"] == 200.0
+  assert record["train_seconds"] == 300.0 and record["seconds"] == 300.0
+  assert runs.load_records(out)[sweep.id]["train_seconds"] == 300.0
+
+
+def test_a_run_trained_in_one_go_has_no_stopped_seconds(tmp_path, fake):
+  study = runs.load_study(SMOKE)
+  sweep = runs.pending(study, {})[1]
+  record = runs.execute(study, sweep, str(tmp_path / "out"), str(tmp_path / "wd"))
+  assert "stopped_seconds" not in record and record["seconds"] >= record["train_seconds"]

@@ -721,15 +721,25 @@ def check_reproduced(study: Study, run: Run, record: Mapping[str, Any], reproduc
                             "platform? the study's reproduce_tolerance states what may differ)")
 
 
-def _train(run: Run, config, workdir: str) -> None:
+STOPPED_SECONDS = "study_stopped_seconds.json"   # in a run's workdir: the wall time of its attempts a signal stopped
+
+
+def _train(run: Run, config, workdir: str) -> float:
   """The run's training; a run stopped by SIGTERM or Ctrl-C (the trainer saves and returns) stops the study with
-  nothing recorded: its checkpoint stays in `workdir`, and the same study command resumes it."""
+  nothing recorded: its checkpoint stays in `workdir`, and the same study command resumes it. Returns the seconds
+  the run's earlier, stopped attempts took (0 for a run trained in one go): each stopped attempt adds its own to
+  `workdir`/STOPPED_SECONDS, so a resumed run's record counts all of its training."""
   from grow_jax.train import loop
+  marker = files.as_path(os.path.join(workdir, STOPPED_SECONDS))
+  earlier = json.loads(marker.read_text())["seconds"] if marker.exists() else 0.0
+  t0 = time.time()
   last = loop.train_and_evaluate(config, workdir) or {}
   if last.get("preempted"):
+    files.write_text(marker, json.dumps({"seconds": earlier + time.time() - t0}))
     raise StudyInterrupted(f"run {run.id} was stopped by a signal at step {last.get('step')} of "
                            f"{config.total_steps}: nothing recorded; its checkpoint in {workdir} resumes it when "
                            "the same study command runs again")
+  return earlier
 
 
 def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_workdir: bool = False,
@@ -798,7 +808,7 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
     record["train_seconds"] = 0.0
   else:
     try:
-      _train(run, config, workdir)
+      stopped = _train(run, config, workdir)
     except TrainingDivergedError as e:       # a record all the same: a resumed study must not retry it forever
       record.update(diverged=str(e), final={}, train_seconds=time.time() - t0, eval_seconds=0.0,
                     seconds=time.time() - t0)
@@ -806,7 +816,9 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
       if not keep_workdir:                   # --keep_workdirs: the last good checkpoint the error names stays
         files.remove_tree(workdir)
       return record
-    record["train_seconds"] = time.time() - t0
+    record["train_seconds"] = time.time() - t0 + stopped
+    if stopped:
+      record["stopped_seconds"] = stopped     # of train_seconds: the attempts a signal stopped before this one
     record["curve"] = read_curve(workdir)
     model_config, params, _ = load_trained_params(workdir)
   t1 = time.time()
@@ -814,7 +826,7 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   record["final"] = dict(scored)
   write_items(out_dir, run, record, getattr(scored, "per_item", {}))
   record["eval_seconds"] = time.time() - t1
-  record["seconds"] = time.time() - t0
+  record["seconds"] = time.time() - t0 + record.get("stopped_seconds", 0.0)
   if run.phase == "sweep":
     params_file.save_params_file(params_path(workdir_root, study, run), model_config, params)
   if keep_params and run.method != "base":
