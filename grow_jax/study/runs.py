@@ -724,22 +724,24 @@ def check_reproduced(study: Study, run: Run, record: Mapping[str, Any], reproduc
 STOPPED_SECONDS = "study_stopped_seconds.json"   # in a run's workdir: the wall time of its attempts a signal stopped
 
 
-def _train(run: Run, config, workdir: str) -> float:
-  """The run's training; a run stopped by SIGTERM or Ctrl-C (the trainer saves and returns) stops the study with
-  nothing recorded: its checkpoint stays in `workdir`, and the same study command resumes it. Returns the seconds
-  the run's earlier, stopped attempts took (0 for a run trained in one go): each stopped attempt adds its own to
-  `workdir`/STOPPED_SECONDS, so a resumed run's record counts all of its training."""
-  from grow_jax.train import loop
+def _stopped_seconds(workdir: str) -> float:
+  """The wall time of the run's earlier attempts that a signal stopped (0 for a run not stopped before)."""
   marker = files.as_path(os.path.join(workdir, STOPPED_SECONDS))
-  earlier = json.loads(marker.read_text())["seconds"] if marker.exists() else 0.0
-  t0 = time.time()
+  return json.loads(marker.read_text())["seconds"] if marker.exists() else 0.0
+
+
+def _train(run: Run, config, workdir: str) -> None:
+  """The run's training; a run stopped by SIGTERM or Ctrl-C (the trainer saves and returns) stops the study with
+  nothing recorded: its checkpoint stays in `workdir`, and the same study command resumes it. Each stopped attempt
+  adds its wall time to `workdir`/STOPPED_SECONDS, so a resumed run's record counts all of its training."""
+  from grow_jax.train import loop
+  earlier, t0 = _stopped_seconds(workdir), time.time()
   last = loop.train_and_evaluate(config, workdir) or {}
   if last.get("preempted"):
-    files.write_text(marker, json.dumps({"seconds": earlier + time.time() - t0}))
+    files.write_text(os.path.join(workdir, STOPPED_SECONDS), json.dumps({"seconds": earlier + time.time() - t0}))
     raise StudyInterrupted(f"run {run.id} was stopped by a signal at step {last.get('step')} of "
                            f"{config.total_steps}: nothing recorded; its checkpoint in {workdir} resumes it when "
                            "the same study command runs again")
-  return earlier
 
 
 def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_workdir: bool = False,
@@ -807,18 +809,19 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
                                                    **config_lib.model_overrides(config))
     record["train_seconds"] = 0.0
   else:
+    stopped = _stopped_seconds(workdir)      # the attempts a signal stopped before this one
     try:
-      stopped = _train(run, config, workdir)
+      _train(run, config, workdir)
     except TrainingDivergedError as e:       # a record all the same: a resumed study must not retry it forever
-      record.update(diverged=str(e), final={}, train_seconds=time.time() - t0, eval_seconds=0.0,
-                    seconds=time.time() - t0)
+      record.update(diverged=str(e), final={}, train_seconds=time.time() - t0 + stopped, eval_seconds=0.0,
+                    seconds=time.time() - t0 + stopped)
       write_record(out_dir, run, record)
       if not keep_workdir:                   # --keep_workdirs: the last good checkpoint the error names stays
         files.remove_tree(workdir)
       return record
     record["train_seconds"] = time.time() - t0 + stopped
     if stopped:
-      record["stopped_seconds"] = stopped     # of train_seconds: the attempts a signal stopped before this one
+      record["stopped_seconds"] = stopped     # the part of train_seconds before the last resume
     record["curve"] = read_curve(workdir)
     model_config, params, _ = load_trained_params(workdir)
   t1 = time.time()
