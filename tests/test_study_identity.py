@@ -262,6 +262,50 @@ def test_a_run_resumed_after_signals_records_the_time_of_every_attempt(tmp_path,
   assert runs.load_records(out)[sweep.id]["train_seconds"] == 300.0
 
 
+def test_a_killed_or_failed_attempt_counts_to_its_last_heartbeat(tmp_path, fake, monkeypatch):
+  """The running attempt writes its wall time every HEARTBEAT_SECONDS; what a killed attempt (no cleanup) leaves,
+  and a failed attempt's final beat, count in the record of the run that resumes."""
+  import time as real_time
+  from grow_jax.train import loop
+  clock = [1000.0]
+  monkeypatch.setattr(runs, "time", types.SimpleNamespace(time=lambda: clock[0], strftime=real_time.strftime))
+  monkeypatch.setattr(runs, "HEARTBEAT_SECONDS", 0.01)
+  trained = loop.train_and_evaluate
+  study = runs.load_study(SMOKE)
+  sweep = runs.pending(study, {})[1]
+  out, wd = str(tmp_path / "out"), str(tmp_path / "wd")
+  beats = []
+
+  def fails_after_a_beat(config, workdir):           # 100 s, a heartbeat seen, 20 s more, then an error
+    clock[0] += 100.0
+    attempt = os.path.join(workdir, runs.ATTEMPT_SECONDS)
+    deadline = real_time.time() + 10
+    while not (os.path.exists(attempt) and json.load(open(attempt))["seconds"] == 100.0):
+      assert real_time.time() < deadline, "no heartbeat while training"
+      real_time.sleep(0.005)
+    beats.append(json.load(open(attempt))["seconds"])
+    clock[0] += 20.0
+    raise RuntimeError("out of memory")
+
+  monkeypatch.setattr(loop, "train_and_evaluate", fails_after_a_beat)
+  with pytest.raises(RuntimeError, match="out of memory"):
+    runs.execute(study, sweep, out, wd)
+  workdir = runs.run_config(study, sweep, wd)[1]
+  assert beats == [100.0] and runs._stopped_seconds(workdir) == 120.0       # the failed attempt's final beat
+
+  def finishes(config, workdir):
+    clock[0] += 30.0
+    return trained(config, workdir)
+
+  monkeypatch.setattr(loop, "train_and_evaluate", finishes)
+  with open(os.path.join(workdir, runs.ATTEMPT_SECONDS), "w") as f:   # as if this attempt had been killed at 50 s
+    json.dump({"seconds": 50.0}, f)                                    # after a stopped one of 70 s
+  with open(os.path.join(workdir, runs.STOPPED_SECONDS), "w") as f:
+    json.dump({"seconds": 70.0}, f)
+  record = runs.execute(study, sweep, out, wd)
+  assert record["stopped_seconds"] == 120.0 and record["train_seconds"] == 150.0
+
+
 def test_a_run_trained_in_one_go_has_no_stopped_seconds(tmp_path, fake):
   study = runs.load_study(SMOKE)
   sweep = runs.pending(study, {})[1]

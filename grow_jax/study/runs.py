@@ -66,6 +66,7 @@ import logging
 import math
 import os
 import subprocess
+import threading
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -721,22 +722,56 @@ def check_reproduced(study: Study, run: Run, record: Mapping[str, Any], reproduc
                             "platform? the study's reproduce_tolerance states what may differ)")
 
 
-STOPPED_SECONDS = "study_stopped_seconds.json"   # in a run's workdir: the wall time of its attempts a signal stopped
+STOPPED_SECONDS = "study_stopped_seconds.json"   # in a run's workdir: the wall time of its earlier attempts
+ATTEMPT_SECONDS = "study_attempt_seconds.json"   # in a run's workdir: the running attempt's wall time so far
+HEARTBEAT_SECONDS = 60.0                         # how often the running attempt's time is written
 
 
 def _stopped_seconds(workdir: str) -> float:
-  """The wall time of the run's earlier attempts that a signal stopped (0 for a run not stopped before)."""
-  marker = files.as_path(os.path.join(workdir, STOPPED_SECONDS))
-  return json.loads(marker.read_text())["seconds"] if marker.exists() else 0.0
+  """The wall time of the run's earlier attempts (0 for a first attempt): those a signal stopped, and one that
+  failed or was killed (SIGKILL, the machine going away), counted to its last heartbeat: at most
+  HEARTBEAT_SECONDS short."""
+  total = 0.0
+  for name in (STOPPED_SECONDS, ATTEMPT_SECONDS):
+    marker = files.as_path(os.path.join(workdir, name))
+    if marker.exists():
+      total += json.loads(marker.read_text())["seconds"]
+  return total
 
 
 def _train(run: Run, config, workdir: str) -> None:
   """The run's training; a run stopped by SIGTERM or Ctrl-C (the trainer saves and returns) stops the study with
-  nothing recorded: its checkpoint stays in `workdir`, and the same study command resumes it. Each stopped attempt
-  adds its wall time to `workdir`/STOPPED_SECONDS, so a resumed run's record counts all of its training."""
+  nothing recorded: its checkpoint stays in `workdir`, and the same study command resumes it. Every attempt's
+  wall time is kept in `workdir` (STOPPED_SECONDS; the running attempt's, every HEARTBEAT_SECONDS, in
+  ATTEMPT_SECONDS, so that even a killed attempt counts), and a resumed run's record counts all of them."""
   from grow_jax.train import loop
   earlier, t0 = _stopped_seconds(workdir), time.time()
-  last = loop.train_and_evaluate(config, workdir) or {}
+  attempt = os.path.join(workdir, ATTEMPT_SECONDS)
+  if earlier:                                  # a killed attempt's heartbeat joins the earlier attempts
+    files.write_text(os.path.join(workdir, STOPPED_SECONDS), json.dumps({"seconds": earlier}))
+    files.remove_file(attempt)
+
+  def beat():
+    files.write_text(attempt, json.dumps({"seconds": time.time() - t0}))
+
+  stop = threading.Event()
+
+  def heartbeat():
+    while not stop.wait(HEARTBEAT_SECONDS):
+      beat()
+
+  thread = threading.Thread(target=heartbeat, name=f"heartbeat {run.id}", daemon=True)
+  thread.start()
+  try:
+    last = loop.train_and_evaluate(config, workdir) or {}
+  except BaseException:
+    stop.set()
+    thread.join()
+    beat()                                     # a failed attempt's time counts when the run is tried again
+    raise
+  stop.set()
+  thread.join()
+  files.remove_file(attempt)
   if last.get("preempted"):
     files.write_text(os.path.join(workdir, STOPPED_SECONDS), json.dumps({"seconds": earlier + time.time() - t0}))
     raise StudyInterrupted(f"run {run.id} was stopped by a signal at step {last.get('step')} of "
@@ -809,7 +844,7 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
                                                    **config_lib.model_overrides(config))
     record["train_seconds"] = 0.0
   else:
-    stopped = _stopped_seconds(workdir)      # the attempts a signal stopped before this one
+    stopped = _stopped_seconds(workdir)      # the attempts before this one (stopped, failed or killed)
     try:
       _train(run, config, workdir)
     except TrainingDivergedError as e:       # a record all the same: a resumed study must not retry it forever
