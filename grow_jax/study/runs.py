@@ -751,8 +751,11 @@ def _train(run: Run, config, workdir: str) -> None:
     files.write_text(os.path.join(workdir, STOPPED_SECONDS), json.dumps({"seconds": earlier}))
     files.remove_file(attempt)
 
-  def beat():
-    files.write_text(attempt, json.dumps({"seconds": time.time() - t0}))
+  def beat():                                  # a failed write (full disk, workdir gone) stops nothing
+    try:
+      files.write_text(attempt, json.dumps({"seconds": time.time() - t0}))
+    except OSError as e:
+      _log.warning("run %s: its attempt time was not written to %s: %s", run.id, attempt, e)
 
   stop = threading.Event()
 
