@@ -739,16 +739,17 @@ def _stopped_seconds(workdir: str) -> float:
   return total
 
 
-def _train(run: Run, config, workdir: str) -> None:
+def _train(run: Run, config, workdir: str, earlier: float) -> None:
   """The run's training; a run stopped by SIGTERM or Ctrl-C (the trainer saves and returns) stops the study with
   nothing recorded: its checkpoint stays in `workdir`, and the same study command resumes it. Every attempt's
   wall time is kept in `workdir` (STOPPED_SECONDS; the running attempt's, every HEARTBEAT_SECONDS, in
-  ATTEMPT_SECONDS, so that even a killed attempt counts), and a resumed run's record counts all of them."""
+  ATTEMPT_SECONDS, so that even a killed attempt counts), and a resumed run's record counts all of them.
+  `earlier`: `_stopped_seconds(workdir)`, which the caller has read."""
   from grow_jax.train import loop
-  earlier, t0 = _stopped_seconds(workdir), time.time()
-  attempt = os.path.join(workdir, ATTEMPT_SECONDS)
+  t0 = time.time()
+  attempt, ledger = os.path.join(workdir, ATTEMPT_SECONDS), os.path.join(workdir, STOPPED_SECONDS)
   if earlier:                                  # a killed attempt's heartbeat joins the earlier attempts
-    files.write_text(os.path.join(workdir, STOPPED_SECONDS), json.dumps({"seconds": earlier}))
+    files.write_text(ledger, json.dumps({"seconds": earlier}))
     files.remove_file(attempt)
 
   def beat():                                  # a failed write (full disk, workdir gone) stops nothing
@@ -776,7 +777,7 @@ def _train(run: Run, config, workdir: str) -> None:
   thread.join()
   files.remove_file(attempt)
   if last.get("preempted"):
-    files.write_text(os.path.join(workdir, STOPPED_SECONDS), json.dumps({"seconds": earlier + time.time() - t0}))
+    files.write_text(ledger, json.dumps({"seconds": earlier + time.time() - t0}))
     raise StudyInterrupted(f"run {run.id} was stopped by a signal at step {last.get('step')} of "
                            f"{config.total_steps}: nothing recorded; its checkpoint in {workdir} resumes it when "
                            "the same study command runs again")
@@ -811,8 +812,8 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   if run.phase == "test":
     record = load_records(out_dir)[run.id]
     stored = params_path(workdir_root, study, run)
-    if not files.as_path(stored).exists():                # another machine: train the sweep run again, which
-      _train(run, config, workdir)                        # must reproduce what selection read before any test
+    if not files.as_path(stored).exists():                      # another machine: train the sweep run again, which
+      _train(run, config, workdir, _stopped_seconds(workdir))   # must reproduce what selection read before any test
       model_config, params, _ = load_trained_params(workdir)
       files.remove_tree(workdir)
       validation = [tuple(e) for e in study.spec.validation_eval[run.task]]
@@ -849,7 +850,7 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   else:
     stopped = _stopped_seconds(workdir)      # the attempts before this one (stopped, failed or killed)
     try:
-      _train(run, config, workdir)
+      _train(run, config, workdir, stopped)
     except TrainingDivergedError as e:       # a record all the same: a resumed study must not retry it forever
       record.update(diverged=str(e), final={}, train_seconds=time.time() - t0 + stopped, eval_seconds=0.0,
                     seconds=time.time() - t0 + stopped)
