@@ -80,6 +80,14 @@ Protocol (fixed before any run of this study; variant 'cpu', the default):
     test (facts and capitals_gen only) could not tell the methods' retention apart at the end of training. The
     curves, the rates and everything the facts runs read are unchanged; the figure's end points get item-level
     paired tests against long SFT on these probes. Cost: ~3 min a long run's test phase (~30 min in all).
+  * Second amendment (2026-12-07, later the same day; after the facts sweeps, before any facts_long run;
+    operational: nothing a run trains on or is scored on changes): facts_long saves its checkpoints
+    synchronously (checkpoint.async_save False). Why: on this 24 GiB machine the facts EWC runs peak at 21-24 GB
+    resident, with jumps at the checkpoint saves, and two were killed for memory at a save; a long run saves 10
+    times. An asynchronous save keeps the state it writes alive while the next steps make new state, and on a CPU
+    host both are host memory: experiments/bench_checkpoint_memory.py measured a peak of 5.1-5.6 GB with
+    asynchronous saves against 3.7 GB with synchronous ones and 3.1 GB with none, for ~1 GB of EWC train state
+    (experiments/results/bench_checkpoint_memory.md). Cost: a few seconds a save.
 
 Budget (CPU-hours on the 2-core machine). Measured: the forgetting study's runs/*.json, train_seconds of 100 steps
 of 8 x 64 tokens, model loading and compilation (~1.5 min) included. Its arithmetic block (no periodic
@@ -137,7 +145,8 @@ def get_study(arg=None):
   s.name = {"cpu": "frontier_270m", "smoke": "frontier_smoke"}[variant]
   s.description = __doc__.split("Protocol")[1].split("\n", 1)[1] if variant != "smoke" else "A smoke test."
   s.tasks = {"facts": {"data.task": "fictional_facts", "total_steps": FACTS_STEPS},
-             "facts_long": {"data.task": "fictional_facts", "total_steps": LONG_STEPS, "checkpoint.every_steps": 100},
+             "facts_long": {"data.task": "fictional_facts", "total_steps": LONG_STEPS, "checkpoint.every_steps": 100,
+                            "checkpoint.async_save": False},              # the second amendment
              "translation": {"data.task": "gettext_en_fr"}}
   s.methods = {"sft": {"train.mode": "sft"}, "g_freeze": {"train.mode": "g_freeze"},
                "g_train": {"train.mode": "g_train"},
