@@ -84,8 +84,8 @@ Protocol (fixed before any run of this study; variant 'cpu', the default):
     operational: nothing a run trains on or is scored on changes): facts_long saves its checkpoints
     synchronously (checkpoint.async_save False). Why: on this 24 GiB machine the facts EWC runs peak at 21-24 GB
     resident, with jumps at the checkpoint saves; three were killed for memory, the last at its step-100 save in
-    a process of its own; a long run saves 10 times. An asynchronous save keeps the state it writes alive while the next steps make new state, and on a CPU
-    host both are host memory: experiments/bench_checkpoint_memory.py measured a peak of 5.1-5.6 GB with
+    a process of its own; a long run saves 10 times. An asynchronous save keeps the state it writes alive while
+    the next steps make new state, and on a CPU host both are host memory: experiments/bench_checkpoint_memory.py measured a peak of 5.1-5.6 GB with
     asynchronous saves against 3.7 GB with synchronous ones and 3.1 GB with none, for ~1 GB of EWC train state
     (experiments/results/bench_checkpoint_memory.md). Cost: a few seconds a save.
 
