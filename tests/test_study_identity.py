@@ -193,6 +193,9 @@ def test_a_retrained_test_phase_must_reproduce_its_recorded_validation(tmp_path,
   assert record["test_retrained"]["gettext_en_fr:validation/chrf"] == 9.5
   assert record["final"]["gettext_en_fr:validation/chrf"] == 9.0         # what selection read stays
   assert "gettext_en_fr:test_heldout/chrf" in record["final"]
+  records = runs.load_records(out, study)
+  text = report.write_report(study, records, runs.selections(study, records), out)
+  assert f"| {picked} | " in text and " 9 → 9.5 |" in text               # the report shows how far it drifted
   study.spec.reproduce_tolerance = {"*/chrf": 2.0}                         # a study may state its own
   assert runs.tolerance(study, "gettext_en_fr:validation/chrf") == 2.0
   assert runs.tolerance(study, "capitals_gen:validation/exact_match_norm") == runs.REPRODUCE_TOLERANCE["*"]
@@ -304,6 +307,33 @@ def test_a_killed_or_failed_attempt_counts_to_its_last_heartbeat(tmp_path, fake,
     json.dump({"seconds": 70.0}, f)
   record = runs.execute(study, sweep, out, wd)
   assert record["stopped_seconds"] == 120.0 and record["train_seconds"] == 150.0
+
+
+def test_a_retrained_test_phase_counts_its_stopped_attempts(tmp_path, fake, monkeypatch):
+  import time as real_time
+  from grow_jax.errors import StudyInterrupted
+  from grow_jax.train import loop
+  study = runs.load_study(SMOKE)
+  out, wd = str(tmp_path / "out"), str(tmp_path / "wd")
+  runs.run_all(study, out, wd, max_runs=3)                                 # base and sft's grid, on this machine
+  shutil.rmtree(os.path.join(wd, study.name, "params"))                    # the test phase retrains elsewhere
+  test = next(r for r in runs.pending(study, runs.load_records(out, study)) if r.phase == "test")
+  clock = [1000.0]
+  monkeypatch.setattr(runs, "time", types.SimpleNamespace(time=lambda: clock[0], strftime=real_time.strftime))
+  trained = loop.train_and_evaluate
+
+  def stopped_once(config, workdir):                  # 100 s an attempt; the first is stopped by a signal
+    clock[0] += 100.0
+    if not os.path.exists(os.path.join(workdir, runs.STOPPED_SECONDS)):
+      os.makedirs(workdir, exist_ok=True)
+      return {"step": 1, "preempted": True}
+    return trained(config, workdir)
+
+  monkeypatch.setattr(loop, "train_and_evaluate", stopped_once)
+  with pytest.raises(StudyInterrupted):
+    runs.execute(study, test, out, wd)
+  record = runs.execute(study, test, out, wd)
+  assert record["test_seconds"] == 200.0                                   # both attempts of the retrain
 
 
 def test_a_run_trained_in_one_go_has_no_stopped_seconds(tmp_path, fake):

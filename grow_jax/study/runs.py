@@ -812,8 +812,10 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
   if run.phase == "test":
     record = load_records(out_dir)[run.id]
     stored = params_path(workdir_root, study, run)
+    earlier = 0.0                                               # a stopped or killed retrain's earlier attempts
     if not files.as_path(stored).exists():                      # another machine: train the sweep run again, which
-      _train(run, config, workdir, _stopped_seconds(workdir))   # must reproduce what selection read before any test
+      earlier = _stopped_seconds(workdir)                       # must reproduce what selection read before any test
+      _train(run, config, workdir, earlier)
       model_config, params, _ = load_trained_params(workdir)
       files.remove_tree(workdir)
       validation = [tuple(e) for e in study.spec.validation_eval[run.task]]
@@ -825,7 +827,7 @@ def execute(study: Study, run: Run, out_dir: str, workdir_root: str, *, keep_wor
     scored = evaluate(scored_entries(study, run), config, model_config, params, tokenizer, reference=reference)
     record["final"].update(scored)
     write_items(out_dir, run, record, getattr(scored, "per_item", {}))
-    record["test_seconds"] = time.time() - t0
+    record["test_seconds"] = time.time() - t0 + earlier
     record["seconds"] += record["test_seconds"]
     record["test_source"] = source_state(exclude=out_dir)
     if "identity" in record:                 # a record from before identities stays one (checked on what it stored)
