@@ -98,6 +98,12 @@ Protocol (fixed before any run of this study; variant 'cpu', the default):
     selection reads the validation exact match only. From here the exact match keeps the default tolerance
     (0.02); the multiple-choice accuracy and capitals_gen are recorded beside the sweep's values (results.md,
     the integrity table) and no longer stop a test phase. No record changes: the six passed under either rule.
+  * Fourth amendment (2026-12-07, the same session; before any 1,000-step run was recorded: the first, long_sft
+    seed 0, was stopped at step ~80 and started again): the long runs' prose curve reads stdlib_text's test
+    split (its first 32 paragraphs) instead of its validation split, for every method. Why: EWC estimates its
+    Fisher on stdlib_text's validation split (train.reference_task, the first 4 eval batches), so a validation
+    curve would score EWC on the text its regulariser saw. The long runs select nothing, so reading a test split
+    along training biases no choice (the capitals curve already reads test). Nothing trained changes.
 
 Budget (CPU-hours on the 2-core machine). Measured: the forgetting study's runs/*.json, train_seconds of 100 steps
 of 8 x 64 tokens, model loading and compilation (~1.5 min) included. Its arithmetic block (no periodic
@@ -187,7 +193,7 @@ def get_study(arg=None):
   s.order = [["facts", CORE], ["facts_long", []], ["facts", LEADS], ["translation", CORE + LEADS]]
   s.curves = {"every": 100, "max_examples": 32, "methods": list(LONG),
               "tasks": {"facts_long": ["fictional_facts:validation", "fictional_facts_mc:validation",
-                                       "capitals_gen:validation", "capitals:test", "stdlib_text:validation"]}}
+                                       "capitals_gen:validation", "capitals:test", "stdlib_text:test"]}}
   retention_metrics = [["capitals_gen (EM)", "capitals_gen:test/exact_match_norm"],
                        ["capitals MC acc", "capitals:test/acc"], ["prose ppl", "stdlib_text:test/perplexity"],
                        ["KL(base‖model)", "stdlib_text:test/kl"]]
