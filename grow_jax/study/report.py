@@ -297,22 +297,20 @@ def integrity_lines(records: Mapping[str, dict]) -> list[str]:
     lines.append(f"{len(retrained)} test phase(s) retrained their run (its params were not kept) and reproduced its "
                  "validation metrics within the study's tolerance (`reproduce_tolerance`); each metric, recorded → "
                  "retrained:")
-    lines += [""] + retrain_table(retrained)
+    lines += ["", retrain_table(retrained)]
   return lines
 
 
-def retrain_table(retrained: list[dict]) -> list[str]:
+def retrain_table(retrained: list[dict]) -> str:
   """One row per retrained test phase: each validation metric as recorded by the sweep → as the retrain measured
   it (what the test sets scored), so that a reader sees how far another machine's retrain drifted."""
   counts = ("/num_examples", "/num_tokens")
   metrics = sorted({m for r in retrained for m in r["test_retrained"]
                     if m in r["final"] and not m.endswith(counts)})
-  rows = [["run"] + metrics, ["---"] * (len(metrics) + 1)]
-  for r in retrained:
-    cells = [f"{r['final'][m]:.4g} → {r['test_retrained'][m]:.4g}" if m in r["test_retrained"] and m in r["final"]
-             else "–" for m in metrics]
-    rows.append([r["id"]] + cells)
-  return ["| " + " | ".join(row) + " |" for row in rows]
+  rows = [[r["id"]] + [f"{r['final'][m]:.4g} → {r['test_retrained'][m]:.4g}"
+                       if m in r["test_retrained"] and m in r["final"] else "–" for m in metrics]
+          for r in retrained]
+  return tables.markdown(["run"] + metrics, rows)
 
 
 def override_lines(records: Mapping[str, dict], task: str) -> list[str]:
