@@ -171,7 +171,7 @@ def test_figures_have_deterministic_bytes(tmp_path):
   digests = []
   for i in range(2):
     frontier.frontier_plot(str(tmp_path / f"f{i}.png"), "facts", points, ("EM", "capitals"), base=(0.0, 0.95))
-    frontier.curves_plot(str(tmp_path / f"c{i}.png"), "long", curves, [("k", "k")])
+    frontier.curves_plot(str(tmp_path / f"c{i}.png"), "long", curves, [("k", "k")], start={"k": 0.5})
     digests.append((_digest(tmp_path / f"f{i}.png"), _digest(tmp_path / f"c{i}.png")))
   assert digests[0] == digests[1]
 
@@ -181,6 +181,46 @@ def test_curve_bands_are_mean_and_range_over_seeds_at_the_steps_every_run_measur
                                                              {"step": 3, "k": 0.0}]]
   steps, mean, low, high = frontier.curve_bands(curves, "k")
   assert steps == [1, 2] and mean.tolist() == [2.0, 4.0] and low.tolist() == [1.0, 3.0] and high.tolist() == [3.0, 5.0]
+
+
+def test_curves_start_at_the_untrained_models_score_on_the_items_each_periodic_evaluation_reads():
+  facts = _items([f"f{i}" for i in range(6)], 1)                          # 1 of the first 2 right, 0 of the rest
+  prose = [{"id": f"p{i}", "kind": "kl", "nll": float(i + 1), "tokens": 2.0, "bytes": 8.0, "kl": 0.0,
+            "kl_max": 0.0} for i in range(6)]
+  base_items = {"facts:validation": facts, "prose:test": prose}
+  start = frontier.curve_start(["facts:validation", "prose:test", "capitals:validation"], 2, base_items,
+                               ["facts/exact_match_norm", "prose/perplexity", "prose/kl", "prose/kl_max",
+                                "capitals/acc"])
+  assert start == {"facts/exact_match_norm": 0.5, "prose/perplexity": pytest.approx(np.exp(3 / 4)), "prose/kl": 0.0}
+
+
+def test_an_evaluation_of_n_examples_reads_the_first_n_of_the_full_set_for_every_curve_set_of_the_study():
+  """What `curve_start` relies on: the periodic evaluation's items are a prefix of the base record's items."""
+  from grow_jax import data
+  study = runs.load_study(STUDY)
+  k = study.spec.curves["max_examples"]
+  for entry in study.spec.curves["tasks"]["facts_long"]:
+    name, split = entry.split(":")
+    task = data.get_task(name)
+    assert [e.id for e in task.examples(split, limit=k)] == [e.id for e in task.examples(split, limit=None)][:k]
+
+
+def test_a_panel_spanning_a_hundredfold_of_positive_values_gets_a_log_axis():
+  assert frontier.wants_log_axis(np.array([89.0, 3e4, 9e10]))
+  assert not frontier.wants_log_axis(np.array([0.0, 6.3, 20.4]))           # KL: zero at the start
+  assert not frontier.wants_log_axis(np.array([0.3, 0.9]))
+  assert not frontier.wants_log_axis(np.zeros(0))
+
+
+def test_the_report_draws_a_one_point_grids_curves_before_its_selection_and_nothing_of_a_wider_grid():
+  from grow_jax.study import report
+  curve = [{"step": 1, "k": 1.0}]
+  records = {r["id"]: {**r, "curve": curve} for r in [_record("long", "sft", 1e-4, s) for s in (0, 1)]
+             + [_record("long", "wide", lr, 0) for lr in (1e-4, 3e-4)]}
+  assert [r["seed"] for r in report.curve_runs(records, {}, "long", "sft")] == [0, 1]
+  assert report.curve_runs(records, {}, "long", "wide") == []
+  chosen = [records[_record("long", "wide", 3e-4, 0)["id"]]]
+  assert report.curve_runs(records, {("long", "wide"): chosen}, "long", "wide") == chosen
 
 
 # ---- the runner: several sweep seeds, a grid value from another task's selection -------------------------------

@@ -399,21 +399,51 @@ def curve_bands(curves: Sequence[Sequence[Mapping[str, float]]], key: str):
   return steps, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
+def curve_start(entries: Sequence[str], max_examples: int, base_items: Mapping[str, Sequence[Mapping]],
+                keys: Sequence[str]) -> dict[str, float]:
+  """Step 0 of learning curves: the untrained model's value of each curve key ('<set>/<metric>') on the items a
+  periodic evaluation reads, the first `max_examples` of each curve entry ('<set>:<split>'), recomputed from the
+  base record's per-item scores (an evaluation of at most n examples reads a set's first n). Keys whose entry
+  has no base items, or whose metric is not a function of per-item sums, get no start."""
+  from grow_jax.evaluation import items
+  by_set = {entry.split(":")[0]: entry for entry in entries}
+  out = {}
+  for key in keys:
+    name, _, metric = key.partition("/")
+    scored = base_items.get(by_set.get(name, ""), [])[:max_examples]
+    if scored and items.metric_statistic(scored[0]["kind"], metric) is not None:
+      out[key] = items.metric_from_items(scored, metric)
+  return out
+
+
+def wants_log_axis(values: np.ndarray) -> bool:
+  """Whether a panel's values are all positive and span 100x or more (perplexity: a linear axis shows one curve)."""
+  return bool(values.size) and values.min() > 0 and values.max() >= 100 * values.min()
+
+
 def curves_plot(path: str, title: str, curves_by_method: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
-                series: Sequence[tuple[str, str]]) -> None:
+                series: Sequence[tuple[str, str]], start: Mapping[str, float] | None = None) -> None:
   """One panel per series (label, curve key: the new task, each retention probe): each method's mean over seeds
-  against training steps, its band min..max over seeds (the paper's Fig. 2, measured)."""
+  against training steps, its band min..max over seeds (the paper's Fig. 2, measured). `start`: the untrained
+  model's value per key, drawn at step 0 of every method's curve (`curve_start`). A panel whose values are all
+  positive and span 100x or more (perplexity) has a logarithmic axis."""
   from grow_jax import figures
   plt = figures.pyplot()
   fig, axes = plt.subplots(1, len(series), figsize=(5.2 * len(series), 4.2), dpi=120, squeeze=False)
   styles = figures.method_styles(list(curves_by_method))
   for ax, (label, key) in zip(axes[0], series):
+    drawn = []
     for method, curves in curves_by_method.items():
       steps, mean, low, high = curve_bands(curves, key)
       if not steps:
         continue
+      if start and key in start and steps[0] > 0:
+        steps, (mean, low, high) = [0] + list(steps), (np.concatenate([[start[key]], a]) for a in (mean, low, high))
       ax.plot(steps, mean, markersize=3, label=f"{method} (n={len(curves)})", **styles[method])
       ax.fill_between(steps, low, high, alpha=0.15, color=styles[method]["color"], linewidth=0)
+      drawn += [low, high]
+    if wants_log_axis(np.concatenate(drawn) if drawn else np.zeros(0)):
+      ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)

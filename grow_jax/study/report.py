@@ -228,32 +228,34 @@ def _save_scatter(fig, ax, path: str, x: tuple[str, str], y: tuple[str, str], ti
   figures.save_png(fig, path)
 
 
-def curve_plot(path: str, task: str, grouped, methods: Sequence[str], series: Sequence[tuple[str, str]]) -> None:
-  """Learning curves: each series' periodic evaluation against steps, mean over seeds (band: min..max)."""
-  plt = figures.pyplot()
-  fig, axes = plt.subplots(1, len(series), figsize=(5.2 * len(series), 4.2), dpi=120, squeeze=False)
-  styles = figures.method_styles(methods)
-  for ax, (label, key) in zip(axes[0], series):
-    for method in methods:
-      curves = [r.get("curve", []) for r in grouped.get((task, method), [])]
-      steps = sorted({p["step"] for c in curves for p in c if key in p})
-      if not steps:
-        continue
-      values = np.array([[next((p[key] for p in c if p["step"] == s and key in p), np.nan) for s in steps]
-                         for c in curves])
-      mean = np.nanmean(values, axis=0)
-      ax.plot(steps, mean, markersize=3, label=f"{method} (n={len(curves)})", **styles[method])
-      if len(curves) > 1:
-        ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), alpha=0.15,
-                        color=styles[method]["color"])
-    ax.set_xlabel("training step")
-    ax.set_ylabel(label)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=7)
-  fig.suptitle(f"{task}: learning curves (small validation sets)")
-  fig.tight_layout()
-  figures.save_png(fig, path)
+def curve_runs(records: Mapping[str, dict], grouped, task: str, method: str) -> list[dict]:
+  """The runs whose curves a task's figure draws for a method: those at its selected grid point; before its
+  selection, its runs if they all share one grid point (a one-point grid chooses nothing), by seed."""
+  if (task, method) in grouped:
+    return grouped[(task, method)]
+  rs = sorted((r for r in records.values() if r["task"] == task and r["method"] == method and r.get("curve")),
+              key=lambda r: r["seed"])
+  return rs if len({tuple(map(tuple, r["hparams"])) for r in rs}) == 1 else []
+
+
+def curve_lines(task: str, spec, records: Mapping[str, dict], grouped, items_by_run,
+                series: Sequence[tuple[str, str]], out_dir: str) -> list[str]:
+  """The learning-curve figure of `task` (study/frontier.py `curves_plot`: mean over seeds, band min..max) and
+  the line that says what its panels read; step 0 is the untrained model on the same items where the task's base
+  record has per-item scores."""
+  from grow_jax.study import frontier
+  curves = {m: [r["curve"] for r in curve_runs(records, grouped, task, m) if r.get("curve")]
+            for m in spec.curves["methods"]}
+  entries, k = list(spec.curves["tasks"].get(task, [])), spec.curves["max_examples"]
+  base = next((r for r in grouped.get((task, "base"), []) if r["id"] in items_by_run), None)
+  start = frontier.curve_start(entries, k, items_by_run[base["id"]], [key for _, key in series]) if base else {}
+  name = f"{task}_curves.png"
+  frontier.curves_plot(os.path.join(out_dir, name), f"{task}: along training (mean over seeds, band min..max)",
+                       {m: c for m, c in curves.items() if c}, series, start)
+  line = (f"Along training: every {spec.curves['every']} steps, the first {k} items of "
+          + (", ".join(entries) or "each set")
+          + ("; step 0 is the untrained model on the same items (its per-item record)" if start else "") + ".")
+  return [f"![{task}: learning curves]({name})", "", line, ""]
 
 
 def cost_lines(records: Mapping[str, dict]) -> list[str]:
@@ -478,10 +480,7 @@ def write_report(study, records: Mapping[str, dict], selected, out_dir: str) -> 
       pareto_plot(os.path.join(out_dir, name), task, grouped, methods, x, y)
       lines += [f"![{task}: new task vs retention]({name})", ""]
     if report.get("curves"):
-      name = f"{task}_curves.png"
-      curve_methods = [m for m in spec.curves["methods"] if (task, m) in grouped]
-      curve_plot(os.path.join(out_dir, name), task, grouped, curve_methods, [tuple(s) for s in report["curves"]])
-      lines += [f"![{task}: learning curves]({name})", ""]
+      lines += curve_lines(task, spec, records, grouped, items_by_run, [tuple(s) for s in report["curves"]], out_dir)
     validation = [tuple(m) for m in report.get("validation", [])]
     sweep = sweep_table(task, validation, records, methods, selected) if validation else ""
     if sweep:
